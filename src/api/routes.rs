@@ -1,0 +1,35 @@
+//! Every route the service answers, as (method, OpenAPI path template).
+//! `assets/openapi.json` must describe exactly these; a test checks both
+//! directions against the running server.
+
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/openapi.json"),
+    ("GET", "/docs"),
+    ("GET", "/metrics"),
+    ("GET", "/v1/chatrooms"),
+    ("POST", "/v1/chatrooms"),
+    ("GET", "/v1/chatrooms/event"),
+    ("POST", "/v1/chatrooms/event"),
+    ("POST", "/v1/chatrooms/default"),
+    ("DELETE", "/v1/chatrooms/default/{organizationID}"),
+    ("GET", "/v1/chatrooms/{roomID}"),
+    ("PATCH", "/v1/chatrooms/{roomID}"),
+    ("DELETE", "/v1/chatrooms/{roomID}"),
+    ("POST", "/v1/chatrooms/{roomID}/claim"),
+    ("POST", "/v1/chatrooms/{roomID}/users"),
+    ("DELETE", "/v1/chatrooms/{roomID}/users"),
+    ("GET", "/v1/user/credentials"),
+    ("POST", "/v1/user/login"),
+    ("PUT", "/v1/organizations/{organizationID}"),
+    ("DELETE", "/v1/organizations/{organizationID}"),
+    ("GET", "/v1/organizations/{organizationID}/members"),
+    ("PUT", "/v1/organizations/{organizationID}/members/{userID}"),
+    ("DELETE", "/v1/organizations/{organizationID}/members/{userID}"),
+    ("PUT", "/v1/users/{userID}"),
+    ("DELETE", "/v1/users/{userID}"),
+    ("POST", "/v1/users/{userID}/tokens"),
+    ("GET", "/v1/users/{userID}/tokens"),
+    ("DELETE", "/v1/users/{userID}/tokens/{tokenID}"),
+];

@@ -1,0 +1,396 @@
+//! Configuration: built-in defaults ← `config.toml` ← environment (`MESSENGER_CHAT_…`).
+//!
+//! Every key is documented here and in the shipped `config.toml`. Environment
+//! variables use `__` between section and key: `MESSENGER_CHAT_SERVER__LISTEN`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// The environment prefix of every configuration variable.
+pub const ENV_PREFIX: &str = "MESSENGER_CHAT_";
+
+/// The whole configuration, one typed section per area.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub tls: TlsConfig,
+    pub storage: StorageConfig,
+    pub auth: AuthConfig,
+    pub rooms: RoomsConfig,
+    pub security: SecurityConfig,
+    pub matrix: MatrixConfig,
+    pub proxy: ProxyConfig,
+    pub log: LogConfig,
+}
+
+/// `[server]`: the HTTPS listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address and port to listen on. Port 0 picks a free port (printed at start).
+    pub listen: String,
+    /// Serve plain HTTP instead of HTTPS. Only accepted on a loopback address,
+    /// for a TLS-terminating reverse proxy on the same host.
+    pub plain_http: bool,
+    /// Largest request body accepted, in bytes (413 above it). An avatar sent
+    /// as a JSON array of numbers takes up to four bytes per image byte.
+    pub max_body_bytes: u64,
+    /// How long in-flight requests may run after SIGTERM before the process exits.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8443".into(),
+            plain_http: false,
+            max_body_bytes: 24 * 1024 * 1024,
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+/// `[tls]`: certificate and key as PEM files. Both empty: a self-signed
+/// certificate is generated on first start and kept in the data directory.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub cert_file: String,
+    pub key_file: String,
+}
+
+/// `[storage]`: where state lives.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Directory of the database (`messenger-chat.redb`), the key file and the
+    /// self-signed certificate. Created on first start.
+    pub data_dir: String,
+    /// Memory the database may use as page cache, in MiB.
+    pub cache_mib: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self { data_dir: "./data".into(), cache_mib: 16 }
+    }
+}
+
+/// `[auth]`: API tokens and personal access tokens.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// SHA-256 hashes (hex) of the API tokens that may do everything.
+    /// `messenger-chat token hash` prints the hash of a token. When this list
+    /// is empty, the first start creates one token, prints it once and keeps
+    /// only its hash in the database.
+    pub api_token_hashes: Vec<String>,
+    /// Longest lifetime of a personal access token, in days.
+    pub pat_max_days: u32,
+    /// Lifetime of a personal access token when the request names none.
+    pub pat_default_days: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self { api_token_hashes: Vec::new(), pat_max_days: 365, pat_default_days: 90 }
+    }
+}
+
+/// `[rooms]`: rules for chatrooms.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoomsConfig {
+    /// Name of an organization's default room when the organization has no name.
+    pub default_name: String,
+    /// Largest avatar image accepted, in bytes.
+    pub max_avatar_bytes: u64,
+}
+
+impl Default for RoomsConfig {
+    fn default() -> Self {
+        Self { default_name: "General".into(), max_avatar_bytes: 5 * 1024 * 1024 }
+    }
+}
+
+/// `[security]`: cost of the Argon2id derivation of Matrix passwords.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// Memory per derivation, in KiB (OWASP's recommendation: 19456).
+    pub argon2_memory_kib: u32,
+    /// Passes over that memory.
+    pub argon2_iterations: u32,
+    /// Lanes.
+    pub argon2_parallelism: u32,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        Self { argon2_memory_kib: 19456, argon2_iterations: 2, argon2_parallelism: 1 }
+    }
+}
+
+/// `[matrix]`: the homeserver the rooms live on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MatrixConfig {
+    /// Where the service reaches the homeserver's client-server API.
+    pub homeserver_url: String,
+    /// The homeserver's `server_name` (the part after `:` in user ids).
+    pub server_name: String,
+    /// Homeserver URL handed to the app in `wellKnown`; empty means `homeserver_url`.
+    pub public_base_url: String,
+    /// Synapse's `registration_shared_secret`, inline …
+    pub registration_shared_secret: String,
+    /// … or read from this file (takes precedence when set).
+    pub registration_shared_secret_file: String,
+    /// Localpart of the service's own (server admin) account.
+    pub bot_localpart: String,
+    /// App user N gets the Matrix account `@<user_prefix>N:<server_name>`.
+    pub user_prefix: String,
+    /// How long a write request waits for its change to reach the homeserver, in ms.
+    pub sync_wait_ms: u64,
+    /// Timeout of one request to the homeserver, in ms.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for MatrixConfig {
+    fn default() -> Self {
+        Self {
+            homeserver_url: "http://127.0.0.1:8008".into(),
+            server_name: "localhost".into(),
+            public_base_url: String::new(),
+            registration_shared_secret: String::new(),
+            registration_shared_secret_file: String::new(),
+            bot_localpart: "messenger-chat".into(),
+            user_prefix: "u".into(),
+            sync_wait_ms: 5000,
+            request_timeout_ms: 10000,
+        }
+    }
+}
+
+impl MatrixConfig {
+    /// How long a write request waits for the homeserver.
+    #[must_use]
+    pub fn sync_wait(&self) -> Duration {
+        Duration::from_millis(self.sync_wait_ms)
+    }
+}
+
+/// `[proxy]`: pass `/_matrix/…` through to the homeserver.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    pub enabled: bool,
+}
+
+/// `[log]`: what the service writes to stderr.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `auto` (human on a terminal, else JSON), `human` or `json`.
+    pub format: String,
+    /// A tracing filter such as `info` or `messenger_chat=debug,info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: "auto".into(), level: "info".into() }
+    }
+}
+
+/// Why the configuration cannot be used: one line naming the key and where it came from.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Loads defaults ← `file` (when given, or `./config.toml` when present) ← environment.
+    ///
+    /// # Errors
+    /// A missing file that was named explicitly, a malformed file, an unknown
+    /// key or a value of the wrong type or range.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(path) => {
+                if !path.is_file() {
+                    return Err(ConfigError(format!(
+                        "config file {} does not exist (pass --config with an existing file)",
+                        path.display()
+                    )));
+                }
+                figment = figment.merge(Toml::file_exact(path));
+            }
+            None => {
+                let default = Path::new("config.toml");
+                if default.is_file() {
+                    figment = figment.merge(Toml::file_exact(default));
+                }
+            }
+        }
+        figment = figment.merge(Env::prefixed(ENV_PREFIX).ignore(&["CONFIG"]).split("__"));
+        let config: Config = figment.extract().map_err(|e| ConfigError(describe(&e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges and combinations that the types alone cannot express.
+    ///
+    /// # Errors
+    /// The first key whose value cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: String| Err(ConfigError(format!("config key {key}: {why}")));
+        let addr: SocketAddr = match self.server.listen.parse() {
+            Ok(a) => a,
+            Err(_) => {
+                return bad(
+                    "server.listen",
+                    format!("{:?} is not an address:port such as 0.0.0.0:8443", self.server.listen),
+                );
+            }
+        };
+        if self.server.plain_http && !addr.ip().is_loopback() {
+            return bad(
+                "server.plain_http",
+                format!("plain HTTP is only allowed on a loopback address, not {}", addr.ip()),
+            );
+        }
+        if self.server.max_body_bytes < 1024 {
+            return bad("server.max_body_bytes", "must be at least 1024".into());
+        }
+        if self.tls.cert_file.is_empty() != self.tls.key_file.is_empty() {
+            return bad("tls.cert_file", "tls.cert_file and tls.key_file must be set together".into());
+        }
+        if self.storage.data_dir.is_empty() {
+            return bad("storage.data_dir", "must not be empty".into());
+        }
+        for (i, h) in self.auth.api_token_hashes.iter().enumerate() {
+            if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return bad(
+                    &format!("auth.api_token_hashes[{i}]"),
+                    "must be the 64-character hex SHA-256 printed by `messenger-chat token hash`".into(),
+                );
+            }
+        }
+        if self.auth.pat_max_days == 0 || self.auth.pat_default_days == 0 {
+            return bad("auth.pat_max_days", "token lifetimes must be at least one day".into());
+        }
+        if self.auth.pat_default_days > self.auth.pat_max_days {
+            return bad("auth.pat_default_days", "must not exceed auth.pat_max_days".into());
+        }
+        if self.rooms.default_name.trim().is_empty() {
+            return bad("rooms.default_name", "must not be empty".into());
+        }
+        if self.rooms.max_avatar_bytes == 0 || self.rooms.max_avatar_bytes > self.server.max_body_bytes {
+            return bad("rooms.max_avatar_bytes", "must be between 1 and server.max_body_bytes".into());
+        }
+        if self.security.argon2_memory_kib < 8 * self.security.argon2_parallelism.max(1) {
+            return bad("security.argon2_memory_kib", "must be at least 8 KiB per lane".into());
+        }
+        if self.security.argon2_iterations == 0 || self.security.argon2_parallelism == 0 {
+            return bad("security.argon2_iterations", "iterations and parallelism must be at least 1".into());
+        }
+        if !self.matrix.homeserver_url.starts_with("http://") && !self.matrix.homeserver_url.starts_with("https://") {
+            return bad("matrix.homeserver_url", "must start with http:// or https://".into());
+        }
+        if self.matrix.server_name.is_empty() {
+            return bad("matrix.server_name", "must not be empty".into());
+        }
+        if self.matrix.bot_localpart.is_empty() || !valid_localpart(&self.matrix.bot_localpart) {
+            return bad("matrix.bot_localpart", "must be lowercase letters, digits or ._=-/".into());
+        }
+        if !valid_localpart(&self.matrix.user_prefix) {
+            return bad("matrix.user_prefix", "must be lowercase letters, digits or ._=-/".into());
+        }
+        if !matches!(self.log.format.as_str(), "auto" | "human" | "json") {
+            return bad("log.format", format!("{:?} is not one of auto, human, json", self.log.format));
+        }
+        Ok(())
+    }
+
+    /// The parsed listen address (checked by [`Config::validate`]).
+    #[must_use]
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.server.listen.parse().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 8443)))
+    }
+
+    /// The data directory.
+    #[must_use]
+    pub fn data_dir(&self) -> PathBuf {
+        PathBuf::from(&self.storage.data_dir)
+    }
+}
+
+fn valid_localpart(s: &str) -> bool {
+    s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._=-/".contains(&b))
+}
+
+/// One line per figment error: the key, what is wrong, and the file or variable it came from.
+fn describe(e: &figment::Error) -> String {
+    let mut lines = Vec::new();
+    for err in e.clone() {
+        let key = if err.path.is_empty() { "(top level)".to_string() } else { err.path.join(".") };
+        let source = err
+            .metadata
+            .as_ref()
+            .and_then(|m| m.source.as_ref().map(|s| format!(" in {s}")).or_else(|| Some(format!(" in {}", m.name))))
+            .unwrap_or_default();
+        let what = match &err.kind {
+            figment::error::Kind::UnknownField(field, _) => {
+                let full = if err.path.is_empty() { field.clone() } else { format!("{key}.{field}") };
+                return format!("config key {full}{source}: unknown key (see the shipped config.toml for every key)");
+            }
+            kind => kind.to_string(),
+        };
+        lines.push(format!("config key {key}{source}: {what}"));
+    }
+    lines.join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        std::fs::write(&file, "[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n").unwrap();
+        let err = Config::load(Some(&file)).unwrap_err().0;
+        assert!(err.contains("server.lisen"), "{err}");
+        assert!(err.contains("config.toml"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        std::fs::write(&file, "[rooms]\nmax_avatar_bytes = \"big\"\n").unwrap();
+        let err = Config::load(Some(&file)).unwrap_err().0;
+        assert!(err.contains("rooms.max_avatar_bytes"), "{err}");
+    }
+
+    #[test]
+    fn plain_http_needs_loopback() {
+        let mut c = Config::default();
+        c.server.plain_http = true;
+        assert!(c.validate().unwrap_err().0.contains("server.plain_http"));
+        c.server.listen = "127.0.0.1:8080".into();
+        c.validate().unwrap();
+    }
+}

@@ -1,0 +1,221 @@
+//! The records the service keeps: what is stored and what the rules reason about.
+
+use serde::{Deserialize, Serialize};
+
+/// App user ids and organization ids are the app's own positive 64-bit integers.
+pub type UserId = i64;
+pub type OrgId = i64;
+/// The service's own room number, handed out in ascending order.
+pub type RoomId = u64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RoomKind {
+    Default,
+    Custom,
+    Event,
+}
+
+impl RoomKind {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoomKind::Default => "default",
+            RoomKind::Custom => "custom",
+            RoomKind::Event => "event",
+        }
+    }
+}
+
+/// A room's role for one user; the order is the order of power.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum RoomRole {
+    Assigned,
+    Moderator,
+    Admin,
+}
+
+impl RoomRole {
+    /// Matrix power level of the role.
+    #[must_use]
+    pub fn power_level(self) -> i64 {
+        match self {
+            RoomRole::Assigned => 0,
+            RoomRole::Moderator => 50,
+            RoomRole::Admin => 100,
+        }
+    }
+}
+
+/// A chatroom as stored: the desired state the homeserver is made to match.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Room {
+    pub id: RoomId,
+    pub kind: RoomKind,
+    pub org_id: OrgId,
+    /// 0 unless `kind` is `Event`.
+    pub event_id: i64,
+    pub name: String,
+    /// Empty until the Matrix room exists.
+    pub matrix_room_id: String,
+    /// `mxc://` URI of the uploaded avatar; empty when none or not uploaded yet.
+    pub avatar_url: String,
+    /// SHA-256 of the avatar waiting in `roomid_avatar`, when one is set.
+    pub avatar_sha256: Option<[u8; 32]>,
+    pub admins: Vec<UserId>,
+    pub moderators: Vec<UserId>,
+    pub assigned: Vec<UserId>,
+    /// Users who claimed the room: their Matrix accounts are joined, not only invited.
+    pub claimed: Vec<UserId>,
+    pub automation: bool,
+    /// Unix seconds at which the service deletes the room by itself.
+    pub scheduled_deletion: Option<i64>,
+    /// Bumped by every change; the homeserver matches the room when `synced_generation` equals it.
+    pub generation: u64,
+    pub synced_generation: u64,
+    /// The last failure while bringing the homeserver in line.
+    pub sync_error: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl Room {
+    /// The user's role in the room, if listed.
+    #[must_use]
+    pub fn role_of(&self, user: UserId) -> Option<RoomRole> {
+        if self.admins.binary_search(&user).is_ok() {
+            Some(RoomRole::Admin)
+        } else if self.moderators.binary_search(&user).is_ok() {
+            Some(RoomRole::Moderator)
+        } else if self.assigned.binary_search(&user).is_ok() {
+            Some(RoomRole::Assigned)
+        } else {
+            None
+        }
+    }
+
+    /// Every listed user, ascending.
+    #[must_use]
+    pub fn members(&self) -> Vec<UserId> {
+        let mut all: Vec<UserId> =
+            self.admins.iter().chain(&self.moderators).chain(&self.assigned).copied().collect();
+        all.sort_unstable();
+        all.dedup();
+        all
+    }
+
+    /// Puts `user` in exactly one list, the one of `role`.
+    pub fn set_role(&mut self, user: UserId, role: RoomRole) {
+        self.remove_user(user);
+        let list = match role {
+            RoomRole::Admin => &mut self.admins,
+            RoomRole::Moderator => &mut self.moderators,
+            RoomRole::Assigned => &mut self.assigned,
+        };
+        if let Err(at) = list.binary_search(&user) {
+            list.insert(at, user);
+        }
+    }
+
+    /// Takes `user` out of every list; true when the user was listed.
+    pub fn remove_user(&mut self, user: UserId) -> bool {
+        let mut found = false;
+        for list in [&mut self.admins, &mut self.moderators, &mut self.assigned, &mut self.claimed] {
+            if let Ok(at) = list.binary_search(&user) {
+                list.remove(at);
+                found = true;
+            }
+        }
+        found
+    }
+
+    /// Whether the homeserver matches this stored room.
+    #[must_use]
+    pub fn is_synced(&self) -> bool {
+        !self.matrix_room_id.is_empty() && self.synced_generation == self.generation
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Organization {
+    pub id: OrgId,
+    pub name: String,
+    pub created_at: i64,
+}
+
+/// A user's role in an organization; the order is the order of power.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum OrgRole {
+    Member,
+    Admin,
+    Owner,
+}
+
+impl OrgRole {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrgRole::Member => "member",
+            OrgRole::Admin => "admin",
+            OrgRole::Owner => "owner",
+        }
+    }
+
+    #[must_use]
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "member" => Some(OrgRole::Member),
+            "admin" => Some(OrgRole::Admin),
+            "owner" => Some(OrgRole::Owner),
+            _ => None,
+        }
+    }
+
+    /// Owners and admins manage the organization's rooms.
+    #[must_use]
+    pub fn manages(self) -> bool {
+        self >= OrgRole::Admin
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct User {
+    pub id: UserId,
+    pub display_name: String,
+    pub deactivated: bool,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TokenKind {
+    /// Created on first start when the config names no API token.
+    Api,
+    /// A personal access token of one user.
+    Personal,
+}
+
+/// A token as stored: never the secret, only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Token {
+    pub id: u64,
+    pub kind: TokenKind,
+    /// 0 for API tokens.
+    pub user_id: UserId,
+    pub name: String,
+    pub hash: [u8; 32],
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub revoked: bool,
+}
+
+/// What must change on the homeserver; the reconciler works through these in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum OutboxOp {
+    /// Make the Matrix room match the stored room (create, rename, avatar, powers, members).
+    SyncRoom { room_id: RoomId },
+    /// The stored room is gone: remove everyone from the Matrix room and purge it.
+    DeleteRoom { room_id: RoomId, matrix_room_id: String },
+    /// Keep the user's Matrix display name in step.
+    SyncUser { user_id: UserId },
+    /// The user was deactivated: deactivate the Matrix account.
+    DeactivateUser { user_id: UserId },
+}

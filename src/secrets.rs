@@ -1,0 +1,174 @@
+//! Secrets: tokens (random, stored as SHA-256), the server key file, and the
+//! Argon2id derivation of Matrix passwords. Nothing here is ever logged.
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::config::SecurityConfig;
+
+/// Prefix of API tokens (the backend's).
+pub const API_TOKEN_PREFIX: &str = "mca_";
+/// Prefix of personal access tokens (one user's).
+pub const PAT_PREFIX: &str = "mcp_";
+
+/// A fresh token: the prefix and 32 random bytes, base64url.
+#[must_use]
+pub fn new_token(prefix: &str) -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("{prefix}{}", URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// SHA-256 of a token: tokens carry 256 random bits, so a fast hash is right for them.
+#[must_use]
+pub fn token_hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Constant-time comparison of two hashes.
+#[must_use]
+pub fn hashes_equal(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.ct_eq(b).into()
+}
+
+/// Creates a directory readable by the owner only (and its parents).
+///
+/// # Errors
+/// The directory cannot be created.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+/// Writes a file that only the owner may read, replacing any old one atomically.
+///
+/// # Errors
+/// The file cannot be written.
+pub fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The server secret: 32 random bytes in a 0600 key file, created on first start.
+/// Matrix passwords are derived from it, so losing it changes every password.
+#[derive(Clone)]
+pub struct ServerKey([u8; 32]);
+
+impl std::fmt::Debug for ServerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServerKey(..)")
+    }
+}
+
+impl ServerKey {
+    /// Reads the key file, creating it when missing.
+    ///
+    /// # Errors
+    /// The file cannot be read or written, is readable by others, or is not 32 bytes.
+    pub fn load_or_create(path: &Path) -> Result<Self, String> {
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                let mode = std::fs::metadata(path).map_err(|e| e.to_string())?.permissions().mode();
+                if mode & 0o077 != 0 {
+                    return Err(format!(
+                        "{} is readable by other users (mode {:o}); run chmod 600 on it",
+                        path.display(),
+                        mode & 0o777
+                    ));
+                }
+                let key: [u8; 32] = bytes
+                    .try_into()
+                    .map_err(|_| format!("{} is not a 32-byte key file", path.display()))?;
+                Ok(ServerKey(key))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut key = [0u8; 32];
+                rand::rng().fill_bytes(&mut key);
+                if let Some(dir) = path.parent() {
+                    create_private_dir(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                }
+                write_private_file(path, &key).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                Ok(ServerKey(key))
+            }
+            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        }
+    }
+
+    /// A key for tests.
+    #[must_use]
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        ServerKey(bytes)
+    }
+
+    /// The Matrix password of `account` (a full Matrix user id): Argon2id of
+    /// the server key, salted with the account, so it is stable across calls
+    /// and never stored. CPU- and memory-heavy: call it off the async workers.
+    ///
+    /// # Errors
+    /// Argon2 parameters out of range (checked at start-up).
+    pub fn matrix_password(&self, security: &SecurityConfig, account: &str) -> Result<String, String> {
+        let params = argon2::Params::new(
+            security.argon2_memory_kib,
+            security.argon2_iterations,
+            security.argon2_parallelism,
+            Some(32),
+        )
+        .map_err(|e| e.to_string())?;
+        let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        // The salt must be at least 8 bytes; the account id is unique per user.
+        let salt = format!("messenger-chat password {account}");
+        let mut out = [0u8; 32];
+        argon.hash_password_into(&self.0, salt.as_bytes(), &mut out).map_err(|e| e.to_string())?;
+        Ok(URL_SAFE_NO_PAD.encode(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cheap() -> SecurityConfig {
+        SecurityConfig { argon2_memory_kib: 64, argon2_iterations: 1, argon2_parallelism: 1 }
+    }
+
+    #[test]
+    fn tokens_are_random_and_prefixed() {
+        let a = new_token(PAT_PREFIX);
+        let b = new_token(PAT_PREFIX);
+        assert!(a.starts_with("mcp_") && a.len() == 4 + 43);
+        assert_ne!(a, b);
+        assert!(hashes_equal(&token_hash(&a), &token_hash(&a)));
+        assert!(!hashes_equal(&token_hash(&a), &token_hash(&b)));
+    }
+
+    #[test]
+    fn password_is_stable_per_account_and_key() {
+        let k = ServerKey::from_bytes([7; 32]);
+        let p1 = k.matrix_password(&cheap(), "@u1:hs").unwrap();
+        assert_eq!(p1, k.matrix_password(&cheap(), "@u1:hs").unwrap());
+        assert_ne!(p1, k.matrix_password(&cheap(), "@u2:hs").unwrap());
+        assert_ne!(p1, ServerKey::from_bytes([8; 32]).matrix_password(&cheap(), "@u1:hs").unwrap());
+    }
+
+    #[test]
+    fn key_file_is_private_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/secret.key");
+        let k1 = ServerKey::load_or_create(&path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let k2 = ServerKey::load_or_create(&path).unwrap();
+        assert_eq!(k1.0, k2.0);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(ServerKey::load_or_create(&path).unwrap_err().contains("chmod 600"));
+    }
+}

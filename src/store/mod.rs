@@ -1,0 +1,544 @@
+//! The redb store: bytes on disk, one write transaction per change.
+//!
+//! Reads are point lookups or one bounded range scan. A [`Reader`] is a
+//! snapshot; a [`Writer`] is one write transaction that commits only when
+//! the closure given to [`Store::write`] succeeds, so a rejected request
+//! never leaves a partial change behind.
+
+pub mod codec;
+pub mod tables;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
+
+use crate::model::{OrgId, OrgRole, Organization, OutboxOp, Room, RoomId, Token, TokenKind, User, UserId};
+use tables::*;
+
+/// Storage failures. Never shown to clients in detail.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(String),
+    #[error("corrupt record in {table}: {why}")]
+    Corrupt { table: &'static str, why: String },
+}
+
+macro_rules! db_error {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Db(e.to_string())
+            }
+        }
+    )*};
+}
+db_error!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// Version of the table layout in this file.
+const SCHEMA_VERSION: u64 = 1;
+
+/// The database, shared without a lock: redb serialises writers itself.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+}
+
+impl Store {
+    /// Opens (or creates) the database file and every table in it.
+    ///
+    /// The file is opened in multi-writer mode so that administration
+    /// subcommands can change it while the service runs.
+    ///
+    /// # Errors
+    /// The file cannot be opened, or it was written by a newer release.
+    pub fn open(path: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .set_concurrency_mode(redb::ConcurrencyMode::MultiWriter)
+            .create(path)?;
+        let store = Store { db: Arc::new(db) };
+        store.write(|w| {
+            // Opening creates: afterwards every read finds every table.
+            let t = &w.txn;
+            t.open_table(ROOMID_ROOM)?;
+            t.open_table(ORGIDROOMID)?;
+            t.open_table(ORGID_DEFAULTROOMID)?;
+            t.open_table(ORGIDEVENTID_ROOMID)?;
+            t.open_table(MATRIXROOMID_ROOMID)?;
+            t.open_table(USERIDROOMID)?;
+            t.open_table(ROOMID_AVATAR)?;
+            t.open_table(ORGID_ORG)?;
+            t.open_table(ORGID_ROOMCOUNT)?;
+            t.open_table(ORGIDUSERID_ROLE)?;
+            t.open_table(USERIDORGID_ROLE)?;
+            t.open_table(USERID_USER)?;
+            t.open_table(TOKENHASH_TOKEN)?;
+            t.open_table(USERIDTOKENID_TOKENHASH)?;
+            t.open_table(SEQ_OUTBOX)?;
+            t.open_table(NAME_COUNTER)?;
+            let mut meta = t.open_table(NAME_META)?;
+            let found = meta.get("schema_version")?.map(|v| codec::decode::<u64>(v.value()));
+            match found {
+                None => {
+                    meta.insert("schema_version", codec::encode(&SCHEMA_VERSION).as_slice())?;
+                }
+                Some(Ok(v)) if v <= SCHEMA_VERSION => {}
+                Some(Ok(v)) => {
+                    return Err(StoreError::Db(format!(
+                        "the database has schema version {v}; this release reads up to {SCHEMA_VERSION}"
+                    )));
+                }
+                Some(Err(why)) => return Err(StoreError::Corrupt { table: "name_meta", why }),
+            }
+            Ok(())
+        })?;
+        Ok(store)
+    }
+
+    /// A consistent snapshot for reading.
+    ///
+    /// # Errors
+    /// The database cannot start a transaction.
+    pub fn read(&self) -> Result<Reader, StoreError> {
+        Ok(Reader { txn: self.db.begin_read()? })
+    }
+
+    /// Runs `f` in one write transaction, committed (durably) only when `f` succeeds.
+    ///
+    /// # Errors
+    /// `f`'s error, or a storage failure.
+    pub fn write<T, E: From<StoreError>>(&self, f: impl FnOnce(&mut Writer) -> Result<T, E>) -> Result<T, E> {
+        let txn = self.db.begin_write().map_err(StoreError::from)?;
+        let mut writer = Writer { txn };
+        match f(&mut writer) {
+            Ok(value) => {
+                writer.txn.commit().map_err(StoreError::from)?;
+                Ok(value)
+            }
+            Err(e) => {
+                // Dropping would abort too; aborting explicitly surfaces its error in logs.
+                if let Err(abort) = writer.txn.abort() {
+                    tracing::warn!(error = %abort, "aborting a write transaction failed");
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+    codec::decode(bytes).map_err(|why| StoreError::Corrupt { table, why })
+}
+
+fn role_from_byte(b: u8) -> Result<OrgRole, StoreError> {
+    match b {
+        0 => Ok(OrgRole::Member),
+        1 => Ok(OrgRole::Admin),
+        2 => Ok(OrgRole::Owner),
+        other => Err(StoreError::Corrupt { table: "orgiduserid_role", why: format!("unknown role {other}") }),
+    }
+}
+
+fn role_to_byte(r: OrgRole) -> u8 {
+    match r {
+        OrgRole::Member => 0,
+        OrgRole::Admin => 1,
+        OrgRole::Owner => 2,
+    }
+}
+
+/// The read operations, shared by snapshots and write transactions
+/// (both open tables with `self.txn.open_table`).
+macro_rules! read_methods {
+    () => {
+        /// One room by id.
+        pub fn room(&self, id: RoomId) -> Result<Option<Room>, StoreError> {
+            let t = self.txn.open_table(ROOMID_ROOM)?;
+            t.get(id)?.map(|v| decode("roomid_room", v.value())).transpose()
+        }
+
+        /// The room whose Matrix room id is `matrix_id`.
+        pub fn room_id_by_matrix_id(&self, matrix_id: &str) -> Result<Option<RoomId>, StoreError> {
+            let t = self.txn.open_table(MATRIXROOMID_ROOMID)?;
+            Ok(t.get(matrix_id)?.map(|v| v.value()))
+        }
+
+        /// The organization's default room id.
+        pub fn default_room_id(&self, org: OrgId) -> Result<Option<RoomId>, StoreError> {
+            let t = self.txn.open_table(ORGID_DEFAULTROOMID)?;
+            Ok(t.get(org)?.map(|v| v.value()))
+        }
+
+        /// The room of an event in an organization.
+        pub fn event_room_id(&self, org: OrgId, event: i64) -> Result<Option<RoomId>, StoreError> {
+            let t = self.txn.open_table(ORGIDEVENTID_ROOMID)?;
+            Ok(t.get((org, event))?.map(|v| v.value()))
+        }
+
+        /// Room ids of an organization in id order: `offset` skipped, at most `limit`.
+        pub fn org_room_ids(&self, org: OrgId, offset: usize, limit: usize) -> Result<Vec<RoomId>, StoreError> {
+            let t = self.txn.open_table(ORGIDROOMID)?;
+            let mut ids = Vec::with_capacity(limit.min(64));
+            for entry in t.range((org, 0u64)..=(org, u64::MAX))?.skip(offset).take(limit) {
+                ids.push(entry?.0.value().1);
+            }
+            Ok(ids)
+        }
+
+        /// Number of rooms of an organization.
+        pub fn room_count(&self, org: OrgId) -> Result<u64, StoreError> {
+            let t = self.txn.open_table(ORGID_ROOMCOUNT)?;
+            Ok(t.get(org)?.map_or(0, |v| v.value()))
+        }
+
+        /// Ids of the rooms that list `user`.
+        pub fn user_room_ids(&self, user: UserId) -> Result<Vec<RoomId>, StoreError> {
+            let t = self.txn.open_table(USERIDROOMID)?;
+            let mut ids = Vec::new();
+            for entry in t.range((user, 0u64)..=(user, u64::MAX))? {
+                ids.push(entry?.0.value().1);
+            }
+            Ok(ids)
+        }
+
+        /// The avatar image waiting for upload.
+        pub fn avatar(&self, room: RoomId) -> Result<Option<Vec<u8>>, StoreError> {
+            let t = self.txn.open_table(ROOMID_AVATAR)?;
+            Ok(t.get(room)?.map(|v| v.value().to_vec()))
+        }
+
+        /// One organization.
+        pub fn org(&self, id: OrgId) -> Result<Option<Organization>, StoreError> {
+            let t = self.txn.open_table(ORGID_ORG)?;
+            t.get(id)?.map(|v| decode("orgid_org", v.value())).transpose()
+        }
+
+        /// A user's role in an organization.
+        pub fn member_role(&self, org: OrgId, user: UserId) -> Result<Option<OrgRole>, StoreError> {
+            let t = self.txn.open_table(ORGIDUSERID_ROLE)?;
+            t.get((org, user))?.map(|v| role_from_byte(v.value())).transpose()
+        }
+
+        /// An organization's members in user id order.
+        pub fn members(&self, org: OrgId) -> Result<Vec<(UserId, OrgRole)>, StoreError> {
+            let t = self.txn.open_table(ORGIDUSERID_ROLE)?;
+            let mut out = Vec::new();
+            for entry in t.range((org, i64::MIN)..=(org, i64::MAX))? {
+                let (k, v) = entry?;
+                out.push((k.value().1, role_from_byte(v.value())?));
+            }
+            Ok(out)
+        }
+
+        /// The organizations a user belongs to.
+        pub fn orgs_of(&self, user: UserId) -> Result<Vec<(OrgId, OrgRole)>, StoreError> {
+            let t = self.txn.open_table(USERIDORGID_ROLE)?;
+            let mut out = Vec::new();
+            for entry in t.range((user, i64::MIN)..=(user, i64::MAX))? {
+                let (k, v) = entry?;
+                out.push((k.value().1, role_from_byte(v.value())?));
+            }
+            Ok(out)
+        }
+
+        /// One user.
+        pub fn user(&self, id: UserId) -> Result<Option<User>, StoreError> {
+            let t = self.txn.open_table(USERID_USER)?;
+            t.get(id)?.map(|v| decode("userid_user", v.value())).transpose()
+        }
+
+        /// The token with this SHA-256.
+        pub fn token_by_hash(&self, hash: &[u8; 32]) -> Result<Option<Token>, StoreError> {
+            let t = self.txn.open_table(TOKENHASH_TOKEN)?;
+            t.get(hash.as_slice())?.map(|v| decode("tokenhash_token", v.value())).transpose()
+        }
+
+        /// A user's personal access tokens in id order.
+        pub fn tokens_of(&self, user: UserId) -> Result<Vec<Token>, StoreError> {
+            let index = self.txn.open_table(USERIDTOKENID_TOKENHASH)?;
+            let tokens = self.txn.open_table(TOKENHASH_TOKEN)?;
+            let mut out = Vec::new();
+            for entry in index.range((user, 0u64)..=(user, u64::MAX))? {
+                let (_, hash) = entry?;
+                if let Some(v) = tokens.get(hash.value())? {
+                    out.push(decode("tokenhash_token", v.value())?);
+                }
+            }
+            Ok(out)
+        }
+
+        /// Whether any API token was created by the service itself.
+        pub fn has_stored_api_token(&self) -> Result<bool, StoreError> {
+            let t = self.txn.open_table(USERIDTOKENID_TOKENHASH)?;
+            Ok(t.range((0i64, 0u64)..=(0i64, u64::MAX))?.next().is_some())
+        }
+
+        /// Number of entries waiting in the outbox.
+        pub fn outbox_depth(&self) -> Result<u64, StoreError> {
+            let t = self.txn.open_table(SEQ_OUTBOX)?;
+            Ok(t.len()?)
+        }
+
+        /// The oldest outbox entries, at most `n`.
+        pub fn outbox_head(&self, n: usize) -> Result<Vec<(u64, OutboxOp)>, StoreError> {
+            let t = self.txn.open_table(SEQ_OUTBOX)?;
+            let mut out = Vec::new();
+            for entry in t.iter()?.take(n) {
+                let (k, v) = entry?;
+                out.push((k.value(), decode("seq_outbox", v.value())?));
+            }
+            Ok(out)
+        }
+    };
+}
+
+/// A read-only snapshot.
+pub struct Reader {
+    txn: ReadTransaction,
+}
+
+impl Reader {
+    read_methods!();
+}
+
+/// One write transaction.
+pub struct Writer {
+    txn: WriteTransaction,
+}
+
+impl Writer {
+    read_methods!();
+
+    /// The next value of a named counter, starting at 1.
+    pub fn next_id(&mut self, name: &str) -> Result<u64, StoreError> {
+        let mut t = self.txn.open_table(NAME_COUNTER)?;
+        let next = t.get(name)?.map_or(0, |v| v.value()) + 1;
+        t.insert(name, next)?;
+        Ok(next)
+    }
+
+    /// Writes a room and every index of it. `previous` is the stored room it
+    /// replaces (`None` for a new room).
+    pub fn put_room(&mut self, room: &Room, previous: Option<&Room>) -> Result<(), StoreError> {
+        self.txn.open_table(ROOMID_ROOM)?.insert(room.id, codec::encode(room).as_slice())?;
+        if previous.is_none() {
+            self.txn.open_table(ORGIDROOMID)?.insert((room.org_id, room.id), ())?;
+            let mut counts = self.txn.open_table(ORGID_ROOMCOUNT)?;
+            let n = counts.get(room.org_id)?.map_or(0, |v| v.value());
+            counts.insert(room.org_id, n + 1)?;
+            drop(counts);
+            match room.kind {
+                crate::model::RoomKind::Default => {
+                    self.txn.open_table(ORGID_DEFAULTROOMID)?.insert(room.org_id, room.id)?;
+                }
+                crate::model::RoomKind::Event => {
+                    self.txn.open_table(ORGIDEVENTID_ROOMID)?.insert((room.org_id, room.event_id), room.id)?;
+                }
+                crate::model::RoomKind::Custom => {}
+            }
+        }
+        let old_matrix = previous.map_or("", |p| p.matrix_room_id.as_str());
+        if old_matrix != room.matrix_room_id {
+            let mut t = self.txn.open_table(MATRIXROOMID_ROOMID)?;
+            if !old_matrix.is_empty() {
+                t.remove(old_matrix)?;
+            }
+            if !room.matrix_room_id.is_empty() {
+                t.insert(room.matrix_room_id.as_str(), room.id)?;
+            }
+        }
+        let old_members = previous.map(Room::members).unwrap_or_default();
+        let new_members = room.members();
+        if old_members != new_members {
+            let mut t = self.txn.open_table(USERIDROOMID)?;
+            for u in old_members.iter().filter(|u| new_members.binary_search(u).is_err()) {
+                t.remove((*u, room.id))?;
+            }
+            for u in new_members.iter().filter(|u| old_members.binary_search(u).is_err()) {
+                t.insert((*u, room.id), ())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a room, its avatar and every index of it.
+    pub fn delete_room(&mut self, room: &Room) -> Result<(), StoreError> {
+        self.txn.open_table(ROOMID_ROOM)?.remove(room.id)?;
+        self.txn.open_table(ORGIDROOMID)?.remove((room.org_id, room.id))?;
+        self.txn.open_table(ROOMID_AVATAR)?.remove(room.id)?;
+        let mut counts = self.txn.open_table(ORGID_ROOMCOUNT)?;
+        let n = counts.get(room.org_id)?.map_or(0, |v| v.value());
+        if n <= 1 {
+            counts.remove(room.org_id)?;
+        } else {
+            counts.insert(room.org_id, n - 1)?;
+        }
+        drop(counts);
+        match room.kind {
+            crate::model::RoomKind::Default => {
+                self.txn.open_table(ORGID_DEFAULTROOMID)?.remove(room.org_id)?;
+            }
+            crate::model::RoomKind::Event => {
+                self.txn.open_table(ORGIDEVENTID_ROOMID)?.remove((room.org_id, room.event_id))?;
+            }
+            crate::model::RoomKind::Custom => {}
+        }
+        if !room.matrix_room_id.is_empty() {
+            self.txn.open_table(MATRIXROOMID_ROOMID)?.remove(room.matrix_room_id.as_str())?;
+        }
+        let mut t = self.txn.open_table(USERIDROOMID)?;
+        for u in room.members() {
+            t.remove((u, room.id))?;
+        }
+        Ok(())
+    }
+
+    /// Keeps an avatar image until the homeserver has it; `None` removes it.
+    pub fn set_avatar(&mut self, room: RoomId, bytes: Option<&[u8]>) -> Result<(), StoreError> {
+        let mut t = self.txn.open_table(ROOMID_AVATAR)?;
+        match bytes {
+            Some(b) => t.insert(room, b)?,
+            None => t.remove(room)?,
+        };
+        Ok(())
+    }
+
+    pub fn put_org(&mut self, org: &Organization) -> Result<(), StoreError> {
+        self.txn.open_table(ORGID_ORG)?.insert(org.id, codec::encode(org).as_slice())?;
+        Ok(())
+    }
+
+    /// Removes the organization record (its rooms and members are removed by the caller).
+    pub fn delete_org(&mut self, id: OrgId) -> Result<(), StoreError> {
+        self.txn.open_table(ORGID_ORG)?.remove(id)?;
+        Ok(())
+    }
+
+    pub fn set_member(&mut self, org: OrgId, user: UserId, role: OrgRole) -> Result<(), StoreError> {
+        let b = role_to_byte(role);
+        self.txn.open_table(ORGIDUSERID_ROLE)?.insert((org, user), b)?;
+        self.txn.open_table(USERIDORGID_ROLE)?.insert((user, org), b)?;
+        Ok(())
+    }
+
+    pub fn remove_member(&mut self, org: OrgId, user: UserId) -> Result<(), StoreError> {
+        self.txn.open_table(ORGIDUSERID_ROLE)?.remove((org, user))?;
+        self.txn.open_table(USERIDORGID_ROLE)?.remove((user, org))?;
+        Ok(())
+    }
+
+    pub fn put_user(&mut self, user: &User) -> Result<(), StoreError> {
+        self.txn.open_table(USERID_USER)?.insert(user.id, codec::encode(user).as_slice())?;
+        Ok(())
+    }
+
+    /// Writes a token record and its per-user index (API tokens under user 0).
+    pub fn put_token(&mut self, token: &Token) -> Result<(), StoreError> {
+        self.txn.open_table(TOKENHASH_TOKEN)?.insert(token.hash.as_slice(), codec::encode(token).as_slice())?;
+        let owner = if token.kind == TokenKind::Api { 0 } else { token.user_id };
+        self.txn.open_table(USERIDTOKENID_TOKENHASH)?.insert((owner, token.id), token.hash.as_slice())?;
+        Ok(())
+    }
+
+    /// Appends an entry to the outbox.
+    pub fn push_outbox(&mut self, op: &OutboxOp) -> Result<u64, StoreError> {
+        let seq = self.next_id("outbox_seq")?;
+        self.txn.open_table(SEQ_OUTBOX)?.insert(seq, codec::encode(op).as_slice())?;
+        Ok(seq)
+    }
+
+    /// Removes a finished outbox entry.
+    pub fn remove_outbox(&mut self, seq: u64) -> Result<(), StoreError> {
+        self.txn.open_table(SEQ_OUTBOX)?.remove(seq)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::RoomKind;
+
+    fn room(id: RoomId, org: OrgId) -> Room {
+        Room {
+            id,
+            kind: RoomKind::Custom,
+            org_id: org,
+            event_id: 0,
+            name: format!("r{id}"),
+            matrix_room_id: String::new(),
+            avatar_url: String::new(),
+            avatar_sha256: None,
+            admins: vec![1],
+            moderators: vec![],
+            assigned: vec![2, 3],
+            claimed: vec![],
+            automation: false,
+            scheduled_deletion: None,
+            generation: 1,
+            synced_generation: 0,
+            sync_error: None,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    #[test]
+    fn indexes_follow_rooms() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db.redb"), 1 << 20).unwrap();
+        store
+            .write(|w| {
+                for id in 1..=5 {
+                    w.put_room(&room(id, if id % 2 == 0 { 20 } else { 10 }), None)?;
+                }
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        let r = store.read().unwrap();
+        assert_eq!(r.org_room_ids(10, 0, 50).unwrap(), vec![1, 3, 5]);
+        assert_eq!(r.org_room_ids(10, 1, 1).unwrap(), vec![3]);
+        assert_eq!(r.room_count(10).unwrap(), 3);
+        assert_eq!(r.user_room_ids(2).unwrap(), vec![1, 2, 3, 4, 5]);
+        drop(r);
+
+        let old = store.read().unwrap().room(3).unwrap().unwrap();
+        let mut new = old.clone();
+        new.remove_user(2);
+        new.matrix_room_id = "!x:hs".into();
+        store.write(|w| w.put_room(&new, Some(&old))).unwrap();
+        let r = store.read().unwrap();
+        assert_eq!(r.user_room_ids(2).unwrap(), vec![1, 2, 4, 5]);
+        assert_eq!(r.room_id_by_matrix_id("!x:hs").unwrap(), Some(3));
+        drop(r);
+
+        store.write(|w| w.delete_room(&new)).unwrap();
+        let r = store.read().unwrap();
+        assert_eq!(r.org_room_ids(10, 0, 50).unwrap(), vec![1, 5]);
+        assert_eq!(r.room_count(10).unwrap(), 2);
+        assert_eq!(r.room_id_by_matrix_id("!x:hs").unwrap(), None);
+        assert_eq!(r.user_room_ids(3).unwrap(), vec![1, 2, 4, 5]);
+    }
+
+    #[test]
+    fn failed_write_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db.redb"), 1 << 20).unwrap();
+        let res: Result<(), StoreError> = store.write(|w| {
+            w.put_room(&room(1, 1), None)?;
+            Err(StoreError::Db("refused".into()))
+        });
+        assert!(res.is_err());
+        assert_eq!(store.read().unwrap().room(1).unwrap(), None);
+        assert_eq!(store.read().unwrap().room_count(1).unwrap(), 0);
+    }
+}

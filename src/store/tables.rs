@@ -1,0 +1,40 @@
+//! Every redb table, named `<key>_<value>`, with the layout of its key.
+//! Indexes are written in the same transaction as the table they index.
+
+use redb::TableDefinition;
+
+/// room id → encoded `Room`.
+pub const ROOMID_ROOM: TableDefinition<u64, &[u8]> = TableDefinition::new("roomid_room");
+/// (organization id, room id) → (): an organization's rooms in id order, for pagination.
+pub const ORGIDROOMID: TableDefinition<(i64, u64), ()> = TableDefinition::new("orgidroomid");
+/// organization id → room id of its default room.
+pub const ORGID_DEFAULTROOMID: TableDefinition<i64, u64> = TableDefinition::new("orgid_defaultroomid");
+/// (organization id, event id) → room id of the event's room.
+pub const ORGIDEVENTID_ROOMID: TableDefinition<(i64, i64), u64> = TableDefinition::new("orgideventid_roomid");
+/// Matrix room id (`!…:server`) → room id.
+pub const MATRIXROOMID_ROOMID: TableDefinition<&str, u64> = TableDefinition::new("matrixroomid_roomid");
+/// (user id, room id) → (): the rooms that list a user, for removals and deactivation.
+pub const USERIDROOMID: TableDefinition<(i64, u64), ()> = TableDefinition::new("useridroomid");
+/// room id → avatar image bytes, kept until the homeserver has them.
+pub const ROOMID_AVATAR: TableDefinition<u64, &[u8]> = TableDefinition::new("roomid_avatar");
+/// organization id → encoded `Organization`.
+pub const ORGID_ORG: TableDefinition<i64, &[u8]> = TableDefinition::new("orgid_org");
+/// organization id → number of its rooms (GetRooms' `total` without a scan).
+pub const ORGID_ROOMCOUNT: TableDefinition<i64, u64> = TableDefinition::new("orgid_roomcount");
+/// (organization id, user id) → role byte (`OrgRole`).
+pub const ORGIDUSERID_ROLE: TableDefinition<(i64, i64), u8> = TableDefinition::new("orgiduserid_role");
+/// (user id, organization id) → role byte: the reverse of `orgiduserid_role`.
+pub const USERIDORGID_ROLE: TableDefinition<(i64, i64), u8> = TableDefinition::new("useridorgid_role");
+/// user id → encoded `User`.
+pub const USERID_USER: TableDefinition<i64, &[u8]> = TableDefinition::new("userid_user");
+/// SHA-256 of a token → encoded `Token`.
+pub const TOKENHASH_TOKEN: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tokenhash_token");
+/// (user id, token id) → SHA-256 of the token: a user's tokens, for listing and revocation.
+pub const USERIDTOKENID_TOKENHASH: TableDefinition<(i64, u64), &[u8]> =
+    TableDefinition::new("useridtokenid_tokenhash");
+/// sequence number → encoded `OutboxOp`: what the homeserver still has to do, in order.
+pub const SEQ_OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("seq_outbox");
+/// counter name → value: next ids and sequence numbers.
+pub const NAME_COUNTER: TableDefinition<&str, u64> = TableDefinition::new("name_counter");
+/// key → encoded value: schema version and other facts about the file.
+pub const NAME_META: TableDefinition<&str, &[u8]> = TableDefinition::new("name_meta");
