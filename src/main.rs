@@ -1,1 +1,33 @@
-fn main() {}
+use clap::Parser;
+
+use messenger_chat::cli::{Cli, Command};
+use messenger_chat::config::Config;
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("messenger-chat: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let result = match cli.command {
+        Command::Serve => {
+            messenger_chat::app::init_logging(&config);
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+                .and_then(|rt| rt.block_on(messenger_chat::app::serve(config)))
+        }
+        other => messenger_chat::cli::run_admin(config, other, cli.config.as_deref()).map(|out| println!("{out}")),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("messenger-chat: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -141,17 +141,15 @@ impl TlsState {
 /// Serves `filter` on `listener` until `shutdown` resolves; then stops
 /// accepting and gives open connections `grace` to finish.
 /// With `tls` `None` the connection is plain HTTP.
-pub async fn serve<F>(
+pub async fn serve<F, R>(
     listener: TcpListener,
     tls: Option<Arc<TlsState>>,
     filter: F,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) where
-    F: Filter + Clone + Send + Sync + 'static,
-    F::Extract: warp::Reply,
-    <F::Future as futures_util::TryFuture>::Ok: warp::Reply,
-    <F::Future as futures_util::TryFuture>::Error: warp::reject::IsReject,
+    F: Filter<Extract = (R,), Error = Infallible> + Clone + Send + Sync + 'static,
+    R: warp::Reply,
 {
     let graceful = GracefulShutdown::new();
     let builder = Arc::new(auto::Builder::new(TokioExecutor::new()));
@@ -173,7 +171,7 @@ pub async fn serve<F>(
         let svc = warp::service(filter.clone());
         let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(RemoteAddr(peer));
-            let mut svc = svc;
+            let mut svc = svc.clone();
             async move { Ok::<_, Infallible>(tower_call(&mut svc, req).await) }
         });
         let builder = builder.clone();

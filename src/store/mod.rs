@@ -156,149 +156,155 @@ fn role_to_byte(r: OrgRole) -> u8 {
     }
 }
 
-/// The read operations, shared by snapshots and write transactions
-/// (both open tables with `self.txn.open_table`).
-macro_rules! read_methods {
-    () => {
-        /// One room by id.
-        pub fn room(&self, id: RoomId) -> Result<Option<Room>, StoreError> {
-            let t = self.txn.open_table(ROOMID_ROOM)?;
-            t.get(id)?.map(|v| decode("roomid_room", v.value())).transpose()
-        }
+/// The read operations, shared by snapshots and write transactions.
+pub trait Read {
+    /// Opens a table of this transaction for reading.
+    ///
+    /// # Errors
+    /// The table cannot be opened.
+    fn table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    &self,
+    def: redb::TableDefinition<'static, K, V>,
+    ) -> Result<impl ReadableTable<K, V>, StoreError>;
 
-        /// The room whose Matrix room id is `matrix_id`.
-        pub fn room_id_by_matrix_id(&self, matrix_id: &str) -> Result<Option<RoomId>, StoreError> {
-            let t = self.txn.open_table(MATRIXROOMID_ROOMID)?;
-            Ok(t.get(matrix_id)?.map(|v| v.value()))
-        }
+    /// One room by id.
+    fn room(&self, id: RoomId) -> Result<Option<Room>, StoreError> {
+        let t = self.table(ROOMID_ROOM)?;
+        t.get(id)?.map(|v| decode("roomid_room", v.value())).transpose()
+    }
 
-        /// The organization's default room id.
-        pub fn default_room_id(&self, org: OrgId) -> Result<Option<RoomId>, StoreError> {
-            let t = self.txn.open_table(ORGID_DEFAULTROOMID)?;
-            Ok(t.get(org)?.map(|v| v.value()))
-        }
+    /// The room whose Matrix room id is `matrix_id`.
+    fn room_id_by_matrix_id(&self, matrix_id: &str) -> Result<Option<RoomId>, StoreError> {
+        let t = self.table(MATRIXROOMID_ROOMID)?;
+        Ok(t.get(matrix_id)?.map(|v| v.value()))
+    }
 
-        /// The room of an event in an organization.
-        pub fn event_room_id(&self, org: OrgId, event: i64) -> Result<Option<RoomId>, StoreError> {
-            let t = self.txn.open_table(ORGIDEVENTID_ROOMID)?;
-            Ok(t.get((org, event))?.map(|v| v.value()))
-        }
+    /// The organization's default room id.
+    fn default_room_id(&self, org: OrgId) -> Result<Option<RoomId>, StoreError> {
+        let t = self.table(ORGID_DEFAULTROOMID)?;
+        Ok(t.get(org)?.map(|v| v.value()))
+    }
 
-        /// Room ids of an organization in id order: `offset` skipped, at most `limit`.
-        pub fn org_room_ids(&self, org: OrgId, offset: usize, limit: usize) -> Result<Vec<RoomId>, StoreError> {
-            let t = self.txn.open_table(ORGIDROOMID)?;
-            let mut ids = Vec::with_capacity(limit.min(64));
-            for entry in t.range((org, 0u64)..=(org, u64::MAX))?.skip(offset).take(limit) {
-                ids.push(entry?.0.value().1);
+    /// The room of an event in an organization.
+    fn event_room_id(&self, org: OrgId, event: i64) -> Result<Option<RoomId>, StoreError> {
+        let t = self.table(ORGIDEVENTID_ROOMID)?;
+        Ok(t.get((org, event))?.map(|v| v.value()))
+    }
+
+    /// Room ids of an organization in id order: `offset` skipped, at most `limit`.
+    fn org_room_ids(&self, org: OrgId, offset: usize, limit: usize) -> Result<Vec<RoomId>, StoreError> {
+        let t = self.table(ORGIDROOMID)?;
+        let mut ids = Vec::with_capacity(limit.min(64));
+        for entry in t.range((org, 0u64)..=(org, u64::MAX))?.skip(offset).take(limit) {
+            ids.push(entry?.0.value().1);
+        }
+        Ok(ids)
+    }
+
+    /// Number of rooms of an organization.
+    fn room_count(&self, org: OrgId) -> Result<u64, StoreError> {
+        let t = self.table(ORGID_ROOMCOUNT)?;
+        Ok(t.get(org)?.map_or(0, |v| v.value()))
+    }
+
+    /// Ids of the rooms that list `user`.
+    fn user_room_ids(&self, user: UserId) -> Result<Vec<RoomId>, StoreError> {
+        let t = self.table(USERIDROOMID)?;
+        let mut ids = Vec::new();
+        for entry in t.range((user, 0u64)..=(user, u64::MAX))? {
+            ids.push(entry?.0.value().1);
+        }
+        Ok(ids)
+    }
+
+    /// The avatar image waiting for upload.
+    fn avatar(&self, room: RoomId) -> Result<Option<Vec<u8>>, StoreError> {
+        let t = self.table(ROOMID_AVATAR)?;
+        Ok(t.get(room)?.map(|v| v.value().to_vec()))
+    }
+
+    /// One organization.
+    fn org(&self, id: OrgId) -> Result<Option<Organization>, StoreError> {
+        let t = self.table(ORGID_ORG)?;
+        t.get(id)?.map(|v| decode("orgid_org", v.value())).transpose()
+    }
+
+    /// A user's role in an organization.
+    fn member_role(&self, org: OrgId, user: UserId) -> Result<Option<OrgRole>, StoreError> {
+        let t = self.table(ORGIDUSERID_ROLE)?;
+        t.get((org, user))?.map(|v| role_from_byte(v.value())).transpose()
+    }
+
+    /// An organization's members in user id order.
+    fn members(&self, org: OrgId) -> Result<Vec<(UserId, OrgRole)>, StoreError> {
+        let t = self.table(ORGIDUSERID_ROLE)?;
+        let mut out = Vec::new();
+        for entry in t.range((org, i64::MIN)..=(org, i64::MAX))? {
+            let (k, v) = entry?;
+            out.push((k.value().1, role_from_byte(v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// The organizations a user belongs to.
+    fn orgs_of(&self, user: UserId) -> Result<Vec<(OrgId, OrgRole)>, StoreError> {
+        let t = self.table(USERIDORGID_ROLE)?;
+        let mut out = Vec::new();
+        for entry in t.range((user, i64::MIN)..=(user, i64::MAX))? {
+            let (k, v) = entry?;
+            out.push((k.value().1, role_from_byte(v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// One user.
+    fn user(&self, id: UserId) -> Result<Option<User>, StoreError> {
+        let t = self.table(USERID_USER)?;
+        t.get(id)?.map(|v| decode("userid_user", v.value())).transpose()
+    }
+
+    /// The token with this SHA-256.
+    fn token_by_hash(&self, hash: &[u8; 32]) -> Result<Option<Token>, StoreError> {
+        let t = self.table(TOKENHASH_TOKEN)?;
+        t.get(hash.as_slice())?.map(|v| decode("tokenhash_token", v.value())).transpose()
+    }
+
+    /// A user's personal access tokens in id order.
+    fn tokens_of(&self, user: UserId) -> Result<Vec<Token>, StoreError> {
+        let index = self.table(USERIDTOKENID_TOKENHASH)?;
+        let tokens = self.table(TOKENHASH_TOKEN)?;
+        let mut out = Vec::new();
+        for entry in index.range((user, 0u64)..=(user, u64::MAX))? {
+            let (_, hash) = entry?;
+            if let Some(v) = tokens.get(hash.value())? {
+                out.push(decode("tokenhash_token", v.value())?);
             }
-            Ok(ids)
         }
+        Ok(out)
+    }
 
-        /// Number of rooms of an organization.
-        pub fn room_count(&self, org: OrgId) -> Result<u64, StoreError> {
-            let t = self.txn.open_table(ORGID_ROOMCOUNT)?;
-            Ok(t.get(org)?.map_or(0, |v| v.value()))
-        }
+    /// Whether any API token was created by the service itself.
+    fn has_stored_api_token(&self) -> Result<bool, StoreError> {
+        let t = self.table(USERIDTOKENID_TOKENHASH)?;
+        Ok(t.range((0i64, 0u64)..=(0i64, u64::MAX))?.next().is_some())
+    }
 
-        /// Ids of the rooms that list `user`.
-        pub fn user_room_ids(&self, user: UserId) -> Result<Vec<RoomId>, StoreError> {
-            let t = self.txn.open_table(USERIDROOMID)?;
-            let mut ids = Vec::new();
-            for entry in t.range((user, 0u64)..=(user, u64::MAX))? {
-                ids.push(entry?.0.value().1);
-            }
-            Ok(ids)
-        }
+    /// Number of entries waiting in the outbox.
+    fn outbox_depth(&self) -> Result<u64, StoreError> {
+        let t = self.table(SEQ_OUTBOX)?;
+        Ok(t.len()?)
+    }
 
-        /// The avatar image waiting for upload.
-        pub fn avatar(&self, room: RoomId) -> Result<Option<Vec<u8>>, StoreError> {
-            let t = self.txn.open_table(ROOMID_AVATAR)?;
-            Ok(t.get(room)?.map(|v| v.value().to_vec()))
+    /// The oldest outbox entries, at most `n`.
+    fn outbox_head(&self, n: usize) -> Result<Vec<(u64, OutboxOp)>, StoreError> {
+        let t = self.table(SEQ_OUTBOX)?;
+        let mut out = Vec::new();
+        for entry in t.iter()?.take(n) {
+            let (k, v) = entry?;
+            out.push((k.value(), decode("seq_outbox", v.value())?));
         }
-
-        /// One organization.
-        pub fn org(&self, id: OrgId) -> Result<Option<Organization>, StoreError> {
-            let t = self.txn.open_table(ORGID_ORG)?;
-            t.get(id)?.map(|v| decode("orgid_org", v.value())).transpose()
-        }
-
-        /// A user's role in an organization.
-        pub fn member_role(&self, org: OrgId, user: UserId) -> Result<Option<OrgRole>, StoreError> {
-            let t = self.txn.open_table(ORGIDUSERID_ROLE)?;
-            t.get((org, user))?.map(|v| role_from_byte(v.value())).transpose()
-        }
-
-        /// An organization's members in user id order.
-        pub fn members(&self, org: OrgId) -> Result<Vec<(UserId, OrgRole)>, StoreError> {
-            let t = self.txn.open_table(ORGIDUSERID_ROLE)?;
-            let mut out = Vec::new();
-            for entry in t.range((org, i64::MIN)..=(org, i64::MAX))? {
-                let (k, v) = entry?;
-                out.push((k.value().1, role_from_byte(v.value())?));
-            }
-            Ok(out)
-        }
-
-        /// The organizations a user belongs to.
-        pub fn orgs_of(&self, user: UserId) -> Result<Vec<(OrgId, OrgRole)>, StoreError> {
-            let t = self.txn.open_table(USERIDORGID_ROLE)?;
-            let mut out = Vec::new();
-            for entry in t.range((user, i64::MIN)..=(user, i64::MAX))? {
-                let (k, v) = entry?;
-                out.push((k.value().1, role_from_byte(v.value())?));
-            }
-            Ok(out)
-        }
-
-        /// One user.
-        pub fn user(&self, id: UserId) -> Result<Option<User>, StoreError> {
-            let t = self.txn.open_table(USERID_USER)?;
-            t.get(id)?.map(|v| decode("userid_user", v.value())).transpose()
-        }
-
-        /// The token with this SHA-256.
-        pub fn token_by_hash(&self, hash: &[u8; 32]) -> Result<Option<Token>, StoreError> {
-            let t = self.txn.open_table(TOKENHASH_TOKEN)?;
-            t.get(hash.as_slice())?.map(|v| decode("tokenhash_token", v.value())).transpose()
-        }
-
-        /// A user's personal access tokens in id order.
-        pub fn tokens_of(&self, user: UserId) -> Result<Vec<Token>, StoreError> {
-            let index = self.txn.open_table(USERIDTOKENID_TOKENHASH)?;
-            let tokens = self.txn.open_table(TOKENHASH_TOKEN)?;
-            let mut out = Vec::new();
-            for entry in index.range((user, 0u64)..=(user, u64::MAX))? {
-                let (_, hash) = entry?;
-                if let Some(v) = tokens.get(hash.value())? {
-                    out.push(decode("tokenhash_token", v.value())?);
-                }
-            }
-            Ok(out)
-        }
-
-        /// Whether any API token was created by the service itself.
-        pub fn has_stored_api_token(&self) -> Result<bool, StoreError> {
-            let t = self.txn.open_table(USERIDTOKENID_TOKENHASH)?;
-            Ok(t.range((0i64, 0u64)..=(0i64, u64::MAX))?.next().is_some())
-        }
-
-        /// Number of entries waiting in the outbox.
-        pub fn outbox_depth(&self) -> Result<u64, StoreError> {
-            let t = self.txn.open_table(SEQ_OUTBOX)?;
-            Ok(t.len()?)
-        }
-
-        /// The oldest outbox entries, at most `n`.
-        pub fn outbox_head(&self, n: usize) -> Result<Vec<(u64, OutboxOp)>, StoreError> {
-            let t = self.txn.open_table(SEQ_OUTBOX)?;
-            let mut out = Vec::new();
-            for entry in t.iter()?.take(n) {
-                let (k, v) = entry?;
-                out.push((k.value(), decode("seq_outbox", v.value())?));
-            }
-            Ok(out)
-        }
-    };
+        Ok(out)
+    }
 }
 
 /// A read-only snapshot.
@@ -306,8 +312,13 @@ pub struct Reader {
     txn: ReadTransaction,
 }
 
-impl Reader {
-    read_methods!();
+impl Read for Reader {
+    fn table<K: redb::Key + 'static, V: redb::Value + 'static>(
+        &self,
+        def: redb::TableDefinition<'static, K, V>,
+    ) -> Result<impl ReadableTable<K, V>, StoreError> {
+        Ok(self.txn.open_table(def)?)
+    }
 }
 
 /// One write transaction.
@@ -315,9 +326,16 @@ pub struct Writer {
     txn: WriteTransaction,
 }
 
-impl Writer {
-    read_methods!();
+impl Read for Writer {
+    fn table<K: redb::Key + 'static, V: redb::Value + 'static>(
+        &self,
+        def: redb::TableDefinition<'static, K, V>,
+    ) -> Result<impl ReadableTable<K, V>, StoreError> {
+        Ok(self.txn.open_table(def)?)
+    }
+}
 
+impl Writer {
     /// The next value of a named counter, starting at 1.
     pub fn next_id(&mut self, name: &str) -> Result<u64, StoreError> {
         let mut t = self.txn.open_table(NAME_COUNTER)?;

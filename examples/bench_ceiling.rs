@@ -1,0 +1,69 @@
+//! The ceiling of `scripts/bench.sh`: the service's own TLS accept loop
+//! (`messenger_chat::server::serve`) around a filter that does no work.
+//!
+//! Whatever this reaches on a machine is what TLS, HTTP and the loopback
+//! allow there; the benchmark judges the service's endpoints as a share of
+//! it. The bodies are files captured from the real service, so both answers
+//! carry the same bytes and only the handler's own work differs.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use messenger_chat::server::{TlsFiles, TlsState, serve};
+use tokio::signal::unix::{SignalKind, signal};
+use warp::Filter;
+
+#[derive(Parser)]
+#[command(about = "Serves fixed JSON bodies over the service's TLS code")]
+struct Args {
+    /// PEM certificate (the service's self-signed one, so the same client trusts both).
+    #[arg(long)]
+    cert: PathBuf,
+    /// PEM private key of that certificate.
+    #[arg(long)]
+    key: PathBuf,
+    /// Body of `GET /v1/chatrooms` (a page of rooms).
+    #[arg(long)]
+    list_body: PathBuf,
+    /// Body of every other GET (one room).
+    #[arg(long)]
+    room_body: PathBuf,
+    /// Port 0 picks a free port; the chosen address is printed.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+}
+
+/// Reads a body once; it lives as long as the process, so replies borrow it
+/// instead of copying it per request.
+fn load(path: &PathBuf) -> std::io::Result<&'static [u8]> {
+    Ok(Box::leak(std::fs::read(path)?.into_boxed_slice()))
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let list = load(&args.list_body)?;
+    let room = load(&args.room_body)?;
+    let tls = Arc::new(TlsState::new(TlsFiles { cert: args.cert, key: args.key })?);
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+
+    let list_route = warp::path!("v1" / "chatrooms")
+        .and(warp::get())
+        .map(move || warp::reply::with_header(list, "content-type", "application/json"));
+    let room_route = warp::get().map(move || warp::reply::with_header(room, "content-type", "application/json"));
+    let filter = list_route.or(room_route);
+
+    println!("bench_ceiling: listening on https://{}", listener.local_addr()?);
+    let mut term = signal(SignalKind::terminate())?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
+    serve(listener, Some(tls), filter, shutdown, Duration::from_secs(1)).await;
+    Ok(())
+}

@@ -1,0 +1,255 @@
+//! /v1/organizations… and /v1/users…: administration, API token only.
+
+use bytes::Bytes;
+use http::StatusCode;
+use serde_json::json as j;
+use warp::Filter;
+use warp::filters::BoxedFilter;
+use warp::reply::Response;
+
+use super::extract::{self, body, int, token};
+use super::views::{NameBody, RoleBody, TokenBody, TokenView, UserBody, rfc3339};
+use super::{AppState, answer, blocking, json, no_content, with_state};
+use crate::error::Error;
+use crate::model::OrgRole;
+
+pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
+    let max = state.max_body();
+    let s = || with_state(state.clone());
+    let put_org = warp::path!("v1" / "organizations" / String)
+        .and(warp::put())
+        .and(s())
+        .and(token())
+        .and(body(max, true))
+        .then(put_org);
+    let delete_org = warp::path!("v1" / "organizations" / String)
+        .and(warp::delete())
+        .and(s())
+        .and(token())
+        .then(delete_org);
+    let members = warp::path!("v1" / "organizations" / String / "members")
+        .and(warp::get())
+        .and(s())
+        .and(token())
+        .then(list_members);
+    let put_member = warp::path!("v1" / "organizations" / String / "members" / String)
+        .and(warp::put())
+        .and(s())
+        .and(token())
+        .and(body(max, true))
+        .then(put_member);
+    let delete_member = warp::path!("v1" / "organizations" / String / "members" / String)
+        .and(warp::delete())
+        .and(s())
+        .and(token())
+        .then(delete_member);
+    let put_user = warp::path!("v1" / "users" / String)
+        .and(warp::put())
+        .and(s())
+        .and(token())
+        .and(body(max, true))
+        .then(put_user);
+    let delete_user = warp::path!("v1" / "users" / String)
+        .and(warp::delete())
+        .and(s())
+        .and(token())
+        .then(delete_user);
+    let issue = warp::path!("v1" / "users" / String / "tokens")
+        .and(warp::post())
+        .and(s())
+        .and(token())
+        .and(body(max, false))
+        .then(issue_token);
+    let list_tokens = warp::path!("v1" / "users" / String / "tokens")
+        .and(warp::get())
+        .and(s())
+        .and(token())
+        .then(list_tokens);
+    let revoke = warp::path!("v1" / "users" / String / "tokens" / String)
+        .and(warp::delete())
+        .and(s())
+        .and(token())
+        .then(revoke_token);
+    put_org
+        .or(delete_org)
+        .unify()
+        .or(members)
+        .unify()
+        .or(put_member)
+        .unify()
+        .or(delete_member)
+        .unify()
+        .or(put_user)
+        .unify()
+        .or(delete_user)
+        .unify()
+        .or(issue)
+        .unify()
+        .or(list_tokens)
+        .unify()
+        .or(revoke)
+        .unify()
+        .boxed()
+}
+
+fn id(name: &str, raw: &str) -> crate::error::Result<i64> {
+    int(name, &extract::decode_segment(raw))
+}
+
+fn created_or_ok(created: bool) -> StatusCode {
+    if created { StatusCode::CREATED } else { StatusCode::OK }
+}
+
+/// PUT /v1/organizations/{organizationID} — API token: create or rename.
+async fn put_org(org: String, state: AppState, token: Option<String>, body: Bytes) -> Response {
+    answer(
+        async {
+            let (_, p) = state.caller(token.as_deref())?;
+            let org = id("organizationID", &org)?;
+            let b: NameBody = extract::json(&body)?;
+            let d = state.domain.clone();
+            let (org, created) = blocking(move || d.put_org(p, org, &b.name)).await?;
+            Ok(json(created_or_ok(created), &j!({"organizationID": org.id, "name": org.name})))
+        }
+        .await,
+    )
+}
+
+/// DELETE /v1/organizations/{organizationID} — API token: with all its rooms.
+async fn delete_org(org: String, state: AppState, token: Option<String>) -> Response {
+    answer(
+        async {
+            let (_, p) = state.caller(token.as_deref())?;
+            let org = id("organizationID", &org)?;
+            let d = state.domain.clone();
+            blocking(move || d.delete_org(p, org)).await?;
+            Ok(no_content())
+        }
+        .await,
+    )
+}
+
+/// GET /v1/organizations/{organizationID}/members — API token.
+async fn list_members(org: String, state: AppState, token: Option<String>) -> Response {
+    answer((|| {
+        let (r, p) = state.caller(token.as_deref())?;
+        let members = state.domain.members(&r, p, id("organizationID", &org)?)?;
+        let list: Vec<_> = members.iter().map(|(u, role)| j!({"userID": u, "role": role.as_str()})).collect();
+        Ok(json(StatusCode::OK, &list))
+    })())
+}
+
+/// PUT /v1/organizations/{organizationID}/members/{userID} — API token: set the role.
+async fn put_member(org: String, user: String, state: AppState, token: Option<String>, body: Bytes) -> Response {
+    answer(
+        async {
+            let (_, p) = state.caller(token.as_deref())?;
+            let org = id("organizationID", &org)?;
+            let user = id("userID", &user)?;
+            let b: RoleBody = extract::json(&body)?;
+            let role = OrgRole::parse(&b.role).ok_or_else(|| {
+                Error::Invalid(format!("role must be owner, admin or member, got {:?}", b.role))
+            })?;
+            let d = state.domain.clone();
+            blocking(move || d.set_member(p, org, user, role)).await?;
+            Ok(json(StatusCode::OK, &j!({"userID": user, "role": role.as_str()})))
+        }
+        .await,
+    )
+}
+
+/// DELETE /v1/organizations/{organizationID}/members/{userID} — API token: they leave every room of it.
+async fn delete_member(org: String, user: String, state: AppState, token: Option<String>) -> Response {
+    answer(
+        async {
+            let (_, p) = state.caller(token.as_deref())?;
+            let org = id("organizationID", &org)?;
+            let user = id("userID", &user)?;
+            let d = state.domain.clone();
+            blocking(move || d.remove_member(p, org, user)).await?;
+            Ok(no_content())
+        }
+        .await,
+    )
+}
+
+/// PUT /v1/users/{userID} — API token: create or update (reactivates).
+async fn put_user(user: String, state: AppState, token: Option<String>, body: Bytes) -> Response {
+    answer(
+        async {
+            let (_, p) = state.caller(token.as_deref())?;
+            let user = id("userID", &user)?;
+            let b: UserBody = extract::json(&body)?;
+            let d = state.domain.clone();
+            let (u, created) = blocking(move || d.put_user(p, user, &b.display_name)).await?;
+            Ok(json(
+                created_or_ok(created),
+                &j!({"userID": u.id, "displayName": u.display_name, "deactivated": u.deactivated}),
+            ))
+        }
+        .await,
+    )
+}
+
+/// DELETE /v1/users/{userID} — API token: deactivate.
+async fn delete_user(user: String, state: AppState, token: Option<String>) -> Response {
+    answer(
+        async {
+            let (_, p) = state.caller(token.as_deref())?;
+            let user = id("userID", &user)?;
+            let d = state.domain.clone();
+            blocking(move || d.deactivate_user(p, user)).await?;
+            Ok(no_content())
+        }
+        .await,
+    )
+}
+
+/// POST /v1/users/{userID}/tokens — API token: issue a PAT, shown only in this answer.
+async fn issue_token(user: String, state: AppState, token: Option<String>, body: Bytes) -> Response {
+    answer(
+        async {
+            let (_, p) = state.caller(token.as_deref())?;
+            let user = id("userID", &user)?;
+            let b: TokenBody = if body.is_empty() { TokenBody::default() } else { extract::json(&body)? };
+            let d = state.domain.clone();
+            let issued = blocking(move || d.issue_token(p, user, b.name.as_deref(), b.expires_in_days)).await?;
+            let mut resp = json(
+                StatusCode::CREATED,
+                &j!({
+                    "id": issued.record.id,
+                    "token": issued.secret,
+                    "expiresAt": issued.record.expires_at.map(rfc3339),
+                }),
+            );
+            resp.headers_mut().insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+            Ok(resp)
+        }
+        .await,
+    )
+}
+
+/// GET /v1/users/{userID}/tokens — API token: never the secrets.
+async fn list_tokens(user: String, state: AppState, token: Option<String>) -> Response {
+    answer((|| {
+        let (r, p) = state.caller(token.as_deref())?;
+        let tokens = state.domain.tokens(&r, p, id("userID", &user)?)?;
+        let list: Vec<TokenView> = tokens.iter().map(TokenView::from).collect();
+        Ok(json(StatusCode::OK, &list))
+    })())
+}
+
+/// DELETE /v1/users/{userID}/tokens/{tokenID} — API token: revoke.
+async fn revoke_token(user: String, token_id: String, state: AppState, token: Option<String>) -> Response {
+    answer(
+        async {
+            let (_, p) = state.caller(token.as_deref())?;
+            let user = id("userID", &user)?;
+            let token_id = id("tokenID", &token_id)?;
+            let d = state.domain.clone();
+            blocking(move || d.revoke_token(p, user, token_id)).await?;
+            Ok(no_content())
+        }
+        .await,
+    )
+}

@@ -1,0 +1,208 @@
+//! Reading requests: tokens, bodies, query strings and path ids, each with
+//! an error that says what to change.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+use serde::de::DeserializeOwned;
+use warp::Filter;
+use warp::http::HeaderMap;
+
+use super::problem::ApiReject;
+use crate::domain::rooms::RoomRef;
+use crate::error::{Error, Result};
+
+/// The token of a request: `Authorization: Bearer <t>` or `API-TOKEN: <t>`.
+pub fn token() -> impl Filter<Extract = (Option<String>,), Error = std::convert::Infallible> + Clone {
+    warp::header::headers_cloned().map(|h: HeaderMap| {
+        if let Some(v) = h.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+            let v = v.trim();
+            if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") {
+                return Some(v[7..].trim().to_string());
+            }
+        }
+        h.get("api-token").and_then(|v| v.to_str().ok()).map(|v| v.trim().to_string())
+    })
+}
+
+/// The token, or 401.
+///
+/// # Errors
+/// 401 when the request carries none.
+pub fn require_token(token: Option<&str>) -> Result<&str> {
+    match token {
+        Some(t) if !t.is_empty() => Ok(t),
+        _ => Err(Error::Unauthorized(
+            "this call needs a token: send `Authorization: Bearer <token>` or `API-TOKEN: <token>`".into(),
+        )),
+    }
+}
+
+/// A JSON body of at most `max` bytes. `required`: the body must be there
+/// and be `application/json`; otherwise an empty body is accepted.
+pub fn body(max: u64, required: bool) -> impl Filter<Extract = (Bytes,), Error = warp::Rejection> + Clone {
+    warp::header::optional::<String>("content-type")
+        .and(warp::header::optional::<u64>("content-length"))
+        .and(warp::body::stream())
+        .and_then(move |ct: Option<String>, len: Option<u64>, stream| async move {
+            if len.is_some_and(|l| l > max) {
+                return Err(too_large(max));
+            }
+            let bytes = collect(stream, max).await.map_err(warp::reject::custom)?;
+            if bytes.is_empty() && !required {
+                return Ok(bytes);
+            }
+            let is_json = ct.as_deref().is_some_and(|ct| {
+                let essence = ct.split(';').next().unwrap_or("").trim();
+                essence.eq_ignore_ascii_case("application/json")
+            });
+            if !is_json {
+                return Err(warp::reject::custom(ApiReject(Error::UnsupportedMediaType(format!(
+                    "send the body as JSON with `Content-Type: application/json` (got {})",
+                    ct.as_deref().map_or("no content type".to_string(), |c| format!("`{c}`"))
+                )))));
+            }
+            Ok(bytes)
+        })
+}
+
+fn too_large(max: u64) -> warp::Rejection {
+    warp::reject::custom(ApiReject(Error::TooLarge(format!(
+        "the request body is larger than {max} bytes (server.max_body_bytes)"
+    ))))
+}
+
+async fn collect<S, B>(stream: S, max: u64) -> Result<Bytes, ApiReject>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let mut out = BytesMut::new();
+    futures_util::pin_mut!(stream);
+    while let Some(chunk) = stream.next().await {
+        let mut chunk = chunk.map_err(|e| ApiReject(Error::BadRequest(format!("could not read the body: {e}"))))?;
+        if (out.len() + chunk.remaining()) as u64 > max {
+            return Err(ApiReject(Error::TooLarge(format!(
+                "the request body is larger than {max} bytes (server.max_body_bytes)"
+            ))));
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            let n = part.len();
+            out.put_slice(part);
+            chunk.advance(n);
+        }
+    }
+    Ok(out.freeze())
+}
+
+/// Parses a JSON body; the error names the field and what was wrong.
+///
+/// # Errors
+/// 400 for broken JSON, a wrong type, a missing or unknown field.
+pub fn json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let what = strip_position(&inner.to_string());
+        match inner.classify() {
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => Error::BadRequest(format!(
+                "the body is not valid JSON ({what} at line {} column {})",
+                inner.line(),
+                inner.column()
+            )),
+            _ if path == "." || path.is_empty() => Error::BadRequest(format!("the body does not fit: {what}")),
+            _ => Error::BadRequest(format!("field {path}: {what}")),
+        }
+    })
+}
+
+fn strip_position(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(at) => msg[..at].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+/// A query string as (name, value) pairs.
+///
+/// # Errors
+/// 400 when it is not `application/x-www-form-urlencoded`.
+pub fn query_pairs(raw: &str) -> Result<Vec<(String, String)>> {
+    serde_urlencoded::from_str(raw).map_err(|e| Error::BadRequest(format!("malformed query string: {e}")))
+}
+
+/// The raw query string, empty when there is none.
+pub fn raw_query() -> impl Filter<Extract = (String,), Error = std::convert::Infallible> + Clone {
+    warp::query::raw().or(warp::any().map(String::new)).unify()
+}
+
+/// One query parameter.
+#[must_use]
+pub fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+/// An integer parameter (query or path).
+///
+/// # Errors
+/// 400 when it is not an integer.
+pub fn int(name: &str, value: &str) -> Result<i64> {
+    value.trim().parse::<i64>().map_err(|_| Error::BadRequest(format!("{name} must be an integer, got {value:?}")))
+}
+
+/// A path segment, percent-decoded.
+#[must_use]
+pub fn decode_segment(raw: &str) -> String {
+    percent_encoding::percent_decode_str(raw).decode_utf8_lossy().into_owned()
+}
+
+/// A room as named in a path: its number, or its Matrix id (`!…:server`).
+///
+/// # Errors
+/// 400 for anything else, 422 for a number ≤ 0.
+pub fn room_ref(raw: &str) -> Result<RoomRef> {
+    let s = decode_segment(raw);
+    if s.starts_with('!') && s.contains(':') {
+        return Ok(RoomRef::Matrix(s));
+    }
+    match s.parse::<i64>() {
+        Ok(n) if n > 0 => Ok(RoomRef::Id(n.cast_unsigned())),
+        Ok(n) => Err(Error::Invalid(format!("roomID must be a positive integer, got {n}"))),
+        Err(_) => Err(Error::BadRequest(format!(
+            "roomID must be a room number or a Matrix room id such as !abc:example.org, got {s:?}"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Body {
+        #[serde(rename = "organizationID")]
+        organization_id: i64,
+    }
+
+    #[test]
+    fn json_errors_name_the_field() {
+        let e = json::<Body>(br#"{"organizationID": "x"}"#).unwrap_err().to_string();
+        assert!(e.contains("organizationID") && e.contains("invalid type"), "{e}");
+        let e = json::<Body>(br#"{"organizationID": 1, "nmae": 2}"#).unwrap_err().to_string();
+        assert!(e.contains("nmae"), "{e}");
+        let e = json::<Body>(b"{").unwrap_err().to_string();
+        assert!(e.contains("not valid JSON"), "{e}");
+    }
+
+    #[test]
+    fn room_refs() {
+        assert_eq!(room_ref("12").unwrap(), RoomRef::Id(12));
+        assert_eq!(room_ref("%21abc%3Ahs").unwrap(), RoomRef::Matrix("!abc:hs".into()));
+        assert_eq!(room_ref("0").unwrap_err().status(), 422);
+        assert_eq!(room_ref("-3").unwrap_err().status(), 422);
+        assert_eq!(room_ref("abc").unwrap_err().status(), 400);
+    }
+}

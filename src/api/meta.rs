@@ -1,0 +1,112 @@
+//! Outside /v1: health, readiness, metrics, the OpenAPI document and its page.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::StatusCode;
+use warp::Filter;
+use warp::filters::BoxedFilter;
+use warp::reply::Response;
+
+use super::{AppState, answer, json, with_state};
+use crate::error::Error;
+use crate::store::Read;
+
+/// The OpenAPI 3.1 description of every route (checked against the routes by a test).
+pub const OPENAPI: &str = include_str!("../../assets/openapi.json");
+/// A page that renders [`OPENAPI`] for people.
+pub const DOCS_HTML: &str = include_str!("../../assets/docs.html");
+
+/// Upper bounds (seconds) of the request latency histogram.
+const BUCKETS: [f64; 10] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5];
+
+/// Request counters for /metrics.
+#[derive(Default)]
+pub struct Metrics {
+    /// Requests by status class: 1xx … 5xx.
+    by_class: [AtomicU64; 5],
+    /// Cumulative latency histogram.
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Metrics {
+    /// Counts one answered request.
+    pub fn observe(&self, status: u16, elapsed: Duration) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.by_class[class].fetch_add(1, Ordering::Relaxed);
+        let secs = elapsed.as_secs_f64();
+        for (i, le) in BUCKETS.iter().enumerate() {
+            if secs <= *le {
+                self.buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+}
+
+pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
+    let healthz = warp::path!("healthz").and(warp::get()).map(|| json(StatusCode::OK, &serde_json::json!({"status": "ok"})));
+    let readyz = warp::path!("readyz").and(warp::get()).and(with_state(state.clone())).map(readyz);
+    let metrics = warp::path!("metrics").and(warp::get()).and(with_state(state)).map(metrics);
+    let openapi = warp::path!("openapi.json")
+        .and(warp::get())
+        .map(|| warp::http::Response::builder().header("content-type", "application/json").body(OPENAPI.into()).unwrap_or_default());
+    let docs = warp::path!("docs")
+        .and(warp::get())
+        .map(|| warp::http::Response::builder().header("content-type", "text/html; charset=utf-8").body(DOCS_HTML.into()).unwrap_or_default());
+    healthz.or(readyz).unify().or(metrics).unify().or(openapi).unify().or(docs).unify().boxed()
+}
+
+/// GET /readyz — anyone: 200 when the database answers.
+fn readyz(state: AppState) -> Response {
+    answer(
+        state
+            .domain
+            .store
+            .read()
+            .and_then(|r| r.outbox_depth())
+            .map(|depth| {
+                json(
+                    StatusCode::OK,
+                    &serde_json::json!({"status": "ready", "database": "ok", "outboxDepth": depth}),
+                )
+            })
+            .map_err(|e| Error::Unavailable(format!("the database is not readable: {e}"))),
+    )
+}
+
+/// GET /metrics — anyone on the network that reaches the port: Prometheus text format.
+fn metrics(state: AppState) -> Response {
+    let m = &state.metrics;
+    let mut out = String::new();
+    out.push_str("# HELP messenger_chat_http_requests_total Answered requests by status class.\n");
+    out.push_str("# TYPE messenger_chat_http_requests_total counter\n");
+    for (i, c) in m.by_class.iter().enumerate() {
+        let _ = writeln!(out, "messenger_chat_http_requests_total{{class=\"{}xx\"}} {}", i + 1, c.load(Ordering::Relaxed));
+    }
+    out.push_str("# HELP messenger_chat_http_request_duration_seconds Time to answer a request.\n");
+    out.push_str("# TYPE messenger_chat_http_request_duration_seconds histogram\n");
+    for (le, b) in BUCKETS.iter().zip(&m.buckets) {
+        let _ = writeln!(out, "messenger_chat_http_request_duration_seconds_bucket{{le=\"{le}\"}} {}", b.load(Ordering::Relaxed));
+    }
+    let count = m.count.load(Ordering::Relaxed);
+    let _ = writeln!(out, "messenger_chat_http_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
+    #[expect(clippy::cast_precision_loss, reason = "a metric, not an account balance")]
+    let sum = m.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+    let _ = writeln!(out, "messenger_chat_http_request_duration_seconds_sum {sum}");
+    let _ = writeln!(out, "messenger_chat_http_request_duration_seconds_count {count}");
+    if let Ok(depth) = state.domain.store.read().and_then(|r| r.outbox_depth()) {
+        out.push_str("# HELP messenger_chat_outbox_depth Changes not yet applied to the homeserver.\n");
+        out.push_str("# TYPE messenger_chat_outbox_depth gauge\n");
+        let _ = writeln!(out, "messenger_chat_outbox_depth {depth}");
+    }
+    warp::http::Response::builder()
+        .header("content-type", "text/plain; version=0.0.4")
+        .body(out.into())
+        .unwrap_or_default()
+}

@@ -1,0 +1,99 @@
+//! HTTP: warp filters and thin handlers. Parsing and status codes live here;
+//! rules live in `domain`.
+
+pub mod admin;
+pub mod extract;
+pub mod meta;
+pub mod problem;
+pub mod rooms;
+pub mod routes;
+pub mod user;
+pub mod views;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::StatusCode;
+use serde::Serialize;
+use warp::reply::Response;
+use warp::{Filter, Reply};
+
+use crate::domain::{Domain, Principal};
+use crate::error::{Error, Result};
+use crate::store::Reader;
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub domain: Arc<Domain>,
+    pub metrics: Arc<meta::Metrics>,
+}
+
+impl AppState {
+    #[must_use]
+    pub fn new(domain: Arc<Domain>) -> Self {
+        AppState { domain, metrics: Arc::new(meta::Metrics::default()) }
+    }
+
+    /// A snapshot and the caller behind `token`.
+    fn caller(&self, token: Option<&str>) -> Result<(Reader, Principal)> {
+        let token = extract::require_token(token)?;
+        let r = self.domain.store.read()?;
+        let p = self.domain.authenticate(&r, token)?;
+        Ok((r, p))
+    }
+
+    fn max_body(&self) -> u64 {
+        self.domain.config.server.max_body_bytes
+    }
+}
+
+/// A filter handing each handler the state.
+fn with_state(state: AppState) -> impl Filter<Extract = (AppState,), Error = Infallible> + Clone {
+    warp::any().map(move || state.clone())
+}
+
+/// Every route, with errors as problem+json and each request logged and counted.
+pub fn routes(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone + Send + Sync + 'static {
+    let metrics = state.metrics.clone();
+    let log = warp::log::custom(move |info| {
+        metrics.observe(info.status().as_u16(), info.elapsed());
+        tracing::info!(
+            target: "messenger_chat::access",
+            method = %info.method(),
+            path = info.path(),
+            status = info.status().as_u16(),
+            micros = u64::try_from(info.elapsed().as_micros()).unwrap_or(u64::MAX),
+        );
+    });
+    meta::routes(state.clone())
+        .or(rooms::routes(state.clone()))
+        .unify()
+        .or(user::routes(state.clone()))
+        .unify()
+        .or(admin::routes(state))
+        .unify()
+        .recover(problem::recover)
+        .unify()
+        .with(log)
+}
+
+/// A JSON answer.
+pub(crate) fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
+    warp::reply::with_status(warp::reply::json(value), status).into_response()
+}
+
+/// 204 No Content.
+pub(crate) fn no_content() -> Response {
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// The answer for a handler's result.
+pub(crate) fn answer(result: Result<Response>) -> Response {
+    result.unwrap_or_else(|e| problem::problem(&e))
+}
+
+/// Runs blocking work (redb writes, Argon2) off the async workers.
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Error::Internal(format!("worker failed: {e}")))?
+}

@@ -1,0 +1,310 @@
+//! /v1/chatrooms…: the original operations on chatrooms.
+
+use bytes::Bytes;
+use http::StatusCode;
+use warp::filters::BoxedFilter;
+use warp::reply::Response;
+use warp::Filter;
+
+use super::extract::{self, body, int, param, query_pairs, raw_query, room_ref, token};
+use super::views::{CreateDefaultBody, CreateRoomBody, RoomList, RoomView, UpdateRoomBody, UsersBody};
+use super::{AppState, answer, blocking, json, no_content, with_state};
+use crate::domain::rooms::{NewRoom, RoomPatch, UserLists};
+use crate::error::{Error, Result};
+use crate::model::Room;
+
+pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
+    let max = state.max_body();
+    let s = || with_state(state.clone());
+    let list = warp::path!("v1" / "chatrooms")
+        .and(warp::get())
+        .and(s())
+        .and(token())
+        .and(raw_query())
+        .then(get_rooms);
+    let create = warp::path!("v1" / "chatrooms")
+        .and(warp::post())
+        .and(s())
+        .and(token())
+        .and(body(max, true))
+        .then(|st, t, b| create_room(st, t, b, false));
+    let get_event = warp::path!("v1" / "chatrooms" / "event")
+        .and(warp::get())
+        .and(s())
+        .and(token())
+        .and(raw_query())
+        .then(get_event_room);
+    let create_event = warp::path!("v1" / "chatrooms" / "event")
+        .and(warp::post())
+        .and(s())
+        .and(token())
+        .and(body(max, true))
+        .then(|st, t, b| create_room(st, t, b, true));
+    let create_default = warp::path!("v1" / "chatrooms" / "default")
+        .and(warp::post())
+        .and(s())
+        .and(token())
+        .and(body(max, true))
+        .then(create_default_room);
+    let delete_default = warp::path!("v1" / "chatrooms" / "default" / String)
+        .and(warp::delete())
+        .and(s())
+        .and(token())
+        .then(delete_default_room);
+    let get_one = warp::path!("v1" / "chatrooms" / String)
+        .and(warp::get())
+        .and(s())
+        .and(token())
+        .then(get_room);
+    let patch = warp::path!("v1" / "chatrooms" / String)
+        .and(warp::patch())
+        .and(s())
+        .and(token())
+        .and(body(max, true))
+        .then(update_room);
+    let delete = warp::path!("v1" / "chatrooms" / String)
+        .and(warp::delete())
+        .and(s())
+        .and(token())
+        .then(delete_room);
+    let claim = warp::path!("v1" / "chatrooms" / String / "claim")
+        .and(warp::post())
+        .and(s())
+        .and(token())
+        .and(raw_query())
+        .then(claim_room);
+    let add = warp::path!("v1" / "chatrooms" / String / "users")
+        .and(warp::post())
+        .and(s())
+        .and(token())
+        .and(body(max, true))
+        .then(|id, st, t, b| change_users(id, st, t, b, true));
+    let remove = warp::path!("v1" / "chatrooms" / String / "users")
+        .and(warp::delete())
+        .and(s())
+        .and(token())
+        .and(body(max, true))
+        .then(|id, st, t, b| change_users(id, st, t, b, false));
+    list.or(create)
+        .unify()
+        .or(get_event)
+        .unify()
+        .or(create_event)
+        .unify()
+        .or(create_default)
+        .unify()
+        .or(delete_default)
+        .unify()
+        .or(get_one)
+        .unify()
+        .or(patch)
+        .unify()
+        .or(delete)
+        .unify()
+        .or(claim)
+        .unify()
+        .or(add)
+        .unify()
+        .or(remove)
+        .unify()
+        .boxed()
+}
+
+fn room(status: StatusCode, room: &Room) -> Response {
+    json(status, &RoomView::from(room))
+}
+
+/// GET /v1/chatrooms?organization_id=&all=&limit=&offset= — any member of the organization.
+async fn get_rooms(state: AppState, token: Option<String>, query: String) -> Response {
+    answer((|| {
+        let (r, p) = state.caller(token.as_deref())?;
+        let q = query_pairs(&query)?;
+        let org = int("organization_id", param(&q, "organization_id").ok_or_else(|| {
+            Error::BadRequest("organization_id is required: add ?organization_id=<id>".into())
+        })?)?;
+        let all = match param(&q, "all") {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => return Err(Error::BadRequest(format!("all must be true or false, got {other:?}"))),
+        };
+        let limit = match param(&q, "limit") {
+            None => 10,
+            Some(v) => match int("limit", v)? {
+                n @ 1..=50 => usize::try_from(n).unwrap_or(10),
+                n => return Err(Error::BadRequest(format!("limit must be between 1 and 50, got {n}"))),
+            },
+        };
+        let offset = match param(&q, "offset") {
+            None => 0,
+            Some(v) => match int("offset", v)? {
+                n if n >= 0 => usize::try_from(n).unwrap_or(usize::MAX),
+                n => return Err(Error::BadRequest(format!("offset must be 0 or more, got {n}"))),
+            },
+        };
+        let page = if all { None } else { Some((offset, limit)) };
+        let (rooms, total) = state.domain.list_rooms(&r, p, org, page)?;
+        Ok(json(StatusCode::OK, &RoomList { entries: rooms.iter().map(RoomView::from).collect(), total }))
+    })())
+}
+
+/// GET /v1/chatrooms/event?organization_id=&event_id= — any member of the organization.
+async fn get_event_room(state: AppState, token: Option<String>, query: String) -> Response {
+    answer((|| {
+        let (r, p) = state.caller(token.as_deref())?;
+        let q = query_pairs(&query)?;
+        let required = |name: &str| -> Result<i64> {
+            int(name, param(&q, name).ok_or_else(|| Error::BadRequest(format!("{name} is required")))?)
+        };
+        let found = state.domain.event_room(&r, p, required("organization_id")?, required("event_id")?)?;
+        Ok(room(StatusCode::OK, &found))
+    })())
+}
+
+/// POST /v1/chatrooms (custom room) and POST /v1/chatrooms/event (an event's room)
+/// — owners/admins of the organization; a PAT caller becomes a room admin.
+async fn create_room(state: AppState, token: Option<String>, body: Bytes, event: bool) -> Response {
+    answer(
+        async {
+            let (_, p) = state.caller(token.as_deref())?;
+            let b: CreateRoomBody = extract::json(&body)?;
+            let event_id = match (event, b.event_id) {
+                (true, None) => return Err(Error::BadRequest("eventID is required for an event's room".into())),
+                (false, Some(_)) => {
+                    return Err(Error::BadRequest(
+                        "eventID belongs in POST /v1/chatrooms/event, not in a custom room".into(),
+                    ));
+                }
+                (_, e) => e,
+            };
+            let spec = NewRoom {
+                org_id: b.organization_id,
+                event_id,
+                name: b.name,
+                users: UserLists { admins: b.admins, moderators: b.moderators, assigned: b.assigned_users },
+                automation: b.automation_enabled,
+                avatar: b.avatar,
+                scheduled_deletion: b.scheduled_deletion,
+            };
+            let d = state.domain.clone();
+            let created = blocking(move || d.create_room(p, spec)).await?;
+            Ok(room(StatusCode::CREATED, &created))
+        }
+        .await,
+    )
+}
+
+/// POST /v1/chatrooms/default — owners/admins of the organization.
+async fn create_default_room(state: AppState, token: Option<String>, body: Bytes) -> Response {
+    answer(
+        async {
+            let (_, p) = state.caller(token.as_deref())?;
+            let b: CreateDefaultBody = extract::json(&body)?;
+            let d = state.domain.clone();
+            let created = blocking(move || d.create_default_room(p, b.organization_id, b.automation_enabled)).await?;
+            Ok(room(StatusCode::CREATED, &created))
+        }
+        .await,
+    )
+}
+
+/// DELETE /v1/chatrooms/default/{organizationID} — owners/admins of the organization.
+async fn delete_default_room(org: String, state: AppState, token: Option<String>) -> Response {
+    answer(
+        async {
+            let (_, p) = state.caller(token.as_deref())?;
+            let org = int("organizationID", &extract::decode_segment(&org))?;
+            let d = state.domain.clone();
+            blocking(move || d.delete_default_room(p, org)).await?;
+            Ok(no_content())
+        }
+        .await,
+    )
+}
+
+/// GET /v1/chatrooms/{roomID} — any member of the room's organization.
+async fn get_room(id: String, state: AppState, token: Option<String>) -> Response {
+    answer((|| {
+        let (r, p) = state.caller(token.as_deref())?;
+        let found = state.domain.get_room(&r, p, &room_ref(&id)?)?;
+        Ok(room(StatusCode::OK, &found))
+    })())
+}
+
+/// PATCH /v1/chatrooms/{roomID} — owners/admins of the organization, admins of the room.
+async fn update_room(id: String, state: AppState, token: Option<String>, body: Bytes) -> Response {
+    answer(
+        async {
+            let (_, p) = state.caller(token.as_deref())?;
+            let which = room_ref(&id)?;
+            let b: UpdateRoomBody = extract::json(&body)?;
+            let patch = RoomPatch {
+                automation: b.automation_enabled,
+                name: b.name,
+                avatar: b.avatar,
+                scheduled_deletion: b.scheduled_deletion,
+            };
+            if patch.is_empty() {
+                return Err(Error::BadRequest(
+                    "nothing to change: send automationEnabled, name, avatar or scheduledDeletion".into(),
+                ));
+            }
+            let d = state.domain.clone();
+            let updated = blocking(move || d.update_room(p, &which, patch)).await?;
+            Ok(room(StatusCode::OK, &updated))
+        }
+        .await,
+    )
+}
+
+/// DELETE /v1/chatrooms/{roomID} — owners/admins of the organization, admins of the room.
+async fn delete_room(id: String, state: AppState, token: Option<String>) -> Response {
+    answer(
+        async {
+            let (_, p) = state.caller(token.as_deref())?;
+            let which = room_ref(&id)?;
+            let d = state.domain.clone();
+            blocking(move || d.delete_room(p, &which)).await?;
+            Ok(no_content())
+        }
+        .await,
+    )
+}
+
+/// POST /v1/chatrooms/{roomID}/claim — a member listed in the room, or any
+/// member for the default room and automated rooms; an API token names the user with `?user_id=`.
+async fn claim_room(id: String, state: AppState, token: Option<String>, query: String) -> Response {
+    answer(
+        async {
+            let (r, p) = state.caller(token.as_deref())?;
+            let which = room_ref(&id)?;
+            let q = query_pairs(&query)?;
+            let user_id = param(&q, "user_id").map(|v| int("user_id", v)).transpose()?;
+            let user = state.domain.acting_user(&r, p, user_id)?;
+            drop(r);
+            let d = state.domain.clone();
+            let claimed = blocking(move || d.claim(p, user, &which)).await?;
+            Ok(room(StatusCode::OK, &claimed))
+        }
+        .await,
+    )
+}
+
+/// POST (add) and DELETE (remove) /v1/chatrooms/{roomID}/users — owners/admins
+/// of the organization and room admins; room moderators for assignedUsers only.
+async fn change_users(id: String, state: AppState, token: Option<String>, body: Bytes, add: bool) -> Response {
+    answer(
+        async {
+            let (_, p) = state.caller(token.as_deref())?;
+            let which = room_ref(&id)?;
+            let b: UsersBody = extract::json(&body)?;
+            let lists = UserLists { admins: b.admins, moderators: b.moderators, assigned: b.assigned_users };
+            let d = state.domain.clone();
+            let changed = blocking(move || {
+                if add { d.add_users(p, &which, &lists) } else { d.remove_users(p, &which, &lists) }
+            })
+            .await?;
+            Ok(room(StatusCode::OK, &changed))
+        }
+        .await,
+    )
+}

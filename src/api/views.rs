@@ -1,0 +1,310 @@
+//! JSON shapes of requests and answers, with the original's field names.
+
+use base64::Engine as _;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Room, Token};
+
+/// A room as answered.
+#[derive(Debug, Serialize)]
+pub struct RoomView<'a> {
+    #[serde(rename = "roomID")]
+    pub room_id: u64,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    #[serde(rename = "organizationID")]
+    pub organization_id: i64,
+    #[serde(rename = "eventID")]
+    pub event_id: i64,
+    pub name: &'a str,
+    #[serde(rename = "matrixRoomID")]
+    pub matrix_room_id: &'a str,
+    #[serde(rename = "avatarURL")]
+    pub avatar_url: &'a str,
+    pub admins: &'a [i64],
+    pub moderators: &'a [i64],
+    #[serde(rename = "assignedUsers")]
+    pub assigned_users: &'a [i64],
+    #[serde(rename = "automationEnabled")]
+    pub automation_enabled: bool,
+    #[serde(rename = "scheduledDeletion")]
+    pub scheduled_deletion: Option<String>,
+    #[serde(rename = "syncState")]
+    pub sync_state: &'static str,
+    #[serde(rename = "syncError")]
+    pub sync_error: Option<&'a str>,
+}
+
+impl<'a> From<&'a Room> for RoomView<'a> {
+    fn from(r: &'a Room) -> Self {
+        RoomView {
+            room_id: r.id,
+            kind: r.kind.as_str(),
+            organization_id: r.org_id,
+            event_id: r.event_id,
+            name: &r.name,
+            matrix_room_id: &r.matrix_room_id,
+            avatar_url: &r.avatar_url,
+            admins: &r.admins,
+            moderators: &r.moderators,
+            assigned_users: &r.assigned,
+            automation_enabled: r.automation,
+            scheduled_deletion: r.scheduled_deletion.map(rfc3339),
+            sync_state: if r.is_synced() { "ready" } else { "pending" },
+            sync_error: r.sync_error.as_deref(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct RoomList<'a> {
+    pub entries: Vec<RoomView<'a>>,
+    pub total: u64,
+}
+
+/// Unix seconds as RFC 3339 UTC.
+#[must_use]
+pub fn rfc3339(secs: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+/// POST /v1/chatrooms and POST /v1/chatrooms/event.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRoomBody {
+    pub name: Option<String>,
+    #[serde(rename = "organizationID")]
+    pub organization_id: i64,
+    #[serde(rename = "eventID")]
+    pub event_id: Option<i64>,
+    #[serde(default)]
+    pub admins: Vec<i64>,
+    #[serde(default)]
+    pub moderators: Vec<i64>,
+    #[serde(default, rename = "assignedUsers")]
+    pub assigned_users: Vec<i64>,
+    #[serde(default, rename = "automationEnabled")]
+    pub automation_enabled: bool,
+    #[serde(default, deserialize_with = "avatar")]
+    pub avatar: Option<Vec<u8>>,
+    #[serde(default, rename = "scheduledDeletion", deserialize_with = "deletion_time")]
+    pub scheduled_deletion: Option<i64>,
+}
+
+/// POST /v1/chatrooms/default.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateDefaultBody {
+    #[serde(rename = "organizationID")]
+    pub organization_id: i64,
+    #[serde(default, rename = "automationEnabled")]
+    pub automation_enabled: bool,
+}
+
+/// PATCH /v1/chatrooms/{roomID}: absent fields stay, `null` clears.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateRoomBody {
+    #[serde(rename = "automationEnabled")]
+    pub automation_enabled: Option<bool>,
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "present_avatar")]
+    pub avatar: Option<Option<Vec<u8>>>,
+    #[serde(default, rename = "scheduledDeletion", deserialize_with = "present_deletion_time")]
+    pub scheduled_deletion: Option<Option<i64>>,
+}
+
+/// POST/DELETE /v1/chatrooms/{roomID}/users.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsersBody {
+    #[serde(default)]
+    pub admins: Vec<i64>,
+    #[serde(default)]
+    pub moderators: Vec<i64>,
+    #[serde(default, rename = "assignedUsers")]
+    pub assigned_users: Vec<i64>,
+}
+
+/// POST /v1/user/login.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginBody {
+    #[serde(rename = "deviceID")]
+    pub device_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NameBody {
+    pub name: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleBody {
+    pub role: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserBody {
+    #[serde(rename = "displayName")]
+    pub display_name: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenBody {
+    pub name: Option<String>,
+    #[serde(rename = "expiresInDays")]
+    pub expires_in_days: Option<i64>,
+}
+
+/// A token as listed: never the secret or its hash.
+#[derive(Debug, Serialize)]
+pub struct TokenView<'a> {
+    pub id: u64,
+    pub name: &'a str,
+    #[serde(rename = "createdAt")]
+    pub created_at: String,
+    #[serde(rename = "expiresAt")]
+    pub expires_at: Option<String>,
+    pub revoked: bool,
+}
+
+impl<'a> From<&'a Token> for TokenView<'a> {
+    fn from(t: &'a Token) -> Self {
+        TokenView {
+            id: t.id,
+            name: &t.name,
+            created_at: rfc3339(t.created_at),
+            expires_at: t.expires_at.map(rfc3339),
+            revoked: t.revoked,
+        }
+    }
+}
+
+/// An avatar: the original's array of byte values, or a base64 string; null for none.
+fn avatar<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+    d.deserialize_any(AvatarVisitor)
+}
+
+fn present_avatar<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<Vec<u8>>>, D::Error> {
+    avatar(d).map(Some)
+}
+
+struct AvatarVisitor;
+
+impl<'de> Visitor<'de> for AvatarVisitor {
+    type Value = Option<Vec<u8>>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an array of byte values 0-255, a base64 string, or null")
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+        let lenient = GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
+        let cleaned: String = v.chars().filter(|c| !c.is_whitespace()).collect();
+        GeneralPurpose::new(&base64::alphabet::STANDARD, lenient)
+            .decode(&cleaned)
+            .or_else(|_| GeneralPurpose::new(&base64::alphabet::URL_SAFE, lenient).decode(&cleaned))
+            .map(Some)
+            .map_err(|_| E::custom("avatar string is not base64: send the image bytes as base64 or as an array of numbers"))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+        while let Some(v) = seq.next_element::<i64>()? {
+            let b = u8::try_from(v)
+                .map_err(|_| de::Error::custom(format!("avatar holds {v}: every element must be a byte value 0-255")))?;
+            out.push(b);
+        }
+        Ok(Some(out))
+    }
+}
+
+/// A deletion time: null, an RFC 3339 time, or Unix seconds.
+fn deletion_time<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    d.deserialize_any(TimeVisitor)
+}
+
+fn present_deletion_time<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<i64>>, D::Error> {
+    deletion_time(d).map(Some)
+}
+
+struct TimeVisitor;
+
+impl Visitor<'_> for TimeVisitor {
+    type Value = Option<i64>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("null, an RFC 3339 time such as 2030-01-31T12:00:00Z, or Unix seconds")
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Some(v))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        i64::try_from(v).map(Some).map_err(|_| E::custom("scheduledDeletion is out of range"))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
+            .map(|t| Some(t.unix_timestamp()))
+            .map_err(|_| E::custom(format!("{v:?} is not an RFC 3339 time such as 2030-01-31T12:00:00Z")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn avatar_forms() {
+        let b: CreateRoomBody = serde_json::from_str(r#"{"organizationID":1,"avatar":[137,80,78,71]}"#).unwrap();
+        assert_eq!(b.avatar.unwrap(), vec![137, 80, 78, 71]);
+        let b: CreateRoomBody = serde_json::from_str(r#"{"organizationID":1,"avatar":"iVBORw=="}"#).unwrap();
+        assert_eq!(b.avatar.unwrap(), vec![137, 80, 78, 71, 0]);
+        let b: CreateRoomBody = serde_json::from_str(r#"{"organizationID":1,"avatar":null}"#).unwrap();
+        assert!(b.avatar.is_none());
+        assert!(serde_json::from_str::<CreateRoomBody>(r#"{"organizationID":1,"avatar":[256]}"#).is_err());
+        let p: UpdateRoomBody = serde_json::from_str(r#"{"avatar":null}"#).unwrap();
+        assert_eq!(p.avatar, Some(None));
+        let p: UpdateRoomBody = serde_json::from_str(r"{}").unwrap();
+        assert_eq!(p.avatar, None);
+    }
+
+    #[test]
+    fn deletion_time_forms() {
+        let b: CreateRoomBody =
+            serde_json::from_str(r#"{"organizationID":1,"scheduledDeletion":"2030-01-01T00:00:00Z"}"#).unwrap();
+        assert_eq!(b.scheduled_deletion, Some(1_893_456_000));
+        let b: CreateRoomBody = serde_json::from_str(r#"{"organizationID":1,"scheduledDeletion":5}"#).unwrap();
+        assert_eq!(b.scheduled_deletion, Some(5));
+        assert!(serde_json::from_str::<CreateRoomBody>(r#"{"organizationID":1,"scheduledDeletion":"soon"}"#).is_err());
+        assert_eq!(rfc3339(1_893_456_000), "2030-01-01T00:00:00Z");
+    }
+}

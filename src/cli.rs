@@ -1,0 +1,226 @@
+//! The command line: `serve` and the administration a self-hoster needs
+//! without a backend. Administration opens the database directly (it is
+//! shared with a running service) and acts with the rights of an API token.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::domain::Principal;
+use crate::model::OrgRole;
+use crate::secrets::{API_TOKEN_PREFIX, new_token, token_hash};
+
+#[derive(Debug, Parser)]
+#[command(name = "messenger-chat", version, about = "Chatrooms of a mobile messenger, on a Matrix homeserver")]
+pub struct Cli {
+    /// Configuration file (default: ./config.toml when present, else built-in defaults).
+    #[arg(long, global = true, env = "MESSENGER_CHAT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the API over HTTPS until SIGTERM.
+    Serve,
+    /// Write a fresh config file with a new API token, and print the token once.
+    Init {
+        /// Where to write the config.
+        #[arg(long, default_value = "config.toml")]
+        out: PathBuf,
+        /// Replace an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Load and validate the configuration, then print it (secrets hidden).
+    CheckConfig,
+    /// API tokens and personal access tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Organizations and their members.
+    #[command(subcommand)]
+    Org(OrgCommand),
+    /// App users.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a new API token: prints the token and the hash to put in auth.api_token_hashes.
+    NewApi,
+    /// Print the SHA-256 (for auth.api_token_hashes) of a token read from standard input.
+    Hash,
+    /// Issue a personal access token for a user (shown once).
+    Issue {
+        #[arg(long)]
+        user: i64,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        days: Option<i64>,
+    },
+    /// List a user's personal access tokens.
+    List {
+        #[arg(long)]
+        user: i64,
+    },
+    /// Revoke a personal access token.
+    Revoke {
+        #[arg(long)]
+        user: i64,
+        #[arg(long)]
+        id: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OrgCommand {
+    /// Create or rename an organization.
+    Put {
+        id: i64,
+        #[arg(long)]
+        name: String,
+    },
+    /// Delete an organization with all its rooms.
+    Delete { id: i64 },
+    /// List an organization's members.
+    Members { id: i64 },
+    /// Make a user a member with a role (owner, admin, member).
+    SetMember {
+        id: i64,
+        user: i64,
+        #[arg(long, default_value = "member")]
+        role: String,
+    },
+    /// Remove a member; they leave every room of the organization.
+    RemoveMember { id: i64, user: i64 },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create or update a user.
+    Put {
+        id: i64,
+        #[arg(long)]
+        display_name: String,
+    },
+    /// Deactivate a user: tokens revoked, out of every room.
+    Deactivate { id: i64 },
+}
+
+/// Runs an administration subcommand; the text to print on success.
+///
+/// # Errors
+/// A line saying what went wrong.
+pub fn run_admin(config: Config, command: Command, config_path: Option<&Path>) -> Result<String, String> {
+    match command {
+        Command::Serve => Err("serve is not an administration command".into()),
+        Command::Init { out, force } => init(&out, force),
+        Command::CheckConfig => Ok(format!(
+            "configuration OK ({})\n{}",
+            config_path.map_or("built-in defaults and environment".to_string(), |p| p.display().to_string()),
+            toml_of(&config)
+        )),
+        Command::Token(TokenCommand::NewApi) => {
+            let token = new_token(API_TOKEN_PREFIX);
+            Ok(format!(
+                "token (shown once): {token}\nadd to [auth] api_token_hashes: \"{}\"",
+                hex::encode(token_hash(&token))
+            ))
+        }
+        Command::Token(TokenCommand::Hash) => {
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).map_err(|e| e.to_string())?;
+            Ok(hex::encode(token_hash(line.trim())))
+        }
+        other => {
+            let d = crate::app::open_domain(config)?;
+            let p = Principal::Api;
+            let show = |e: crate::error::Error| e.to_string();
+            match other {
+                Command::Token(TokenCommand::Issue { user, name, days }) => {
+                    let t = d.issue_token(p, user, name.as_deref(), days).map_err(show)?;
+                    Ok(format!("token {} for user {user} (shown once): {}", t.record.id, t.secret))
+                }
+                Command::Token(TokenCommand::List { user }) => {
+                    let r = d.store.read().map_err(|e| e.to_string())?;
+                    let tokens = d.tokens(&r, p, user).map_err(show)?;
+                    Ok(tokens
+                        .iter()
+                        .map(|t| {
+                            format!(
+                                "{}\t{}\texpires {}\t{}",
+                                t.id,
+                                t.name,
+                                t.expires_at.map_or("never".into(), crate::api::views::rfc3339),
+                                if t.revoked { "revoked" } else { "active" }
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n"))
+                }
+                Command::Token(TokenCommand::Revoke { user, id }) => {
+                    d.revoke_token(p, user, id).map_err(show)?;
+                    Ok(format!("revoked token {id} of user {user}"))
+                }
+                Command::Org(OrgCommand::Put { id, name }) => {
+                    let (org, created) = d.put_org(p, id, &name).map_err(show)?;
+                    Ok(format!("{} organization {}: {}", if created { "created" } else { "renamed" }, org.id, org.name))
+                }
+                Command::Org(OrgCommand::Delete { id }) => {
+                    d.delete_org(p, id).map_err(show)?;
+                    Ok(format!("deleted organization {id} and its rooms"))
+                }
+                Command::Org(OrgCommand::Members { id }) => {
+                    let r = d.store.read().map_err(|e| e.to_string())?;
+                    let members = d.members(&r, p, id).map_err(show)?;
+                    Ok(members.iter().map(|(u, role)| format!("{u}\t{}", role.as_str())).collect::<Vec<_>>().join("\n"))
+                }
+                Command::Org(OrgCommand::SetMember { id, user, role }) => {
+                    let parsed = OrgRole::parse(&role).ok_or_else(|| format!("role must be owner, admin or member, got {role:?}"))?;
+                    d.set_member(p, id, user, parsed).map_err(show)?;
+                    Ok(format!("user {user} is {role} of organization {id}"))
+                }
+                Command::Org(OrgCommand::RemoveMember { id, user }) => {
+                    d.remove_member(p, id, user).map_err(show)?;
+                    Ok(format!("removed user {user} from organization {id}"))
+                }
+                Command::User(UserCommand::Put { id, display_name }) => {
+                    let (u, created) = d.put_user(p, id, &display_name).map_err(show)?;
+                    Ok(format!("{} user {}: {}", if created { "created" } else { "updated" }, u.id, u.display_name))
+                }
+                Command::User(UserCommand::Deactivate { id }) => {
+                    d.deactivate_user(p, id).map_err(show)?;
+                    Ok(format!("deactivated user {id}"))
+                }
+                _ => unreachable!("handled above"),
+            }
+        }
+    }
+}
+
+/// The shipped, documented config file.
+const TEMPLATE: &str = include_str!("../config.toml");
+
+fn init(out: &Path, force: bool) -> Result<String, String> {
+    if out.exists() && !force {
+        return Err(format!("{} exists; pass --force to replace it", out.display()));
+    }
+    let token = new_token(API_TOKEN_PREFIX);
+    let hash = hex::encode(token_hash(&token));
+    let text = TEMPLATE.replacen("api_token_hashes = []", &format!("api_token_hashes = [\"{hash}\"]"), 1);
+    if text == TEMPLATE {
+        return Err("the config template has no api_token_hashes line".into());
+    }
+    let _ = std::fs::remove_file(out);
+    crate::secrets::write_private_file(out, text.as_bytes()).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    Ok(format!("wrote {}\nAPI token (shown once, keep it now): {token}", out.display()))
+}
+
+fn toml_of(config: &Config) -> String {
+    serde_json::to_string_pretty(config).unwrap_or_default()
+}
+

@@ -1,0 +1,104 @@
+//! Tokens in, principals out; and the role checks every operation uses.
+
+use crate::error::{Error, Result};
+use crate::model::{OrgId, OrgRole, Room, RoomRole, TokenKind};
+use crate::secrets::{API_TOKEN_PREFIX, PAT_PREFIX, hashes_equal, token_hash};
+use crate::store::{Read, StoreError};
+
+use super::{Domain, Principal};
+
+impl Domain {
+    /// Finds who holds `token`. One hash and at most one point lookup.
+    ///
+    /// # Errors
+    /// 401 for a missing, unknown, revoked or expired token.
+    pub fn authenticate(&self, r: &impl Read, token: &str) -> Result<Principal> {
+        let hash = token_hash(token);
+        if token.starts_with(API_TOKEN_PREFIX) {
+            // Compare against every configured hash so the time does not tell which matched.
+            let configured = self.api_hashes.iter().fold(false, |acc, h| acc | hashes_equal(h, &hash));
+            if configured {
+                return Ok(Principal::Api);
+            }
+            return match r.token_by_hash(&hash)? {
+                Some(t) if t.kind == TokenKind::Api && hashes_equal(&t.hash, &hash) && !t.revoked => {
+                    Ok(Principal::Api)
+                }
+                _ => Err(Error::Unauthorized("unknown API token".into())),
+            };
+        }
+        if token.starts_with(PAT_PREFIX) {
+            let Some(t) = r.token_by_hash(&hash)? else {
+                return Err(Error::Unauthorized("unknown personal access token".into()));
+            };
+            if t.kind != TokenKind::Personal || !hashes_equal(&t.hash, &hash) {
+                return Err(Error::Unauthorized("unknown personal access token".into()));
+            }
+            if t.revoked {
+                return Err(Error::Unauthorized("this personal access token was revoked; issue a new one".into()));
+            }
+            if t.expires_at.is_some_and(|at| at <= self.clock.now()) {
+                return Err(Error::Unauthorized("this personal access token has expired; issue a new one".into()));
+            }
+            return Ok(Principal::User(t.user_id));
+        }
+        Err(Error::Unauthorized(format!(
+            "send a token starting {API_TOKEN_PREFIX} or {PAT_PREFIX} as `Authorization: Bearer <token>` or `API-TOKEN: <token>`"
+        )))
+    }
+
+    /// The caller's role in an organization (`None` for the API token, which needs none).
+    pub(crate) fn caller_role(r: &impl Read, p: Principal, org: OrgId) -> Result<Option<OrgRole>, StoreError> {
+        match p {
+            Principal::Api => Ok(Some(OrgRole::Owner)),
+            Principal::User(u) => r.member_role(org, u),
+        }
+    }
+
+    /// Any member may read an organization's rooms.
+    pub(crate) fn require_member(r: &impl Read, p: Principal, org: OrgId) -> Result<OrgRole> {
+        match Self::caller_role(r, p, org)? {
+            Some(role) => Ok(role),
+            None => Err(not_member(p, org)),
+        }
+    }
+
+    /// Owners and admins manage an organization's rooms.
+    pub(crate) fn require_org_manager(r: &impl Read, p: Principal, org: OrgId) -> Result<()> {
+        match Self::caller_role(r, p, org)? {
+            Some(role) if role.manages() => Ok(()),
+            Some(_) => Err(Error::Forbidden(format!(
+                "only owners and admins of organization {org} may do this"
+            ))),
+            None => Err(not_member(p, org)),
+        }
+    }
+
+    /// The caller's power over a room: `Admin` for organization managers and
+    /// room admins, the room role otherwise; 403 for non-members.
+    pub(crate) fn room_power(r: &impl Read, p: Principal, room: &Room) -> Result<Option<RoomRole>> {
+        let role = Self::require_member(r, p, room.org_id)?;
+        if role.manages() {
+            return Ok(Some(RoomRole::Admin));
+        }
+        match p {
+            Principal::Api => Ok(Some(RoomRole::Admin)),
+            Principal::User(u) => Ok(room.role_of(u)),
+        }
+    }
+
+    /// API-token-only operations (administration).
+    pub(crate) fn require_api(p: Principal) -> Result<()> {
+        match p {
+            Principal::Api => Ok(()),
+            Principal::User(_) => Err(Error::Forbidden("administration needs an API token".into())),
+        }
+    }
+}
+
+fn not_member(p: Principal, org: OrgId) -> Error {
+    match p {
+        Principal::User(u) => Error::Forbidden(format!("user {u} is not a member of organization {org}")),
+        Principal::Api => Error::Forbidden(format!("not a member of organization {org}")),
+    }
+}

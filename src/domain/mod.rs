@@ -1,0 +1,117 @@
+//! The rules: who may do what, and what a change implies. Handlers parse and
+//! answer; this layer decides and writes through the store.
+
+pub mod admin;
+pub mod auth;
+pub mod rooms;
+
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::model::{OrgId, UserId};
+use crate::secrets::ServerKey;
+use crate::store::Store;
+
+/// The time source, passed in so tests can pin it.
+pub trait Clock: Send + Sync {
+    /// Unix seconds now.
+    fn now(&self) -> i64;
+}
+
+/// The system's wall clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    }
+}
+
+/// Who is calling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Principal {
+    /// An API token: may do everything.
+    Api,
+    /// A personal access token of this user.
+    User(UserId),
+}
+
+/// Everything the rules need, shared by all requests.
+pub struct Domain {
+    pub store: Store,
+    pub config: Arc<Config>,
+    pub key: ServerKey,
+    pub clock: Arc<dyn Clock>,
+    /// SHA-256 of the API tokens named in the config.
+    api_hashes: Vec<[u8; 32]>,
+    /// Woken after every commit that added outbox entries.
+    pub outbox_changed: Arc<Notify>,
+}
+
+impl Domain {
+    /// # Errors
+    /// A configured API token hash is not hex (checked by config validation first).
+    pub fn new(store: Store, config: Arc<Config>, key: ServerKey, clock: Arc<dyn Clock>) -> Result<Self> {
+        let api_hashes = config
+            .auth
+            .api_token_hashes
+            .iter()
+            .map(|h| {
+                let bytes = hex::decode(h).map_err(|e| Error::Internal(format!("auth.api_token_hashes: {e}")))?;
+                <[u8; 32]>::try_from(bytes.as_slice())
+                    .map_err(|_| Error::Internal("auth.api_token_hashes: not 32 bytes".into()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Domain { store, config, key, clock, api_hashes, outbox_changed: Arc::new(Notify::new()) })
+    }
+
+    /// One write transaction with the domain's error type.
+    pub(crate) fn write<T>(&self, f: impl FnOnce(&mut crate::store::Writer) -> Result<T>) -> Result<T> {
+        self.store.write(f)
+    }
+
+    /// Matrix user id of an app user.
+    #[must_use]
+    pub fn matrix_user_id(&self, user: UserId) -> String {
+        format!("@{}{}:{}", self.config.matrix.user_prefix, user, self.config.matrix.server_name)
+    }
+}
+
+/// Checks that an id from a request is positive.
+///
+/// # Errors
+/// 422 naming the field.
+pub fn positive(field: &str, id: i64) -> Result<i64> {
+    if id <= 0 {
+        return Err(Error::Invalid(format!("{field} must be a positive integer, got {id}")));
+    }
+    Ok(id)
+}
+
+/// Checks and trims a display name or room name: 1 to 255 characters.
+///
+/// # Errors
+/// 422 naming the field.
+pub fn name(field: &str, raw: &str) -> Result<String> {
+    let trimmed = raw.trim();
+    let n = trimmed.chars().count();
+    if n == 0 {
+        return Err(Error::Invalid(format!("{field} must not be empty")));
+    }
+    if n > 255 {
+        return Err(Error::Invalid(format!("{field} must be at most 255 characters, got {n}")));
+    }
+    if trimmed.chars().any(char::is_control) {
+        return Err(Error::Invalid(format!("{field} must not contain control characters")));
+    }
+    Ok(trimmed.to_string())
+}
+
+fn org_not_found(org: OrgId) -> Error {
+    Error::NotFound(format!("no organization {org}: create it with PUT /v1/organizations/{org}"))
+}

@@ -1,0 +1,15 @@
+//! messenger-chat: the chatroom service of a mobile messenger, on a Matrix homeserver.
+//!
+//! Layers, each testable alone: `api` (HTTP: parsing and status codes),
+//! `domain` (rules and roles), `store` (redb), `matrix` (the homeserver).
+
+pub mod api;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod model;
+pub mod secrets;
+pub mod server;
+pub mod store;

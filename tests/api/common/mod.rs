@@ -1,0 +1,102 @@
+//! The harness: the real binary ([`TestServer`]), a real HTTPS client
+//! ([`Client`]), and a fixture organization with a user for every role ([`World`]).
+
+mod client;
+mod fixture;
+mod server;
+
+pub use client::{Client, Resp};
+pub use fixture::{Member, World, png, png_of_size};
+pub use server::TestServer;
+
+use serde_json::Value;
+
+/// Shorthands for JSON requests authorised by `token` (sent as `Authorization: Bearer`).
+impl TestServer {
+    pub async fn get(&self, path: &str, token: &str) -> Resp {
+        self.client().json("GET", path, token, None).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Option<Value>) -> Resp {
+        self.client().json("POST", path, token, body.as_ref()).await
+    }
+
+    pub async fn patch(&self, path: &str, token: &str, body: Option<Value>) -> Resp {
+        self.client().json("PATCH", path, token, body.as_ref()).await
+    }
+
+    pub async fn put(&self, path: &str, token: &str, body: Option<Value>) -> Resp {
+        self.client().json("PUT", path, token, body.as_ref()).await
+    }
+
+    pub async fn delete(&self, path: &str, token: &str, body: Option<Value>) -> Resp {
+        self.client().json("DELETE", path, token, body.as_ref()).await
+    }
+
+    /// Any method, exactly these headers (no token added) and these body bytes.
+    pub async fn raw(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+        self.client().send(method, path, headers, body.to_vec()).await
+    }
+
+    /// A request with the API token and a body sent with `content_type` as is.
+    pub async fn raw_api(&self, method: &str, path: &str, content_type: Option<&str>, body: &[u8]) -> Resp {
+        let auth = format!("Bearer {}", self.api_token);
+        let mut headers = vec![("authorization", auth.as_str())];
+        if let Some(ct) = content_type {
+            headers.push(("content-type", ct));
+        }
+        self.client().send(method, path, &headers, body.to_vec()).await
+    }
+
+    /// A room as the API token sees it.
+    pub async fn room(&self, room: i64) -> Value {
+        self.get(&format!("/v1/chatrooms/{room}"), &self.api_token).await.expect(200).clone()
+    }
+
+    /// Every room of an organization as the API token sees it (`all=true`).
+    pub async fn rooms(&self, org: i64) -> Value {
+        self.get(&format!("/v1/chatrooms?organization_id={org}&all=true"), &self.api_token).await.expect(200).clone()
+    }
+
+    /// The members of an organization as the API token sees them.
+    pub async fn members(&self, org: i64) -> Value {
+        self.get(&format!("/v1/organizations/{org}/members"), &self.api_token).await.expect(200).clone()
+    }
+}
+
+/// The ids in a JSON array of numbers.
+#[track_caller]
+pub fn ids(v: &Value) -> Vec<i64> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("expected an array of ids, got {v}"))
+        .iter()
+        .map(|x| x.as_i64().unwrap_or_else(|| panic!("expected an id, got {x}")))
+        .collect()
+}
+
+/// The `roomID` of a room.
+#[track_caller]
+pub fn room_id(room: &Value) -> i64 {
+    room["roomID"].as_i64().unwrap_or_else(|| panic!("a room without a numeric roomID: {room}"))
+}
+
+/// A room without `syncError`, which the background sync may set at any
+/// moment (the test homeserver address has nobody listening).
+#[track_caller]
+pub fn stable(room: &Value) -> Value {
+    let mut room = room.clone();
+    room.as_object_mut().unwrap_or_else(|| panic!("a room is an object, got {room}")).remove("syncError");
+    room
+}
+
+/// A list of rooms with [`stable`] applied to each entry.
+#[track_caller]
+pub fn stable_list(list: &Value) -> Value {
+    let mut list = list.clone();
+    if let Some(entries) = list.get_mut("entries").and_then(Value::as_array_mut) {
+        for entry in entries {
+            *entry = stable(entry);
+        }
+    }
+    list
+}

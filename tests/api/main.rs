@@ -1,0 +1,18 @@
+//! Black-box tests of `messenger-chat`: each test starts the real binary on
+//! a free port with its own data directory, speaks HTTPS to it with a client
+//! that trusts only the server's self-signed certificate, and checks what a
+//! user of the API would see. The contract is `/work/shared/api.md`.
+//!
+//! Run with `cargo test --test api`.
+
+mod common;
+
+mod admin;
+mod auth;
+mod openapi;
+mod persistence;
+mod roles;
+mod rooms;
+mod service;
+mod user;
+mod validation;
