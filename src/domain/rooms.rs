@@ -470,6 +470,30 @@ impl Domain {
         Ok(room)
     }
 
+    /// Deletes the rooms whose scheduled deletion has come, also those whose
+    /// time passed while the service was down. Returns how many.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn delete_due_rooms(&self) -> Result<usize> {
+        let now = self.clock.now();
+        if self.store.read()?.rooms_due(now, 1)?.is_empty() {
+            return Ok(0);
+        }
+        let n = self.write(|w| {
+            let due = w.rooms_due(now, 256)?;
+            for id in &due {
+                if let Some(room) = w.room(*id)? {
+                    tracing::info!(room = room.id, organization = room.org_id, "scheduled deletion");
+                    remove_room(w, &room)?;
+                }
+            }
+            Ok(due.len())
+        })?;
+        self.outbox_changed.notify_one();
+        Ok(n)
+    }
+
     fn check_deletion_time(&self, at: Option<i64>, now: i64) -> Result<()> {
         match at {
             Some(t) if t <= now => Err(Error::Invalid(

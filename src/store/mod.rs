@@ -85,6 +85,9 @@ impl Store {
             t.open_table(USERIDTOKENID_TOKENHASH)?;
             t.open_table(SEQ_OUTBOX)?;
             t.open_table(NAME_COUNTER)?;
+            t.open_table(DELETIONTIME_ROOMID)?;
+            t.open_table(USERID_MATRIXACCOUNT)?;
+            t.open_table(MATRIXROOMID_DELETEID)?;
             let mut meta = t.open_table(NAME_META)?;
             let found = meta.get("schema_version")?.map(|v| codec::decode::<u64>(v.value()));
             match found {
@@ -289,6 +292,26 @@ pub trait Read {
         Ok(t.range((0i64, 0u64)..=(0i64, u64::MAX))?.next().is_some())
     }
 
+    /// Rooms whose scheduled deletion is at or before `now`, soonest first.
+    fn rooms_due(&self, now: i64, limit: usize) -> Result<Vec<RoomId>, StoreError> {
+        let t = self.table(DELETIONTIME_ROOMID)?;
+        let mut ids = Vec::new();
+        for entry in t.range((i64::MIN, 0u64)..=(now, u64::MAX))?.take(limit) {
+            ids.push(entry?.0.value().1);
+        }
+        Ok(ids)
+    }
+
+    /// Whether the user's Matrix account is known to exist.
+    fn has_matrix_account(&self, user: UserId) -> Result<bool, StoreError> {
+        Ok(self.table(USERID_MATRIXACCOUNT)?.get(user)?.is_some())
+    }
+
+    /// The delete id of a room delete being followed on the homeserver.
+    fn delete_id(&self, matrix_room_id: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.table(MATRIXROOMID_DELETEID)?.get(matrix_room_id)?.map(|v| v.value().to_string()))
+    }
+
     /// Number of entries waiting in the outbox.
     fn outbox_depth(&self) -> Result<u64, StoreError> {
         let t = self.table(SEQ_OUTBOX)?;
@@ -374,6 +397,16 @@ impl Writer {
                 t.insert(room.matrix_room_id.as_str(), room.id)?;
             }
         }
+        let old_deletion = previous.and_then(|p| p.scheduled_deletion);
+        if old_deletion != room.scheduled_deletion {
+            let mut t = self.txn.open_table(DELETIONTIME_ROOMID)?;
+            if let Some(at) = old_deletion {
+                t.remove((at, room.id))?;
+            }
+            if let Some(at) = room.scheduled_deletion {
+                t.insert((at, room.id), ())?;
+            }
+        }
         let old_members = previous.map(Room::members).unwrap_or_default();
         let new_members = room.members();
         if old_members != new_members {
@@ -412,6 +445,9 @@ impl Writer {
         }
         if !room.matrix_room_id.is_empty() {
             self.txn.open_table(MATRIXROOMID_ROOMID)?.remove(room.matrix_room_id.as_str())?;
+        }
+        if let Some(at) = room.scheduled_deletion {
+            self.txn.open_table(DELETIONTIME_ROOMID)?.remove((at, room.id))?;
         }
         let mut t = self.txn.open_table(USERIDROOMID)?;
         for u in room.members() {
@@ -472,6 +508,27 @@ impl Writer {
         let seq = self.next_id("outbox_seq")?;
         self.txn.open_table(SEQ_OUTBOX)?.insert(seq, codec::encode(op).as_slice())?;
         Ok(seq)
+    }
+
+    /// Records whether a user's Matrix account exists.
+    pub fn set_matrix_account(&mut self, user: UserId, exists: bool) -> Result<(), StoreError> {
+        let mut t = self.txn.open_table(USERID_MATRIXACCOUNT)?;
+        if exists {
+            t.insert(user, ())?;
+        } else {
+            t.remove(user)?;
+        }
+        Ok(())
+    }
+
+    /// Records (or, with `None`, forgets) the delete id of a homeserver room delete.
+    pub fn set_delete_id(&mut self, matrix_room_id: &str, delete_id: Option<&str>) -> Result<(), StoreError> {
+        let mut t = self.txn.open_table(MATRIXROOMID_DELETEID)?;
+        match delete_id {
+            Some(id) => t.insert(matrix_room_id, id)?,
+            None => t.remove(matrix_room_id)?,
+        };
+        Ok(())
     }
 
     /// Removes a finished outbox entry.

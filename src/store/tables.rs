@@ -38,3 +38,9 @@ pub const SEQ_OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("seq_ou
 pub const NAME_COUNTER: TableDefinition<&str, u64> = TableDefinition::new("name_counter");
 /// key → encoded value: schema version and other facts about the file.
 pub const NAME_META: TableDefinition<&str, &[u8]> = TableDefinition::new("name_meta");
+/// (Unix seconds, room id) → (): rooms waiting for their scheduled deletion, soonest first.
+pub const DELETIONTIME_ROOMID: TableDefinition<(i64, u64), ()> = TableDefinition::new("deletiontime_roomid");
+/// user id → (): app users whose Matrix account exists on the homeserver.
+pub const USERID_MATRIXACCOUNT: TableDefinition<i64, ()> = TableDefinition::new("userid_matrixaccount");
+/// Matrix room id → delete id of the homeserver's asynchronous room delete being followed.
+pub const MATRIXROOMID_DELETEID: TableDefinition<&str, &str> = TableDefinition::new("matrixroomid_deleteid");
