@@ -368,6 +368,28 @@ mod tests {
         assert!(err.is_retryable());
     }
 
+    #[tokio::test]
+    async fn silent_server_times_out() {
+        // Accepts the connection and never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hold = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            drop(socket);
+        });
+        let config = MatrixConfig {
+            homeserver_url: format!("http://{addr}"),
+            request_timeout_ms: 300,
+            ..MatrixConfig::default()
+        };
+        let client = HomeserverClient::new(&config, "pw".into()).unwrap();
+        let err = client.versions().await.unwrap_err();
+        assert!(matches!(err, MatrixError::Timeout(_)), "{err:?}");
+        assert!(err.is_retryable());
+        hold.abort();
+    }
+
     #[test]
     fn rejects_non_http_url() {
         let config = MatrixConfig { homeserver_url: "ftp://x".into(), ..MatrixConfig::default() };

@@ -17,6 +17,9 @@ use super::types::{
     creators_are_privileged,
 };
 
+/// Matrix events are canonical JSON, whose integers stop at 2^53 - 1.
+const MAX_CANONICAL_INT: u64 = (1 << 53) - 1;
+
 /// Who holds unlimited power in a room: its creators in room version 12
 /// and later, nobody in older versions (there the bot's power is its entry
 /// in `users`).
@@ -38,8 +41,15 @@ impl HomeserverClient {
     /// ask [`HomeserverClient::find_room_by_marker`] before creating again.
     ///
     /// # Errors
-    /// `M_FORBIDDEN` / `M_INVALID_PARAM` for refused content, transport errors.
+    /// [`MatrixError::Config`] for a marker above 2^53 - 1; `M_FORBIDDEN` /
+    /// `M_INVALID_PARAM` for refused content; transport errors.
     pub async fn create_room(&self, room: &NewRoom) -> Result<String, MatrixError> {
+        if room.marker > MAX_CANONICAL_INT {
+            return Err(MatrixError::Config(format!(
+                "room marker {} is above 2^53 - 1, the largest integer Matrix events may hold",
+                room.marker
+            )));
+        }
         let version = match &room.room_version {
             Some(v) => v.clone(),
             None => self.default_room_version().await?,

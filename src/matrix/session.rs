@@ -5,9 +5,12 @@ use std::net::IpAddr;
 
 use http::Method;
 
-use super::client::{Auth, Body, HomeserverClient};
-use super::error::MatrixError;
-use super::types::{LoginResponse, PasswordLogin, RefreshRequest, RefreshResponse, UserIdentifier, WhoAmI};
+use super::client::{Auth, Body, HomeserverClient, enc};
+use super::error::{ErrCode, MatrixError};
+use super::types::{
+    DisplayNameResponse, EventIdResponse, JoinedRooms, LoginResponse, PasswordLogin, RefreshRequest, RefreshResponse,
+    TextMessage, UserIdentifier, WhoAmI,
+};
 
 impl HomeserverClient {
     /// `POST /_matrix/client/v3/login` for an app user: password login with
@@ -72,5 +75,52 @@ impl HomeserverClient {
     /// `M_UNKNOWN_TOKEN` for an expired or logged-out token.
     pub async fn whoami(&self, access_token: &str) -> Result<WhoAmI, MatrixError> {
         self.send(Method::GET, "/_matrix/client/v3/account/whoami", Auth::Token(access_token), Body::Empty, None).await
+    }
+
+    /// `GET /_matrix/client/v3/joined_rooms` with a user's `access_token`:
+    /// the rooms that user is joined to, as their own client sees them.
+    ///
+    /// # Errors
+    /// `M_UNKNOWN_TOKEN`; transport errors.
+    pub async fn user_joined_rooms(&self, access_token: &str) -> Result<Vec<String>, MatrixError> {
+        let r: JoinedRooms = self
+            .send(Method::GET, "/_matrix/client/v3/joined_rooms", Auth::Token(access_token), Body::Empty, None)
+            .await?;
+        Ok(r.joined_rooms)
+    }
+
+    /// `PUT /rooms/{room}/send/m.room.message/{txn_id}` with a text message,
+    /// as the user of `access_token`. Returns the event id; repeating a
+    /// `txn_id` in the same session sends nothing new.
+    ///
+    /// # Errors
+    /// `M_FORBIDDEN` when the user is not joined; transport errors.
+    pub async fn send_text(
+        &self,
+        access_token: &str,
+        room_id: &str,
+        txn_id: &str,
+        body: &str,
+    ) -> Result<String, MatrixError> {
+        let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/{}", enc(room_id), enc(txn_id));
+        let message = TextMessage { msgtype: "m.text", body };
+        let r: EventIdResponse =
+            self.send(Method::PUT, &path, Auth::Token(access_token), Body::json(&message), None).await?;
+        Ok(r.event_id)
+    }
+
+    /// `GET /_matrix/client/v3/profile/{user}/displayname`: `None` when the
+    /// account has no display name.
+    ///
+    /// # Errors
+    /// `M_NOT_FOUND` for an unknown account; transport errors.
+    pub async fn display_name(&self, user_id: &str) -> Result<Option<String>, MatrixError> {
+        let path = format!("/_matrix/client/v3/profile/{}/displayname", enc(user_id));
+        match self.bot_send::<DisplayNameResponse>(Method::GET, &path, || Body::Empty).await {
+            Ok(r) => Ok(r.displayname),
+            // Synapse answers 404 for an account that exists without a name.
+            Err(e) if e.is(&ErrCode::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }

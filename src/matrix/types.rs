@@ -379,6 +379,20 @@ pub(crate) struct DeactivateBody {
     pub erase: bool,
 }
 
+/// `GET /profile/{user}/displayname`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct DisplayNameResponse {
+    #[serde(default)]
+    pub displayname: Option<String>,
+}
+
+/// An `m.room.message` of type `m.text`.
+#[derive(Debug, Serialize)]
+pub(crate) struct TextMessage<'a> {
+    pub msgtype: &'static str,
+    pub body: &'a str,
+}
+
 /// A body to ignore: the endpoint answers `{}` or something the service does not read.
 #[derive(Debug, Deserialize)]
 pub(crate) struct Ignored {}
