@@ -156,6 +156,7 @@ async fn room_lifecycle_in_room_version_12() {
 
     // Claim: the admin join API joins an invited user.
     assert_eq!(client.admin_join(&room_id, &admin).await.unwrap(), room_id);
+    assert!(!client.ensure_joined(&room_id, &admin).await.unwrap());
     assert_eq!(membership_of(&client.members(&room_id).await.unwrap(), &admin), Some(Membership::Join));
     let session = client.login_user(&admin, &admin_pw, Some("ADMINPHONE"), None).await.unwrap();
     assert!(client.user_joined_rooms(&session.access_token).await.unwrap().contains(&room_id));
@@ -196,12 +197,15 @@ async fn room_lifecycle_in_room_version_12() {
     assert_eq!(membership_of(&members, &admin), Some(Membership::Leave));
     assert_eq!(membership_of(&members, &member), Some(Membership::Leave));
     assert!(!client.user_joined_rooms(&session.access_token).await.unwrap().contains(&room_id));
-    // Kicking someone who is not in the room is refused, not ignored.
+    // Kicking someone who is not in the room is refused, not ignored;
+    // remove_member is the idempotent form.
     let err = client.kick(&room_id, &member, None).await.unwrap_err();
     assert!(err.is(&ErrCode::Forbidden), "{err:?}");
+    assert!(!client.remove_member(&room_id, &member, None).await.unwrap());
+    assert_eq!(client.membership(&room_id, &member).await.unwrap(), Some(Membership::Leave));
 
-    // Re-invite and join the moderator, then delete the room.
-    client.admin_join(&room_id, &moderator).await.unwrap();
+    // Join the (invited) moderator, then delete the room.
+    assert!(client.ensure_joined(&room_id, &moderator).await.unwrap());
     let delete_id = client.delete_room(&room_id).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -214,6 +218,7 @@ async fn room_lifecycle_in_room_version_12() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(client.find_room_by_marker(marker).await.unwrap(), None);
+    assert!(!client.room_exists(&room_id).await.unwrap(), "purged");
     assert!(!client.joined_rooms().await.unwrap().contains(&room_id));
     let err = client.members(&room_id).await.unwrap_err();
     assert!(matches!(err, MatrixError::Api { .. }), "{err:?}");
@@ -246,9 +251,23 @@ async fn room_version_10_lists_the_bot() {
     let pl = client.power_levels(&room_id).await.unwrap();
     assert_eq!(pl.level_of(client.bot_user_id()), 100, "read-modify-write keeps the bot");
     assert_eq!(pl.level_of(&other), 100);
-    client.invite(&room_id, &other).await.unwrap();
+    assert!(client.room_exists(&room_id).await.unwrap());
+    assert_eq!(client.membership(&room_id, &other).await.unwrap(), None);
+    assert!(client.ensure_invited(&room_id, &other).await.unwrap());
+    assert!(!client.ensure_invited(&room_id, &other).await.unwrap(), "second time: nothing to do");
     let members = client.members(&room_id).await.unwrap();
     assert_eq!(membership_of(&members, &other), Some(Membership::Invite));
+
+    // Admin join of a user the room never invited; a second join is
+    // refused by Synapse, and ensure_joined is the idempotent form.
+    let (stranger, _) = new_user(&client).await;
+    client.admin_join(&room_id, &stranger).await.unwrap();
+    let err = client.admin_join(&room_id, &stranger).await.unwrap_err();
+    assert!(err.is(&ErrCode::Forbidden), "{err:?}");
+    assert!(!client.ensure_joined(&room_id, &stranger).await.unwrap());
+    assert_eq!(client.membership(&room_id, &stranger).await.unwrap(), Some(Membership::Join));
+    assert!(client.remove_member(&room_id, &stranger, Some("bye")).await.unwrap());
+    assert!(!client.remove_member(&room_id, &stranger, Some("bye")).await.unwrap());
 }
 
 #[tokio::test]

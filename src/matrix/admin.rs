@@ -10,7 +10,7 @@ use super::client::{Auth, Body, HomeserverClient, enc};
 use super::error::{ErrCode, MatrixError};
 use super::types::{
     DeactivateBody, DeleteRoomRequest, DeleteRoomResponse, DeleteStatus, DeleteStatusResponse, DisplayNameBody,
-    Ignored, Nonce, RegisterResponse, Registration, RoomIdResponse, SharedSecretRegister, UserIdBody,
+    Ignored, Membership, Nonce, RegisterResponse, Registration, RoomIdResponse, SharedSecretRegister, UserIdBody,
 };
 
 const REGISTER_PATH: &str = "/_synapse/admin/v1/register";
@@ -85,6 +85,19 @@ impl HomeserverClient {
         let path = format!("/_synapse/admin/v1/join/{}", enc(room_id));
         let r: RoomIdResponse = self.bot_send(Method::POST, &path, || Body::json(&UserIdBody { user_id })).await?;
         Ok(r.room_id)
+    }
+
+    /// Joins `user_id` with [`HomeserverClient::admin_join`] unless they are
+    /// joined already (the admin join answers `M_FORBIDDEN` then, since it
+    /// invites first). Returns whether it joined them.
+    ///
+    /// # Errors
+    /// As [`HomeserverClient::admin_join`].
+    pub async fn ensure_joined(&self, room_id: &str, user_id: &str) -> Result<bool, MatrixError> {
+        if self.membership(room_id, user_id).await? == Some(Membership::Join) {
+            return Ok(false);
+        }
+        self.admin_join(room_id, user_id).await.map(|_| true)
     }
 
     /// `DELETE /_synapse/admin/v2/rooms/{room}` with `purge: true, block:

@@ -12,9 +12,9 @@ use serde_json::json;
 use super::client::{Body, HomeserverClient, enc};
 use super::error::{ErrCode, MatrixError};
 use super::types::{
-    CreateEvent, CreateRoomRequest, EventIdResponse, Ignored, JoinedRooms, KickBody, Member, MembersResponse, NewRoom,
-    PowerLevels, ROOM_MARKER_KEY, RoomAvatar, RoomIdResponse, RoomName, StateEventInit, UploadResponse, UserIdBody,
-    creators_are_privileged,
+    CreateEvent, CreateRoomRequest, EventIdResponse, Ignored, JoinedRooms, KickBody, Member, MemberContent,
+    MembersResponse, Membership, NewRoom, PowerLevels, ROOM_MARKER_KEY, RoomAvatar, RoomIdResponse, RoomName,
+    StateEventInit, UploadResponse, UserIdBody, creators_are_privileged,
 };
 
 /// Matrix events are canonical JSON, whose integers stop at 2^53 - 1.
@@ -294,6 +294,56 @@ impl HomeserverClient {
         let path = format!("/_matrix/client/v3/rooms/{}/members", enc(room_id));
         let r: MembersResponse = self.bot_send(Method::GET, &path, || Body::Empty).await?;
         Ok(r.chunk.into_iter().map(|e| Member { user_id: e.state_key, membership: e.content.membership }).collect())
+    }
+
+    /// The membership of `user_id` in the room (`None`: never a member).
+    ///
+    /// # Errors
+    /// `M_FORBIDDEN` when the bot is not in the room; transport errors.
+    pub async fn membership(&self, room_id: &str, user_id: &str) -> Result<Option<Membership>, MatrixError> {
+        Ok(self.get_state::<MemberContent>(room_id, "m.room.member", user_id).await?.map(|c| c.membership))
+    }
+
+    /// Invites `user_id` unless they are joined or invited already; a retry
+    /// of the same change therefore succeeds. Returns whether it invited.
+    ///
+    /// # Errors
+    /// As [`HomeserverClient::invite`].
+    pub async fn ensure_invited(&self, room_id: &str, user_id: &str) -> Result<bool, MatrixError> {
+        match self.membership(room_id, user_id).await? {
+            Some(Membership::Join | Membership::Invite) => Ok(false),
+            _ => self.invite(room_id, user_id).await.map(|()| true),
+        }
+    }
+
+    /// Kicks `user_id` (or withdraws their invite) unless they are out
+    /// already; a retry of the same change therefore succeeds. Returns
+    /// whether it kicked.
+    ///
+    /// # Errors
+    /// As [`HomeserverClient::kick`].
+    pub async fn remove_member(&self, room_id: &str, user_id: &str, reason: Option<&str>) -> Result<bool, MatrixError> {
+        match self.membership(room_id, user_id).await? {
+            Some(Membership::Join | Membership::Invite | Membership::Knock) => {
+                self.kick(room_id, user_id, reason).await.map(|()| true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// `GET /_synapse/admin/v1/rooms/{room}`: whether Synapse still knows the
+    /// room. Follows a room delete whose status Synapse has forgotten (it
+    /// keeps none across its own restart).
+    ///
+    /// # Errors
+    /// Transport errors.
+    pub async fn room_exists(&self, room_id: &str) -> Result<bool, MatrixError> {
+        let path = format!("/_synapse/admin/v1/rooms/{}", enc(room_id));
+        match self.bot_send::<Ignored>(Method::GET, &path, || Body::Empty).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.is(&ErrCode::NotFound) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// `POST /_matrix/media/v3/upload` as the bot; returns the `mxc://` URI.
