@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod matrix;
 pub mod model;
 pub mod secrets;
 pub mod server;

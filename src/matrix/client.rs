@@ -1,0 +1,398 @@
+//! The transport: one pooled hyper client over rustls, the configured
+//! timeout on every request, the bot's session, and the sorting of answers
+//! into [`MatrixError`]s.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::{Mutex, OnceCell};
+
+use super::error::{ErrCode, MatrixError};
+use super::types::{Capabilities, Versions};
+use crate::config::MatrixConfig;
+
+/// Largest answer body read from the homeserver; a room's member list is the
+/// biggest thing the service asks for.
+const MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
+
+/// Device id of the bot's session, fixed so that logging in again replaces
+/// the bot's previous token instead of piling up devices.
+const BOT_DEVICE_ID: &str = "MESSENGERCHAT";
+
+/// Characters left as they are in a path segment: RFC 3986 "unreserved".
+const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// Percent-encodes one path segment (room ids hold `!` and `:`, user ids `@`).
+pub(crate) fn enc(segment: &str) -> String {
+    utf8_percent_encode(segment, PATH_SEGMENT).to_string()
+}
+
+/// A request body.
+pub(crate) enum Body {
+    Empty,
+    Json(Vec<u8>),
+    Raw { content_type: String, bytes: Bytes },
+}
+
+impl Body {
+    pub(crate) fn json<T: Serialize>(value: &T) -> Self {
+        // Serializing these plain structs and JSON values cannot fail.
+        Self::Json(serde_json::to_vec(value).unwrap_or_default())
+    }
+}
+
+/// Who a request is sent as.
+#[derive(Clone, Copy)]
+pub(crate) enum Auth<'a> {
+    None,
+    Token(&'a str),
+}
+
+/// A client of one homeserver. Cheap to clone; clones share the connection
+/// pool and the bot's session.
+#[derive(Clone)]
+pub struct HomeserverClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    base: String,
+    timeout: Duration,
+    server_name: String,
+    user_prefix: String,
+    bot_localpart: String,
+    bot_user_id: String,
+    bot_password: String,
+    shared_secret: String,
+    /// The bot's access token; `None` until the first bot request logs in.
+    bot_token: Mutex<Option<String>>,
+    /// The homeserver's default room version, asked once.
+    default_room_version: OnceCell<String>,
+}
+
+impl std::fmt::Debug for HomeserverClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HomeserverClient")
+            .field("base", &self.inner.base)
+            .field("bot_user_id", &self.inner.bot_user_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HomeserverClient {
+    /// A client for the homeserver of `config`, acting as the bot with
+    /// `bot_password` (derived by the caller; the client only keeps it in memory).
+    ///
+    /// # Errors
+    /// [`MatrixError::Config`] when the homeserver URL is not http(s) or the
+    /// shared secret file cannot be read.
+    pub fn new(config: &MatrixConfig, bot_password: String) -> Result<Self, MatrixError> {
+        let base = config.homeserver_url.trim_end_matches('/').to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(MatrixError::Config(format!(
+                "matrix.homeserver_url {base:?} must start with http:// or https://"
+            )));
+        }
+        base.parse::<http::Uri>().map_err(|e| MatrixError::Config(format!("matrix.homeserver_url {base:?}: {e}")))?;
+        let shared_secret = if config.registration_shared_secret_file.is_empty() {
+            config.registration_shared_secret.clone()
+        } else {
+            std::fs::read_to_string(&config.registration_shared_secret_file)
+                .map_err(|e| {
+                    MatrixError::Config(format!(
+                        "matrix.registration_shared_secret_file {}: {e}",
+                        config.registration_shared_secret_file
+                    ))
+                })?
+                .trim_end_matches(['\r', '\n'])
+                .to_string()
+        };
+
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| MatrixError::Config(format!("TLS setup: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_all_versions()
+            .build();
+        let http = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(connector);
+
+        Ok(Self {
+            inner: Arc::new(Inner {
+                http,
+                base,
+                timeout: Duration::from_millis(config.request_timeout_ms.max(1)),
+                server_name: config.server_name.clone(),
+                user_prefix: config.user_prefix.clone(),
+                bot_localpart: config.bot_localpart.clone(),
+                bot_user_id: format!("@{}:{}", config.bot_localpart, config.server_name),
+                bot_password,
+                shared_secret,
+                bot_token: Mutex::new(None),
+                default_room_version: OnceCell::new(),
+            }),
+        })
+    }
+
+    /// The bot's full user id, `@<bot_localpart>:<server_name>`.
+    #[must_use]
+    pub fn bot_user_id(&self) -> &str {
+        &self.inner.bot_user_id
+    }
+
+    /// The bot's localpart.
+    #[must_use]
+    pub fn bot_localpart(&self) -> &str {
+        &self.inner.bot_localpart
+    }
+
+    /// The localpart of app user `user`'s account: `<user_prefix><user>`.
+    #[must_use]
+    pub fn user_localpart(&self, user: u64) -> String {
+        format!("{}{user}", self.inner.user_prefix)
+    }
+
+    /// The full Matrix id of app user `user`: `@<user_prefix><user>:<server_name>`.
+    #[must_use]
+    pub fn user_id(&self, user: u64) -> String {
+        self.full_user_id(&self.user_localpart(user))
+    }
+
+    /// `@<localpart>:<server_name>`.
+    #[must_use]
+    pub fn full_user_id(&self, localpart: &str) -> String {
+        format!("@{localpart}:{}", self.inner.server_name)
+    }
+
+    pub(crate) fn shared_secret(&self) -> &str {
+        &self.inner.shared_secret
+    }
+
+    pub(crate) fn bot_password(&self) -> &str {
+        &self.inner.bot_password
+    }
+
+    /// `GET /_matrix/client/versions`: whether the homeserver answers at all.
+    ///
+    /// # Errors
+    /// Any [`MatrixError`]; a retryable one means "not ready".
+    pub async fn versions(&self) -> Result<Versions, MatrixError> {
+        self.send(Method::GET, "/_matrix/client/versions", Auth::None, Body::Empty, None).await
+    }
+
+    /// The homeserver's default room version (`GET /capabilities`), asked once.
+    pub(crate) async fn default_room_version(&self) -> Result<String, MatrixError> {
+        self.inner
+            .default_room_version
+            .get_or_try_init(|| async {
+                let caps: Capabilities =
+                    self.bot_send(Method::GET, "/_matrix/client/v3/capabilities", || Body::Empty).await?;
+                // The spec makes the capability optional; "1" is what a
+                // server without it would create.
+                Ok(caps.capabilities.room_versions.map_or_else(|| "1".to_string(), |v| v.default))
+            })
+            .await
+            .cloned()
+    }
+
+    /// Sends one request as the bot, logging in first when there is no
+    /// session, and once more when the homeserver forgot the token.
+    pub(crate) async fn bot_send<R: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: impl Fn() -> Body,
+    ) -> Result<R, MatrixError> {
+        let token = self.bot_token().await?;
+        match self.send(method.clone(), path, Auth::Token(&token), body(), None).await {
+            Err(e) if e.is(&ErrCode::UnknownToken) => {
+                self.forget_bot_token(&token).await;
+                let token = self.bot_token().await?;
+                self.send(method, path, Auth::Token(&token), body(), None).await
+            }
+            other => other,
+        }
+    }
+
+    async fn bot_token(&self) -> Result<String, MatrixError> {
+        let mut slot = self.inner.bot_token.lock().await;
+        if let Some(token) = slot.as_ref() {
+            return Ok(token.clone());
+        }
+        let login = self
+            .password_login(&self.inner.bot_localpart, &self.inner.bot_password, Some(BOT_DEVICE_ID), false, None)
+            .await?;
+        *slot = Some(login.access_token.clone());
+        Ok(login.access_token)
+    }
+
+    /// Drops `stale` unless another task already replaced it.
+    async fn forget_bot_token(&self, stale: &str) {
+        let mut slot = self.inner.bot_token.lock().await;
+        if slot.as_deref() == Some(stale) {
+            *slot = None;
+        }
+    }
+
+    /// One HTTP exchange under the configured timeout, sorted into a typed
+    /// answer or a [`MatrixError`].
+    pub(crate) async fn send<R: DeserializeOwned>(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        auth: Auth<'_>,
+        body: Body,
+        forwarded_for: Option<IpAddr>,
+    ) -> Result<R, MatrixError> {
+        let (status, retry_after, bytes) = self.exchange(method, path_and_query, auth, body, forwarded_for).await?;
+        if !status.is_success() {
+            return Err(MatrixError::from_response(status.as_u16(), retry_after, &bytes));
+        }
+        // Some endpoints answer 200 with an empty body where `{}` is meant.
+        let bytes = if bytes.is_empty() { Bytes::from_static(b"{}") } else { bytes };
+        serde_json::from_slice(&bytes)
+            .map_err(|e| MatrixError::Decode { status: status.as_u16(), reason: format!("{path_and_query}: {e}") })
+    }
+
+    async fn exchange(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        auth: Auth<'_>,
+        body: Body,
+        forwarded_for: Option<IpAddr>,
+    ) -> Result<(StatusCode, Option<u64>, Bytes), MatrixError> {
+        let uri = format!("{}{path_and_query}", self.inner.base);
+        let mut builder = Request::builder().method(method).uri(&uri).header(
+            header::USER_AGENT,
+            HeaderValue::from_static(concat!("messenger-chat/", env!("CARGO_PKG_VERSION"))),
+        );
+        if let Auth::Token(token) = auth {
+            builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        if let Some(ip) = forwarded_for {
+            builder = builder.header("x-forwarded-for", ip.to_string());
+        }
+        let body = match body {
+            Body::Empty => Full::new(Bytes::new()),
+            Body::Json(bytes) => {
+                builder = builder.header(header::CONTENT_TYPE, "application/json");
+                Full::new(Bytes::from(bytes))
+            }
+            Body::Raw { content_type, bytes } => {
+                builder = builder.header(header::CONTENT_TYPE, content_type);
+                Full::new(bytes)
+            }
+        };
+        let request = builder.body(body).map_err(|e| MatrixError::Config(format!("request to {uri}: {e}")))?;
+
+        let exchange = async {
+            let response = self.inner.http.request(request).await.map_err(|e| {
+                if e.is_connect() {
+                    MatrixError::Unreachable(error_chain(&e))
+                } else {
+                    MatrixError::Transport(error_chain(&e))
+                }
+            })?;
+            let status = response.status();
+            let retry_after = response
+                .headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            let bytes = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+                .collect()
+                .await
+                .map_err(|e| MatrixError::Transport(format!("reading the answer: {e}")))?
+                .to_bytes();
+            Ok((status, retry_after, bytes))
+        };
+        tokio::time::timeout(self.inner.timeout, exchange)
+            .await
+            .map_err(|_| MatrixError::Timeout(self.inner.timeout))?
+    }
+}
+
+/// The error and its causes on one line: hyper's top-level message alone
+/// ("client error (Connect)") does not say what happened.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_ids_as_one_segment() {
+        assert_eq!(enc("!abc:example.org"), "%21abc%3Aexample.org");
+        assert_eq!(enc("@u1:localhost"), "%40u1%3Alocalhost");
+        assert_eq!(enc("a/b c"), "a%2Fb%20c");
+    }
+
+    #[tokio::test]
+    async fn unreachable_is_retryable() {
+        // Port 9 (discard) on loopback: nothing listens there.
+        let config = MatrixConfig {
+            homeserver_url: "http://127.0.0.1:9".into(),
+            request_timeout_ms: 2000,
+            ..MatrixConfig::default()
+        };
+        let client = HomeserverClient::new(&config, "pw".into()).unwrap();
+        let err = client.versions().await.unwrap_err();
+        assert!(matches!(err, MatrixError::Unreachable(_)), "{err:?}");
+        assert!(err.is_retryable());
+    }
+
+    #[tokio::test]
+    async fn silent_server_times_out() {
+        // Accepts the connection and never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hold = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            drop(socket);
+        });
+        let config = MatrixConfig {
+            homeserver_url: format!("http://{addr}"),
+            request_timeout_ms: 300,
+            ..MatrixConfig::default()
+        };
+        let client = HomeserverClient::new(&config, "pw".into()).unwrap();
+        let err = client.versions().await.unwrap_err();
+        assert!(matches!(err, MatrixError::Timeout(_)), "{err:?}");
+        assert!(err.is_retryable());
+        hold.abort();
+    }
+
+    #[test]
+    fn rejects_non_http_url() {
+        let config = MatrixConfig { homeserver_url: "ftp://x".into(), ..MatrixConfig::default() };
+        assert!(matches!(HomeserverClient::new(&config, String::new()), Err(MatrixError::Config(_))));
+    }
+}

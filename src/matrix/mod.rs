@@ -1,0 +1,24 @@
+//! The homeserver: a client of the Matrix client-server API and Synapse's
+//! admin API, for exactly what the service does there.
+//!
+//! - [`client`]: transport (hyper + rustls), timeouts, the bot's session
+//! - [`error`]: [`MatrixError`], sorted into retryable and final
+//! - [`types`]: request and response bodies
+//! - [`session`]: user logins, refresh, whoami
+//! - [`rooms`]: room creation, markers, state, power levels, membership, media
+//! - [`admin`]: shared-secret registration, admin join, room delete, users
+
+pub mod admin;
+pub mod client;
+pub mod error;
+pub mod rooms;
+pub mod session;
+pub mod types;
+
+pub use client::HomeserverClient;
+pub use error::{ErrCode, MatrixError};
+pub use rooms::RoomCreators;
+pub use types::{
+    DeleteStatus, LoginResponse, Member, Membership, NewRoom, PowerLevels, ROOM_MARKER_KEY, RefreshResponse,
+    Registration, WhoAmI,
+};
