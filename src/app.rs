@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::domain::{Domain, SystemClock};
+use crate::reconciler::{Homeserver, Reconciler};
 use crate::secrets::ServerKey;
 use crate::server::{self, TlsFiles, TlsState};
 use crate::store::Store;
@@ -57,12 +58,37 @@ pub async fn serve(config: Config) -> Result<(), String> {
     println!("messenger-chat: listening on {scheme}://{host}:{}", bound.port());
     tracing::info!(%bound, tls = !plain, "serving");
 
-    let state = AppState::new(domain);
+    let hs = Homeserver::new(domain.clone())?;
+    match &hs {
+        Some(hs) => {
+            tokio::spawn(Reconciler::new(hs.clone()).run());
+            tracing::info!(homeserver = %domain.config.matrix.homeserver_url, "keeping the homeserver in step");
+        }
+        None => tracing::warn!(
+            "no matrix.registration_shared_secret(_file) configured: rooms stay pending and login answers 503"
+        ),
+    }
+    tokio::spawn(delete_scheduled_rooms(domain.clone()));
+    let state = AppState::new(domain, hs);
     let routes = api::routes(state);
     spawn_reload_on_hangup(tls.clone());
     server::serve(listener, tls, routes, shutdown_signal(), grace).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Deletes rooms whose scheduled deletion has come; checks every second, so
+/// a time that passed while the service was down is caught at start.
+async fn delete_scheduled_rooms(domain: Arc<Domain>) {
+    loop {
+        let d = domain.clone();
+        match tokio::task::spawn_blocking(move || d.delete_due_rooms()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "scheduled deletions failed; retrying"),
+            Err(e) => tracing::error!(error = %e, "scheduled deletions task failed; retrying"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -51,7 +51,7 @@ impl Metrics {
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let healthz = warp::path!("healthz").and(warp::get()).map(|| json(StatusCode::OK, &serde_json::json!({"status": "ok"})));
-    let readyz = warp::path!("readyz").and(warp::get()).and(with_state(state.clone())).map(readyz);
+    let readyz = warp::path!("readyz").and(warp::get()).and(with_state(state.clone())).then(readyz);
     let metrics = warp::path!("metrics").and(warp::get()).and(with_state(state)).map(metrics);
     let openapi = warp::path!("openapi.json")
         .and(warp::get())
@@ -62,21 +62,24 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     healthz.or(readyz).unify().or(metrics).unify().or(openapi).unify().or(docs).unify().boxed()
 }
 
-/// GET /readyz — anyone: 200 when the database answers.
-fn readyz(state: AppState) -> Response {
-    answer(
-        state
-            .domain
-            .store
-            .read()
-            .and_then(|r| r.outbox_depth())
-            .map(|depth| {
-                json(
-                    StatusCode::OK,
-                    &serde_json::json!({"status": "ready", "database": "ok", "outboxDepth": depth}),
-                )
-            })
-            .map_err(|e| Error::Unavailable(format!("the database is not readable: {e}"))),
+/// GET /readyz — anyone: 200 when the database answers and the homeserver
+/// (when one is configured) answers too; 503 with the reason otherwise.
+async fn readyz(state: AppState) -> Response {
+    let depth = match state.domain.store.read().and_then(|r| r.outbox_depth()) {
+        Ok(d) => d,
+        Err(e) => return answer(Err(Error::Unavailable(format!("the database is not readable: {e}")))),
+    };
+    let homeserver = match &state.hs {
+        None => "not configured",
+        Some(hs) => match tokio::time::timeout(Duration::from_secs(3), hs.client.versions()).await {
+            Ok(Ok(_)) => "ok",
+            Ok(Err(e)) => return answer(Err(Error::Unavailable(format!("the homeserver does not answer: {e}")))),
+            Err(_) => return answer(Err(Error::Unavailable("the homeserver did not answer within 3 s".into()))),
+        },
+    };
+    json(
+        StatusCode::OK,
+        &serde_json::json!({"status": "ready", "database": "ok", "homeserver": homeserver, "outboxDepth": depth}),
     )
 }
 
@@ -104,6 +107,11 @@ fn metrics(state: AppState) -> Response {
         out.push_str("# HELP messenger_chat_outbox_depth Changes not yet applied to the homeserver.\n");
         out.push_str("# TYPE messenger_chat_outbox_depth gauge\n");
         let _ = writeln!(out, "messenger_chat_outbox_depth {depth}");
+    }
+    if let Some(hs) = &state.hs {
+        out.push_str("# HELP messenger_chat_homeserver_errors_total Homeserver steps that failed (and were retried).\n");
+        out.push_str("# TYPE messenger_chat_homeserver_errors_total counter\n");
+        let _ = writeln!(out, "messenger_chat_homeserver_errors_total {}", hs.errors.load(Ordering::Relaxed));
     }
     warp::http::Response::builder()
         .header("content-type", "text/plain; version=0.0.4")

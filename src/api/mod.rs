@@ -20,19 +20,33 @@ use warp::{Filter, Reply};
 
 use crate::domain::{Domain, Principal};
 use crate::error::{Error, Result};
-use crate::store::Reader;
+use crate::reconciler::Homeserver;
+use crate::store::{Read, Reader};
 
 /// Shared by every handler.
 #[derive(Clone)]
 pub struct AppState {
     pub domain: Arc<Domain>,
     pub metrics: Arc<meta::Metrics>,
+    /// The homeserver side; `None` when no homeserver is configured.
+    pub hs: Option<Arc<Homeserver>>,
 }
 
 impl AppState {
     #[must_use]
-    pub fn new(domain: Arc<Domain>) -> Self {
-        AppState { domain, metrics: Arc::new(meta::Metrics::default()) }
+    pub fn new(domain: Arc<Domain>, hs: Option<Arc<Homeserver>>) -> Self {
+        AppState { domain, metrics: Arc::new(meta::Metrics::default()), hs }
+    }
+
+    /// Waits (at most `matrix.sync_wait`) for a changed room to reach the
+    /// homeserver, then answers with the room as stored.
+    async fn settled(&self, room: crate::model::Room, status: StatusCode) -> Result<Response> {
+        let Some(hs) = &self.hs else {
+            return Ok(json(status, &views::RoomView::from(&room)));
+        };
+        hs.wait_synced(room.id, room.generation).await;
+        let now = self.domain.store.read()?.room(room.id)?.unwrap_or(room);
+        Ok(json(status, &views::RoomView::from(&now)))
     }
 
     /// A snapshot and the caller behind `token`.

@@ -187,7 +187,7 @@ async fn create_room(state: AppState, token: Option<String>, body: Bytes, event:
             };
             let d = state.domain.clone();
             let created = blocking(move || d.create_room(p, spec)).await?;
-            Ok(room(StatusCode::CREATED, &created))
+            state.settled(created, StatusCode::CREATED).await
         }
         .await,
     )
@@ -201,7 +201,7 @@ async fn create_default_room(state: AppState, token: Option<String>, body: Bytes
             let b: CreateDefaultBody = extract::json(&body)?;
             let d = state.domain.clone();
             let created = blocking(move || d.create_default_room(p, b.organization_id, b.automation_enabled)).await?;
-            Ok(room(StatusCode::CREATED, &created))
+            state.settled(created, StatusCode::CREATED).await
         }
         .await,
     )
@@ -250,7 +250,7 @@ async fn update_room(id: String, state: AppState, token: Option<String>, body: B
             }
             let d = state.domain.clone();
             let updated = blocking(move || d.update_room(p, &which, patch)).await?;
-            Ok(room(StatusCode::OK, &updated))
+            state.settled(updated, StatusCode::OK).await
         }
         .await,
     )
@@ -283,7 +283,7 @@ async fn claim_room(id: String, state: AppState, token: Option<String>, query: S
             drop(r);
             let d = state.domain.clone();
             let claimed = blocking(move || d.claim(p, user, &which)).await?;
-            Ok(room(StatusCode::OK, &claimed))
+            state.settled(claimed, StatusCode::OK).await
         }
         .await,
     )
@@ -303,7 +303,7 @@ async fn change_users(id: String, state: AppState, token: Option<String>, body: 
                 if add { d.add_users(p, &which, &lists) } else { d.remove_users(p, &which, &lists) }
             })
             .await?;
-            Ok(room(StatusCode::OK, &changed))
+            state.settled(changed, StatusCode::OK).await
         }
         .await,
     )

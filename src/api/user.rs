@@ -10,6 +10,9 @@ use super::extract::{self, body, int, param, query_pairs, raw_query, token};
 use super::views::LoginBody;
 use super::{AppState, answer, blocking, json, with_state};
 use crate::error::{Error, Result};
+use crate::matrix::{ErrCode, MatrixError};
+use crate::reconciler::StepError;
+use crate::server::RemoteAddr;
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let max = state.max_body();
@@ -26,6 +29,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(token())
         .and(raw_query())
         .and(body(max, false))
+        .and(warp::ext::optional::<RemoteAddr>())
         .then(login);
     credentials.or(login).unify().boxed()
 }
@@ -42,6 +46,10 @@ async fn credentials(state: AppState, token: Option<String>, query: String) -> R
             let (r, p) = state.caller(token.as_deref())?;
             let user = state.domain.acting_user(&r, p, user_id_param(&query)?)?;
             drop(r);
+            if let Some(hs) = &state.hs {
+                // The credentials are only useful once the account exists.
+                hs.ensure_account(user).await.map_err(step_error)?;
+            }
             let d = state.domain.clone();
             let (username, password) = blocking(move || d.credentials(user)).await?;
             let mut resp = json(StatusCode::OK, &serde_json::json!({"username": username, "password": password}));
@@ -53,15 +61,77 @@ async fn credentials(state: AppState, token: Option<String>, query: String) -> R
 }
 
 /// POST /v1/user/login — a PAT for its own user; an API token with `?user_id=`.
-async fn login(state: AppState, token: Option<String>, query: String, body: Bytes) -> Response {
-    answer((|| {
-        let (r, p) = state.caller(token.as_deref())?;
-        let _user = state.domain.acting_user(&r, p, user_id_param(&query)?)?;
-        let _body: LoginBody = if body.is_empty() { LoginBody::default() } else { extract::json(&body)? };
-        Err(Error::Unavailable(
-            "logging in to Matrix needs the homeserver connection, which this build does not have yet; \
-             use GET /v1/user/credentials with the homeserver's password login meanwhile"
-                .into(),
-        ))
-    })())
+/// Logs the user's Matrix account in with its password, asking for a
+/// refresh token; the app's address goes along so the homeserver's
+/// per-address login limits count the app, not the service.
+async fn login(
+    state: AppState,
+    token: Option<String>,
+    query: String,
+    body: Bytes,
+    remote: Option<RemoteAddr>,
+) -> Response {
+    answer(
+        async {
+            let (r, p) = state.caller(token.as_deref())?;
+            let user = state.domain.acting_user(&r, p, user_id_param(&query)?)?;
+            drop(r);
+            let b: LoginBody = if body.is_empty() { LoginBody::default() } else { extract::json(&body)? };
+            if let Some(d) = &b.device_id
+                && (d.is_empty() || d.len() > 255 || d.chars().any(char::is_control))
+            {
+                return Err(Error::Invalid("deviceID must be 1 to 255 printable characters".into()));
+            }
+            let Some(hs) = &state.hs else {
+                return Err(Error::Unavailable(
+                    "no homeserver is configured (matrix.registration_shared_secret): login is unavailable".into(),
+                ));
+            };
+            hs.ensure_account(user).await.map_err(step_error)?;
+            let password = hs.password(user).await.map_err(step_error)?;
+            let granted = hs
+                .client
+                .login_user(&hs.matrix_id(user), &password, b.device_id.as_deref(), remote.map(|r| r.0.ip()))
+                .await
+                .map_err(matrix_error)?;
+            let m = &state.domain.config.matrix;
+            let base = if m.public_base_url.is_empty() { &m.homeserver_url } else { &m.public_base_url };
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "accessToken": granted.access_token,
+                    "deviceID": granted.device_id,
+                    "expiresInMS": granted.expires_in_ms.unwrap_or(0),
+                    "refreshToken": granted.refresh_token.unwrap_or_default(),
+                    "userID": granted.user_id,
+                    "wellKnown": {"m.homeserver": {"base_url": base}},
+                }),
+            ))
+        }
+        .await,
+    )
+}
+
+fn step_error(e: StepError) -> Error {
+    match e {
+        StepError::Matrix(m) => matrix_error(m),
+        other => Error::Unavailable(format!("the homeserver account cannot be prepared now: {other}")),
+    }
+}
+
+/// What the app sees of a homeserver failure: never a 500.
+fn matrix_error(e: MatrixError) -> Error {
+    match e {
+        MatrixError::RateLimited { retry_after_ms } => Error::RateLimited {
+            detail: "the homeserver limits logins for now; retry later".into(),
+            retry_after_secs: retry_after_ms.map_or(60, |ms| ms.div_ceil(1000).max(1)),
+        },
+        MatrixError::Api { errcode: ErrCode::UserDeactivated, .. } => {
+            Error::Forbidden("the Matrix account of this user is deactivated".into())
+        }
+        e @ (MatrixError::Api { .. } | MatrixError::Server { .. } | MatrixError::Decode { .. }) => {
+            Error::BadGateway(format!("the homeserver refused the login: {e}"))
+        }
+        e => Error::Unavailable(format!("the homeserver cannot be reached now: {e}")),
+    }
 }
