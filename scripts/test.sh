@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Runs every test of messenger-chat: formatting, lints, unit tests and the
+# black-box tests against the real binary, real HTTPS, a real redb file and
+# a real Synapse. Installs what it needs (Synapse from PyPI into
+# .venv-synapse/, Debian packages with apt-get) on a fresh machine.
+# Reads no standard input; CI (.ci/run) runs exactly this.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+SYNAPSE="$ROOT/scripts/synapse.sh"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+step() { printf '\n== %s\n' "$*"; }
+
+need_apt=()
+command -v curl >/dev/null || need_apt+=(curl)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+if ((${#need_apt[@]})); then
+    step "installing ${need_apt[*]} with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq </dev/null
+    apt-get install -y -qq "${need_apt[@]}" </dev/null
+fi
+for component in rustfmt clippy; do
+    rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
+done
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --quiet -- -D warnings
+
+step "Synapse (pinned, in .venv-synapse/)"
+"$SYNAPSE" install
+SYNAPSE_DIR="$(mktemp -d -t messenger-chat-synapse.XXXXXX)"
+cleanup() {
+    local status=$?
+    "$SYNAPSE" stop "$SYNAPSE_DIR" >/dev/null 2>&1 || true
+    if ((status != 0)) && [[ -f "$SYNAPSE_DIR/homeserver.log" ]]; then
+        echo "--- last lines of Synapse's log ---" >&2
+        tail -n 30 "$SYNAPSE_DIR/homeserver.log" >&2 || true
+    fi
+    rm -rf "$SYNAPSE_DIR"
+    exit "$status"
+}
+trap cleanup EXIT
+out="$("$SYNAPSE" start "$SYNAPSE_DIR")"
+SYNAPSE_URL="$(sed -n 's/^SYNAPSE_URL=//p' <<<"$out")"
+SYNAPSE_SHARED_SECRET_FILE="$(sed -n 's/^SYNAPSE_SHARED_SECRET_FILE=//p' <<<"$out")"
+SYNAPSE_SCRIPT="$SYNAPSE"
+export SYNAPSE_URL SYNAPSE_SHARED_SECRET_FILE SYNAPSE_DIR SYNAPSE_SCRIPT
+echo "Synapse at $SYNAPSE_URL"
+
+step "cargo test --all-targets"
+cargo test --all-targets --no-fail-fast </dev/null
