@@ -390,6 +390,27 @@ mod tests {
         hold.abort();
     }
 
+    #[tokio::test]
+    async fn failed_tls_handshake_is_unreachable() {
+        // Accepts TCP and closes at once: the TLS handshake cannot finish.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let closer = tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                drop(socket);
+            }
+        });
+        let config = MatrixConfig {
+            homeserver_url: format!("https://{addr}"),
+            request_timeout_ms: 2000,
+            ..MatrixConfig::default()
+        };
+        let client = HomeserverClient::new(&config, "pw".into()).unwrap();
+        let err = client.versions().await.unwrap_err();
+        assert!(matches!(err, MatrixError::Unreachable(_)), "{err:?}");
+        closer.abort();
+    }
+
     #[test]
     fn rejects_non_http_url() {
         let config = MatrixConfig { homeserver_url: "ftp://x".into(), ..MatrixConfig::default() };
