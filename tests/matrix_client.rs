@@ -76,6 +76,21 @@ fn membership_of(members: &[messenger_chat::matrix::Member], user: &str) -> Opti
     members.iter().find(|m| m.user_id == user).map(|m| m.membership.clone())
 }
 
+/// Deletes a room with the v2 admin API and follows it until it completes.
+async fn delete_and_wait(client: &HomeserverClient, room_id: &str) {
+    let delete_id = client.delete_room(room_id).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = client.delete_status(&delete_id).await.unwrap();
+        if status.is_finished() {
+            assert_eq!(status, DeleteStatus::Complete);
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "delete still {status:?} after 60 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test]
 async fn registration_is_idempotent() {
     let client = bot().await;
@@ -206,27 +221,11 @@ async fn room_lifecycle_in_room_version_12() {
 
     // Join the (invited) moderator, then delete the room.
     assert!(client.ensure_joined(&room_id, &moderator).await.unwrap());
-    let delete_id = client.delete_room(&room_id).await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let status = client.delete_status(&delete_id).await.unwrap();
-        if status.is_finished() {
-            assert_eq!(status, DeleteStatus::Complete);
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "delete still {status:?} after 60 s");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    delete_and_wait(&client, &room_id).await;
     assert_eq!(client.find_room_by_marker(marker).await.unwrap(), None);
     assert!(!client.room_exists(&room_id).await.unwrap(), "purged");
     // A retried delete of a room that is gone is accepted and completes.
-    let again = client.delete_room(&room_id).await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !client.delete_status(&again).await.unwrap().is_finished() {
-        assert!(tokio::time::Instant::now() < deadline, "second delete unfinished after 60 s");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(client.delete_status(&again).await.unwrap(), DeleteStatus::Complete);
+    delete_and_wait(&client, &room_id).await;
     let err = client.delete_status("no-such-delete").await.unwrap_err();
     assert!(err.is(&ErrCode::NotFound), "{err:?}");
     assert!(!client.joined_rooms().await.unwrap().contains(&room_id));
