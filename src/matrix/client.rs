@@ -320,7 +320,9 @@ impl HomeserverClient {
             builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }
         if let Some(ip) = forwarded_for {
-            builder = builder.header("x-forwarded-for", ip.to_string());
+            // The app reaches the service over HTTPS only; without the proto
+            // header Synapse logs a warning for every forwarded request.
+            builder = builder.header("x-forwarded-for", ip.to_string()).header("x-forwarded-proto", "https");
         }
         let body = match body {
             Body::Empty => Full::new(Bytes::new()),
