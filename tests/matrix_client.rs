@@ -260,6 +260,10 @@ async fn room_version_10_lists_the_bot() {
     let pl = client.power_levels(&room_id).await.unwrap();
     assert_eq!(pl.level_of(client.bot_user_id()), 100, "read-modify-write keeps the bot");
     assert_eq!(pl.level_of(&other), 100);
+    // Before v12 the bot, at 100, cannot lower another user at 100: the
+    // auth rules forbid changing a level equal to the sender's own.
+    let err = client.set_user_levels(&room_id, &BTreeMap::from([(other.clone(), Some(50))])).await.unwrap_err();
+    assert!(err.is(&ErrCode::Forbidden), "{err:?}");
     assert!(client.room_exists(&room_id).await.unwrap());
     assert_eq!(client.membership(&room_id, &other).await.unwrap(), None);
     assert!(client.ensure_invited(&room_id, &other).await.unwrap());

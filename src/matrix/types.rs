@@ -146,7 +146,10 @@ pub struct NewRoom {
     pub users: BTreeMap<String, i64>,
     /// Users to invite.
     pub invite: Vec<String>,
-    /// Room version; `None` takes the homeserver's default.
+    /// Room version; `None` takes the homeserver's default (12 on current
+    /// Synapse). Prefer v12 or later: in older versions the bot, at 100,
+    /// cannot demote another user at 100 (the auth rules forbid changing a
+    /// level equal to the sender's), so an admin could never be demoted.
     pub room_version: Option<String>,
 }
 
