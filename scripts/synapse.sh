@@ -42,12 +42,23 @@ free_port() {
     "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
 }
 
-# Alive and really ours: the pid file names a running process.
+# A live Synapse: the process exists, is not a zombie (a killed Synapse whose
+# new parent never reaps it still answers kill -0) and runs the homeserver
+# (the pid may have been reused).
+alive() {
+    local pid="$1" state
+    [[ -r "/proc/$pid/stat" ]] || return 1
+    state="$(sed -E 's/^[0-9]+ \(.*\) ([A-Za-z]).*/\1/' "/proc/$pid/stat" 2>/dev/null)" || return 1
+    [[ "$state" != "Z" && "$state" != "X" ]] || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'synapse.app.homeserver'
+}
+
+# The pid of the Synapse of DIR, when it runs.
 running_pid() {
     local dir="$1" pid
     [[ -f "$dir/pid" ]] || return 1
     pid="$(cat "$dir/pid")"
-    [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 1
+    [[ -n "$pid" ]] && alive "$pid" || return 1
     echo "$pid"
 }
 
@@ -192,7 +203,7 @@ cmd_stop() {
     fi
     kill -TERM "$pid" 2>/dev/null || true
     local deadline=$((SECONDS + STOP_GRACE_SECS))
-    while kill -0 "$pid" 2>/dev/null; do
+    while alive "$pid"; do
         if ((SECONDS >= deadline)); then
             echo "synapse.sh: no exit after ${STOP_GRACE_SECS}s, sending SIGKILL" >&2
             kill -KILL "$pid" 2>/dev/null || true

@@ -103,6 +103,8 @@ impl HomeserverClient {
     /// `DELETE /_synapse/admin/v2/rooms/{room}` with `purge: true, block:
     /// false`: removes every member and purges the room in the background.
     /// Returns the `delete_id` to follow with [`HomeserverClient::delete_status`].
+    /// Deleting a room that is already gone is accepted and completes, so a
+    /// retry is safe.
     ///
     /// # Errors
     /// `M_INVALID_PARAM` for a malformed room id; 400 when a delete of this

@@ -4,6 +4,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -80,6 +81,8 @@ struct Inner {
     bot_token: Mutex<Option<String>>,
     /// The homeserver's default room version, asked once.
     default_room_version: OnceCell<String>,
+    /// Requests that failed in a retryable way (unreachable, timeout, 5xx, 429), for metrics.
+    failures: AtomicU64,
 }
 
 impl std::fmt::Debug for HomeserverClient {
@@ -147,6 +150,7 @@ impl HomeserverClient {
                 shared_secret,
                 bot_token: Mutex::new(None),
                 default_room_version: OnceCell::new(),
+                failures: AtomicU64::new(0),
             }),
         })
     }
@@ -179,6 +183,13 @@ impl HomeserverClient {
     #[must_use]
     pub fn full_user_id(&self, localpart: &str) -> String {
         format!("@{localpart}:{}", self.inner.server_name)
+    }
+
+    /// How many requests have failed in a retryable way (the homeserver was
+    /// unreachable, slow, failing or rate limiting) since the client was made.
+    #[must_use]
+    pub fn failure_count(&self) -> u64 {
+        self.inner.failures.load(Ordering::Relaxed)
     }
 
     pub(crate) fn shared_secret(&self) -> &str {
@@ -261,10 +272,31 @@ impl HomeserverClient {
         body: Body,
         forwarded_for: Option<IpAddr>,
     ) -> Result<R, MatrixError> {
-        let (status, retry_after, bytes) = self.exchange(method, path_and_query, auth, body, forwarded_for).await?;
-        if !status.is_success() {
-            return Err(MatrixError::from_response(status.as_u16(), retry_after, &bytes));
-        }
+        let started = std::time::Instant::now();
+        let result = self.exchange(method.clone(), path_and_query, auth, body, forwarded_for).await;
+        let outcome = result.and_then(|(status, retry_after, bytes)| {
+            if status.is_success() {
+                Ok((status, bytes))
+            } else {
+                Err(MatrixError::from_response(status.as_u16(), retry_after, &bytes))
+            }
+        });
+        // The path names rooms and users but never carries a token or password.
+        let path = path_and_query.split('?').next().unwrap_or_default();
+        let elapsed_ms = started.elapsed().as_millis();
+        let (status, bytes) = match outcome {
+            Ok(ok) => {
+                tracing::debug!(%method, path, status = ok.0.as_u16(), elapsed_ms, "homeserver request");
+                ok
+            }
+            Err(e) => {
+                if e.is_retryable() {
+                    self.inner.failures.fetch_add(1, Ordering::Relaxed);
+                }
+                tracing::debug!(%method, path, error = %e, elapsed_ms, "homeserver request failed");
+                return Err(e);
+            }
+        };
         // Some endpoints answer 200 with an empty body where `{}` is meant.
         let bytes = if bytes.is_empty() { Bytes::from_static(b"{}") } else { bytes };
         serde_json::from_slice(&bytes)
@@ -288,7 +320,9 @@ impl HomeserverClient {
             builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }
         if let Some(ip) = forwarded_for {
-            builder = builder.header("x-forwarded-for", ip.to_string());
+            // The app reaches the service over HTTPS only; without the proto
+            // header Synapse logs a warning for every forwarded request.
+            builder = builder.header("x-forwarded-for", ip.to_string()).header("x-forwarded-proto", "https");
         }
         let body = match body {
             Body::Empty => Full::new(Bytes::new()),
@@ -366,6 +400,7 @@ mod tests {
         let err = client.versions().await.unwrap_err();
         assert!(matches!(err, MatrixError::Unreachable(_)), "{err:?}");
         assert!(err.is_retryable());
+        assert_eq!(client.failure_count(), 1);
     }
 
     #[tokio::test]
@@ -388,6 +423,27 @@ mod tests {
         assert!(matches!(err, MatrixError::Timeout(_)), "{err:?}");
         assert!(err.is_retryable());
         hold.abort();
+    }
+
+    #[tokio::test]
+    async fn failed_tls_handshake_is_unreachable() {
+        // Accepts TCP and closes at once: the TLS handshake cannot finish.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let closer = tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                drop(socket);
+            }
+        });
+        let config = MatrixConfig {
+            homeserver_url: format!("https://{addr}"),
+            request_timeout_ms: 2000,
+            ..MatrixConfig::default()
+        };
+        let client = HomeserverClient::new(&config, "pw".into()).unwrap();
+        let err = client.versions().await.unwrap_err();
+        assert!(matches!(err, MatrixError::Unreachable(_)), "{err:?}");
+        closer.abort();
     }
 
     #[test]

@@ -20,7 +20,7 @@ impl HomeserverClient {
     /// clients, not the service.
     ///
     /// # Errors
-    /// `M_FORBIDDEN` for a wrong password, `M_USER_DEACTIVATED`, rate limits
+    /// `M_FORBIDDEN` for a wrong password or a deactivated account, rate limits
     /// and the transport errors of every request.
     pub async fn login_user(
         &self,
@@ -110,15 +110,15 @@ impl HomeserverClient {
     }
 
     /// `GET /_matrix/client/v3/profile/{user}/displayname`: `None` when the
-    /// account has no display name.
+    /// account has no display name or does not exist (Synapse answers both
+    /// with `M_NOT_FOUND`). Registration without a name gives the localpart.
     ///
     /// # Errors
-    /// `M_NOT_FOUND` for an unknown account; transport errors.
+    /// Transport errors.
     pub async fn display_name(&self, user_id: &str) -> Result<Option<String>, MatrixError> {
         let path = format!("/_matrix/client/v3/profile/{}/displayname", enc(user_id));
         match self.bot_send::<DisplayNameResponse>(Method::GET, &path, || Body::Empty).await {
             Ok(r) => Ok(r.displayname),
-            // Synapse answers 404 for an account that exists without a name.
             Err(e) if e.is(&ErrCode::NotFound) => Ok(None),
             Err(e) => Err(e),
         }
