@@ -8,7 +8,6 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-SYNAPSE="$ROOT/scripts/synapse.sh"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 step() { printf '\n== %s\n' "$*"; }
@@ -32,26 +31,5 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
 
-step "Synapse (pinned, in .venv-synapse/)"
-"$SYNAPSE" install
-SYNAPSE_DIR="$(mktemp -d -t messenger-chat-synapse.XXXXXX)"
-cleanup() {
-    local status=$?
-    "$SYNAPSE" stop "$SYNAPSE_DIR" >/dev/null 2>&1 || true
-    if ((status != 0)) && [[ -f "$SYNAPSE_DIR/homeserver.log" ]]; then
-        echo "--- last lines of Synapse's log ---" >&2
-        tail -n 30 "$SYNAPSE_DIR/homeserver.log" >&2 || true
-    fi
-    rm -rf "$SYNAPSE_DIR"
-    exit "$status"
-}
-trap cleanup EXIT
-out="$("$SYNAPSE" start "$SYNAPSE_DIR")"
-SYNAPSE_URL="$(sed -n 's/^SYNAPSE_URL=//p' <<<"$out")"
-SYNAPSE_SHARED_SECRET_FILE="$(sed -n 's/^SYNAPSE_SHARED_SECRET_FILE=//p' <<<"$out")"
-SYNAPSE_SCRIPT="$SYNAPSE"
-export SYNAPSE_URL SYNAPSE_SHARED_SECRET_FILE SYNAPSE_DIR SYNAPSE_SCRIPT
-echo "Synapse at $SYNAPSE_URL"
-
-step "cargo test --all-targets"
-cargo test --all-targets --no-fail-fast </dev/null
+step "cargo test --all-targets, against a real Synapse (pinned, in .venv-synapse/)"
+exec "$ROOT/scripts/test-with-synapse.sh" --all-targets --no-fail-fast

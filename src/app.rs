@@ -24,7 +24,8 @@ pub const KEY_FILE: &str = "secret.key";
 /// A line naming what could not be opened.
 pub fn open_domain(config: Config) -> Result<Domain, String> {
     let dir = config.data_dir();
-    crate::secrets::create_private_dir(&dir).map_err(|e| format!("cannot create data directory {}: {e}", dir.display()))?;
+    crate::secrets::create_private_dir(&dir)
+        .map_err(|e| format!("cannot create data directory {}: {e}", dir.display()))?;
     let cache = usize::try_from(config.storage.cache_mib.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX);
     let db_path = dir.join(DB_FILE);
     let store = Store::open(&db_path, cache).map_err(|e| format!("cannot open {}: {e}", db_path.display()))?;

@@ -180,7 +180,8 @@ pub fn run_admin(config: Config, command: Command, config_path: Option<&Path>) -
                     Ok(members.iter().map(|(u, role)| format!("{u}\t{}", role.as_str())).collect::<Vec<_>>().join("\n"))
                 }
                 Command::Org(OrgCommand::SetMember { id, user, role }) => {
-                    let parsed = OrgRole::parse(&role).ok_or_else(|| format!("role must be owner, admin or member, got {role:?}"))?;
+                    let parsed = OrgRole::parse(&role)
+                        .ok_or_else(|| format!("role must be owner, admin or member, got {role:?}"))?;
                     d.set_member(p, id, user, parsed).map_err(show)?;
                     Ok(format!("user {user} is {role} of organization {id}"))
                 }
@@ -216,11 +217,11 @@ fn init(out: &Path, force: bool) -> Result<String, String> {
         return Err("the config template has no api_token_hashes line".into());
     }
     let _ = std::fs::remove_file(out);
-    crate::secrets::write_private_file(out, text.as_bytes()).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    crate::secrets::write_private_file(out, text.as_bytes())
+        .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
     Ok(format!("wrote {}\nAPI token (shown once, keep it now): {token}", out.display()))
 }
 
 fn toml_of(config: &Config) -> String {
     serde_json::to_string_pretty(config).unwrap_or_default()
 }
-

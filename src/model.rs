@@ -96,8 +96,7 @@ impl Room {
     /// Every listed user, ascending.
     #[must_use]
     pub fn members(&self) -> Vec<UserId> {
-        let mut all: Vec<UserId> =
-            self.admins.iter().chain(&self.moderators).chain(&self.assigned).copied().collect();
+        let mut all: Vec<UserId> = self.admins.iter().chain(&self.moderators).chain(&self.assigned).copied().collect();
         all.sort_unstable();
         all.dedup();
         all

@@ -86,9 +86,8 @@ impl ServerKey {
                         mode & 0o777
                     ));
                 }
-                let key: [u8; 32] = bytes
-                    .try_into()
-                    .map_err(|_| format!("{} is not a 32-byte key file", path.display()))?;
+                let key: [u8; 32] =
+                    bytes.try_into().map_err(|_| format!("{} is not a 32-byte key file", path.display()))?;
                 Ok(ServerKey(key))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

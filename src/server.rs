@@ -77,9 +77,8 @@ impl TlsFiles {
         let read = |p: &Path| std::fs::read(p).map_err(|source| TlsError::Read { path: p.to_path_buf(), source });
         let cert_pem = read(&self.cert)?;
         let key_pem = read(&self.key)?;
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
-            .filter_map(Result::ok)
-            .collect();
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(&cert_pem).filter_map(Result::ok).collect();
         if certs.is_empty() {
             return Err(TlsError::Pem { path: self.cert.clone(), what: "certificate" });
         }

@@ -22,11 +22,8 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(token())
         .and(body(max, true))
         .then(put_org);
-    let delete_org = warp::path!("v1" / "organizations" / String)
-        .and(warp::delete())
-        .and(s())
-        .and(token())
-        .then(delete_org);
+    let delete_org =
+        warp::path!("v1" / "organizations" / String).and(warp::delete()).and(s()).and(token()).then(delete_org);
     let members = warp::path!("v1" / "organizations" / String / "members")
         .and(warp::get())
         .and(s())
@@ -43,28 +40,17 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(s())
         .and(token())
         .then(delete_member);
-    let put_user = warp::path!("v1" / "users" / String)
-        .and(warp::put())
-        .and(s())
-        .and(token())
-        .and(body(max, true))
-        .then(put_user);
-    let delete_user = warp::path!("v1" / "users" / String)
-        .and(warp::delete())
-        .and(s())
-        .and(token())
-        .then(delete_user);
+    let put_user =
+        warp::path!("v1" / "users" / String).and(warp::put()).and(s()).and(token()).and(body(max, true)).then(put_user);
+    let delete_user = warp::path!("v1" / "users" / String).and(warp::delete()).and(s()).and(token()).then(delete_user);
     let issue = warp::path!("v1" / "users" / String / "tokens")
         .and(warp::post())
         .and(s())
         .and(token())
         .and(body(max, false))
         .then(issue_token);
-    let list_tokens = warp::path!("v1" / "users" / String / "tokens")
-        .and(warp::get())
-        .and(s())
-        .and(token())
-        .then(list_tokens);
+    let list_tokens =
+        warp::path!("v1" / "users" / String / "tokens").and(warp::get()).and(s()).and(token()).then(list_tokens);
     let revoke = warp::path!("v1" / "users" / String / "tokens" / String)
         .and(warp::delete())
         .and(s())
@@ -147,9 +133,8 @@ async fn put_member(org: String, user: String, state: AppState, token: Option<St
             let org = id("organizationID", &org)?;
             let user = id("userID", &user)?;
             let b: RoleBody = extract::json(&body)?;
-            let role = OrgRole::parse(&b.role).ok_or_else(|| {
-                Error::Invalid(format!("role must be owner, admin or member, got {:?}", b.role))
-            })?;
+            let role = OrgRole::parse(&b.role)
+                .ok_or_else(|| Error::Invalid(format!("role must be owner, admin or member, got {:?}", b.role)))?;
             let d = state.domain.clone();
             blocking(move || d.set_member(p, org, user, role)).await?;
             Ok(json(StatusCode::OK, &j!({"userID": user, "role": role.as_str()})))

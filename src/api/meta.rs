@@ -44,21 +44,27 @@ impl Metrics {
             }
         }
         self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
-            .fetch_add(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.sum_micros.fetch_add(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 }
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
-    let healthz = warp::path!("healthz").and(warp::get()).map(|| json(StatusCode::OK, &serde_json::json!({"status": "ok"})));
+    let healthz =
+        warp::path!("healthz").and(warp::get()).map(|| json(StatusCode::OK, &serde_json::json!({"status": "ok"})));
     let readyz = warp::path!("readyz").and(warp::get()).and(with_state(state.clone())).then(readyz);
     let metrics = warp::path!("metrics").and(warp::get()).and(with_state(state)).map(metrics);
-    let openapi = warp::path!("openapi.json")
-        .and(warp::get())
-        .map(|| warp::http::Response::builder().header("content-type", "application/json").body(OPENAPI.into()).unwrap_or_default());
-    let docs = warp::path!("docs")
-        .and(warp::get())
-        .map(|| warp::http::Response::builder().header("content-type", "text/html; charset=utf-8").body(DOCS_HTML.into()).unwrap_or_default());
+    let openapi = warp::path!("openapi.json").and(warp::get()).map(|| {
+        warp::http::Response::builder()
+            .header("content-type", "application/json")
+            .body(OPENAPI.into())
+            .unwrap_or_default()
+    });
+    let docs = warp::path!("docs").and(warp::get()).map(|| {
+        warp::http::Response::builder()
+            .header("content-type", "text/html; charset=utf-8")
+            .body(DOCS_HTML.into())
+            .unwrap_or_default()
+    });
     healthz.or(readyz).unify().or(metrics).unify().or(openapi).unify().or(docs).unify().boxed()
 }
 
@@ -90,12 +96,17 @@ fn metrics(state: AppState) -> Response {
     out.push_str("# HELP messenger_chat_http_requests_total Answered requests by status class.\n");
     out.push_str("# TYPE messenger_chat_http_requests_total counter\n");
     for (i, c) in m.by_class.iter().enumerate() {
-        let _ = writeln!(out, "messenger_chat_http_requests_total{{class=\"{}xx\"}} {}", i + 1, c.load(Ordering::Relaxed));
+        let _ =
+            writeln!(out, "messenger_chat_http_requests_total{{class=\"{}xx\"}} {}", i + 1, c.load(Ordering::Relaxed));
     }
     out.push_str("# HELP messenger_chat_http_request_duration_seconds Time to answer a request.\n");
     out.push_str("# TYPE messenger_chat_http_request_duration_seconds histogram\n");
     for (le, b) in BUCKETS.iter().zip(&m.buckets) {
-        let _ = writeln!(out, "messenger_chat_http_request_duration_seconds_bucket{{le=\"{le}\"}} {}", b.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "messenger_chat_http_request_duration_seconds_bucket{{le=\"{le}\"}} {}",
+            b.load(Ordering::Relaxed)
+        );
     }
     let count = m.count.load(Ordering::Relaxed);
     let _ = writeln!(out, "messenger_chat_http_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
@@ -109,7 +120,9 @@ fn metrics(state: AppState) -> Response {
         let _ = writeln!(out, "messenger_chat_outbox_depth {depth}");
     }
     if let Some(hs) = &state.hs {
-        out.push_str("# HELP messenger_chat_homeserver_errors_total Homeserver steps that failed (and were retried).\n");
+        out.push_str(
+            "# HELP messenger_chat_homeserver_errors_total Homeserver steps that failed (and were retried).\n",
+        );
         out.push_str("# TYPE messenger_chat_homeserver_errors_total counter\n");
         let _ = writeln!(out, "messenger_chat_homeserver_errors_total {}", hs.errors.load(Ordering::Relaxed));
     }

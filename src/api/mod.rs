@@ -68,7 +68,9 @@ fn with_state(state: AppState) -> impl Filter<Extract = (AppState,), Error = Inf
 }
 
 /// Every route, with errors as problem+json and each request logged and counted.
-pub fn routes(state: AppState) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone + Send + Sync + 'static {
+pub fn routes(
+    state: AppState,
+) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone + Send + Sync + 'static {
     let metrics = state.metrics.clone();
     let log = warp::log::custom(move |info| {
         metrics.observe(info.status().as_u16(), info.elapsed());

@@ -2,9 +2,9 @@
 
 use bytes::Bytes;
 use http::StatusCode;
+use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
-use warp::Filter;
 
 use super::extract::{self, body, int, param, query_pairs, raw_query, room_ref, token};
 use super::views::{CreateDefaultBody, CreateRoomBody, RoomList, RoomView, UpdateRoomBody, UsersBody};
@@ -16,12 +16,7 @@ use crate::model::Room;
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let max = state.max_body();
     let s = || with_state(state.clone());
-    let list = warp::path!("v1" / "chatrooms")
-        .and(warp::get())
-        .and(s())
-        .and(token())
-        .and(raw_query())
-        .then(get_rooms);
+    let list = warp::path!("v1" / "chatrooms").and(warp::get()).and(s()).and(token()).and(raw_query()).then(get_rooms);
     let create = warp::path!("v1" / "chatrooms")
         .and(warp::post())
         .and(s())
@@ -51,22 +46,14 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(s())
         .and(token())
         .then(delete_default_room);
-    let get_one = warp::path!("v1" / "chatrooms" / String)
-        .and(warp::get())
-        .and(s())
-        .and(token())
-        .then(get_room);
+    let get_one = warp::path!("v1" / "chatrooms" / String).and(warp::get()).and(s()).and(token()).then(get_room);
     let patch = warp::path!("v1" / "chatrooms" / String)
         .and(warp::patch())
         .and(s())
         .and(token())
         .and(body(max, true))
         .then(update_room);
-    let delete = warp::path!("v1" / "chatrooms" / String)
-        .and(warp::delete())
-        .and(s())
-        .and(token())
-        .then(delete_room);
+    let delete = warp::path!("v1" / "chatrooms" / String).and(warp::delete()).and(s()).and(token()).then(delete_room);
     let claim = warp::path!("v1" / "chatrooms" / String / "claim")
         .and(warp::post())
         .and(s())
@@ -119,9 +106,11 @@ async fn get_rooms(state: AppState, token: Option<String>, query: String) -> Res
     answer((|| {
         let (r, p) = state.caller(token.as_deref())?;
         let q = query_pairs(&query)?;
-        let org = int("organization_id", param(&q, "organization_id").ok_or_else(|| {
-            Error::BadRequest("organization_id is required: add ?organization_id=<id>".into())
-        })?)?;
+        let org = int(
+            "organization_id",
+            param(&q, "organization_id")
+                .ok_or_else(|| Error::BadRequest("organization_id is required: add ?organization_id=<id>".into()))?,
+        )?;
         let all = match param(&q, "all") {
             None | Some("false") => false,
             Some("true") => true,
@@ -299,10 +288,9 @@ async fn change_users(id: String, state: AppState, token: Option<String>, body: 
             let b: UsersBody = extract::json(&body)?;
             let lists = UserLists { admins: b.admins, moderators: b.moderators, assigned: b.assigned_users };
             let d = state.domain.clone();
-            let changed = blocking(move || {
-                if add { d.add_users(p, &which, &lists) } else { d.remove_users(p, &which, &lists) }
-            })
-            .await?;
+            let changed =
+                blocking(move || if add { d.add_users(p, &which, &lists) } else { d.remove_users(p, &which, &lists) })
+                    .await?;
             state.settled(changed, StatusCode::OK).await
         }
         .await,

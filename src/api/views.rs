@@ -223,14 +223,17 @@ impl<'de> Visitor<'de> for AvatarVisitor {
             .decode(&cleaned)
             .or_else(|_| GeneralPurpose::new(&base64::alphabet::URL_SAFE, lenient).decode(&cleaned))
             .map(Some)
-            .map_err(|_| E::custom("avatar string is not base64: send the image bytes as base64 or as an array of numbers"))
+            .map_err(|_| {
+                E::custom("avatar string is not base64: send the image bytes as base64 or as an array of numbers")
+            })
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
         while let Some(v) = seq.next_element::<i64>()? {
-            let b = u8::try_from(v)
-                .map_err(|_| de::Error::custom(format!("avatar holds {v}: every element must be a byte value 0-255")))?;
+            let b = u8::try_from(v).map_err(|_| {
+                de::Error::custom(format!("avatar holds {v}: every element must be a byte value 0-255"))
+            })?;
             out.push(b);
         }
         Ok(Some(out))

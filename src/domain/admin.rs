@@ -141,7 +141,8 @@ impl Domain {
         let result = self.write(|w| {
             let existing = w.user(id)?;
             let created = existing.is_none();
-            let user = User { id, display_name, deactivated: false, created_at: existing.map_or(now, |u| u.created_at) };
+            let user =
+                User { id, display_name, deactivated: false, created_at: existing.map_or(now, |u| u.created_at) };
             w.put_user(&user)?;
             w.push_outbox(&OutboxOp::SyncUser { user_id: id })?;
             Ok((user, created))
@@ -320,4 +321,3 @@ impl Domain {
 fn no_user(id: UserId) -> Error {
     Error::NotFound(format!("no user {id}: create it with PUT /v1/users/{id}"))
 }
-

@@ -21,9 +21,7 @@ impl Domain {
                 return Ok(Principal::Api);
             }
             return match r.token_by_hash(&hash)? {
-                Some(t) if t.kind == TokenKind::Api && hashes_equal(&t.hash, &hash) && !t.revoked => {
-                    Ok(Principal::Api)
-                }
+                Some(t) if t.kind == TokenKind::Api && hashes_equal(&t.hash, &hash) && !t.revoked => Ok(Principal::Api),
                 _ => Err(Error::Unauthorized("unknown API token".into())),
             };
         }
@@ -67,9 +65,7 @@ impl Domain {
     pub(crate) fn require_org_manager(r: &impl Read, p: Principal, org: OrgId) -> Result<()> {
         match Self::caller_role(r, p, org)? {
             Some(role) if role.manages() => Ok(()),
-            Some(_) => Err(Error::Forbidden(format!(
-                "only owners and admins of organization {org} may do this"
-            ))),
+            Some(_) => Err(Error::Forbidden(format!("only owners and admins of organization {org} may do this"))),
             None => Err(not_member(p, org)),
         }
     }

@@ -205,9 +205,12 @@ impl Domain {
     pub fn create_room(&self, p: Principal, spec: NewRoom) -> Result<Room> {
         let org = positive("organizationID", spec.org_id)?;
         let event_id = spec.event_id.map(|e| positive("eventID", e)).transpose()?;
-        let name = super::name("name", spec.name.as_deref().ok_or_else(|| {
-            Error::Invalid("name is required: give the room a name of 1 to 255 characters".into())
-        })?)?;
+        let name = super::name(
+            "name",
+            spec.name.as_deref().ok_or_else(|| {
+                Error::Invalid("name is required: give the room a name of 1 to 255 characters".into())
+            })?,
+        )?;
         let users = spec.users.normalize()?;
         let now = self.clock.now();
         let avatar = match &spec.avatar {
@@ -435,9 +438,7 @@ impl Domain {
                 Some(RoomRole::Admin) => {}
                 Some(RoomRole::Moderator) => {
                     if !lists.admins.is_empty() || !lists.moderators.is_empty() {
-                        return Err(Error::Forbidden(
-                            "room moderators may change assignedUsers only".into(),
-                        ));
+                        return Err(Error::Forbidden("room moderators may change assignedUsers only".into()));
                     }
                     if let Some((u, _)) = users.iter().find(|(u, _)| old.role_of(*u) > Some(RoomRole::Assigned)) {
                         return Err(Error::Forbidden(format!(
@@ -496,9 +497,9 @@ impl Domain {
 
     fn check_deletion_time(&self, at: Option<i64>, now: i64) -> Result<()> {
         match at {
-            Some(t) if t <= now => Err(Error::Invalid(
-                "scheduledDeletion lies in the past: give a future time, or null for none".into(),
-            )),
+            Some(t) if t <= now => {
+                Err(Error::Invalid("scheduledDeletion lies in the past: give a future time, or null for none".into()))
+            }
             _ => Ok(()),
         }
     }

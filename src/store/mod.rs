@@ -166,8 +166,8 @@ pub trait Read {
     /// # Errors
     /// The table cannot be opened.
     fn table<K: redb::Key + 'static, V: redb::Value + 'static>(
-    &self,
-    def: redb::TableDefinition<'static, K, V>,
+        &self,
+        def: redb::TableDefinition<'static, K, V>,
     ) -> Result<impl ReadableTable<K, V>, StoreError>;
 
     /// One room by id.

@@ -30,8 +30,7 @@ pub const USERID_USER: TableDefinition<i64, &[u8]> = TableDefinition::new("useri
 /// SHA-256 of a token → encoded `Token`.
 pub const TOKENHASH_TOKEN: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tokenhash_token");
 /// (user id, token id) → SHA-256 of the token: a user's tokens, for listing and revocation.
-pub const USERIDTOKENID_TOKENHASH: TableDefinition<(i64, u64), &[u8]> =
-    TableDefinition::new("useridtokenid_tokenhash");
+pub const USERIDTOKENID_TOKENHASH: TableDefinition<(i64, u64), &[u8]> = TableDefinition::new("useridtokenid_tokenhash");
 /// sequence number → encoded `OutboxOp`: what the homeserver still has to do, in order.
 pub const SEQ_OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("seq_outbox");
 /// counter name → value: next ids and sequence numbers.
