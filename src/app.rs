@@ -73,6 +73,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let state = AppState::new(domain, hs);
     let routes = api::routes(state);
     spawn_reload_on_hangup(tls.clone());
+    notify_systemd(&[sd_notify::NotifyState::Ready]);
     server::serve(listener, tls, routes, shutdown_signal(), grace).await;
     tracing::info!("stopped");
     Ok(())
@@ -106,6 +107,14 @@ async fn shutdown_signal() {
         _ = term.recv() => tracing::info!("SIGTERM: finishing in-flight requests"),
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: finishing in-flight requests"),
     }
+    notify_systemd(&[sd_notify::NotifyState::Stopping]);
+}
+
+/// Tells systemd (Type=notify) about the service's state; a no-op elsewhere.
+fn notify_systemd(states: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
 }
 
 /// SIGHUP re-reads the certificate and key; open connections keep theirs.
@@ -115,7 +124,12 @@ fn spawn_reload_on_hangup(tls: Option<Arc<TlsState>>) {
     let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            match tls.reload() {
+            if let Ok(now) = sd_notify::NotifyState::monotonic_usec_now() {
+                notify_systemd(&[sd_notify::NotifyState::Reloading, now]);
+            }
+            let outcome = tls.reload();
+            notify_systemd(&[sd_notify::NotifyState::Ready]);
+            match outcome {
                 Ok(()) => tracing::info!("SIGHUP: reloaded the TLS certificate"),
                 Err(e) => tracing::error!(error = %e, "SIGHUP: kept the old certificate"),
             }
