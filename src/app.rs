@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::domain::{Domain, SystemClock};
+use crate::proxy::Proxy;
 use crate::reconciler::{Homeserver, Reconciler};
 use crate::secrets::ServerKey;
 use crate::server::{self, TlsFiles, TlsState};
@@ -51,6 +52,11 @@ pub async fn serve(config: Config) -> Result<(), String> {
     if let Some(token) = tokio::task::block_in_place(|| domain.ensure_api_token()).map_err(|e| e.to_string())? {
         println!("messenger-chat: API token (shown once, keep it now): {token}");
     }
+    let proxy = if domain.config.proxy.enabled {
+        Some(Arc::new(Proxy::new(&domain.config.matrix.homeserver_url)?))
+    } else {
+        None
+    };
     let listener = TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
     let host = if bound.ip().is_unspecified() { "localhost".to_string() } else { bound.ip().to_string() };
@@ -74,7 +80,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let routes = api::routes(state);
     spawn_reload_on_hangup(tls.clone());
     notify_systemd(&[sd_notify::NotifyState::Ready]);
-    server::serve(listener, tls, routes, shutdown_signal(), grace).await;
+    server::serve(listener, tls, routes, proxy, shutdown_signal(), grace).await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -11,6 +11,7 @@ pub mod domain;
 pub mod error;
 pub mod matrix;
 pub mod model;
+pub mod proxy;
 pub mod reconciler;
 pub mod secrets;
 pub mod server;

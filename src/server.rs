@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -24,6 +25,7 @@ use tokio_rustls::TlsAcceptor;
 use warp::Filter;
 
 use crate::config::Config;
+use crate::proxy::{AnyBody, Proxy, box_error};
 
 /// The address of the peer, put into every request's extensions.
 #[derive(Debug, Clone, Copy)]
@@ -144,6 +146,7 @@ pub async fn serve<F, R>(
     listener: TcpListener,
     tls: Option<Arc<TlsState>>,
     filter: F,
+    proxy: Option<Arc<Proxy>>,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) where
@@ -168,10 +171,9 @@ pub async fn serve<F, R>(
         };
         let _ = tcp.set_nodelay(true);
         let svc = warp::service(filter.clone());
-        let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-            req.extensions_mut().insert(RemoteAddr(peer));
-            let mut svc = svc.clone();
-            async move { Ok::<_, Infallible>(tower_call(&mut svc, req).await) }
+        let proxy = proxy.clone();
+        let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            handle(svc.clone(), proxy.clone(), req, peer)
         });
         let builder = builder.clone();
         let watcher = graceful.watcher();
@@ -210,6 +212,26 @@ pub async fn serve<F, R>(
             tracing::warn!("in-flight requests did not finish within the shutdown grace period");
         }
     }
+}
+
+/// One request: to the homeserver when the proxy takes its path, else to the API.
+async fn handle<S, B>(
+    mut svc: S,
+    proxy: Option<Arc<Proxy>>,
+    mut req: hyper::Request<hyper::body::Incoming>,
+    peer: SocketAddr,
+) -> Result<hyper::Response<AnyBody>, Infallible>
+where
+    S: tower_service::Service<hyper::Request<hyper::body::Incoming>, Response = hyper::Response<B>, Error = Infallible>,
+    B: http_body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    if let Some(proxy) = proxy.filter(|_| Proxy::handles(req.uri().path())) {
+        return Ok(proxy.forward(req, peer).await);
+    }
+    req.extensions_mut().insert(RemoteAddr(peer));
+    let resp = tower_call(&mut svc, req).await;
+    Ok(resp.map(|b| b.map_err(box_error).boxed()))
 }
 
 async fn tower_call<S>(svc: &mut S, req: hyper::Request<hyper::body::Incoming>) -> S::Response

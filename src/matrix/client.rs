@@ -62,6 +62,31 @@ pub(crate) enum Auth<'a> {
 
 /// A client of one homeserver. Cheap to clone; clones share the connection
 /// pool and the bot's session.
+/// The connector every homeserver connection uses: http, or https with
+/// rustls (ring) and the web PKI roots.
+///
+/// # Errors
+/// TLS cannot be set up.
+pub(crate) fn https_connector() -> Result<HttpsConnector<HttpConnector>, MatrixError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| MatrixError::Config(format!("TLS setup: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_all_versions().build())
+}
+
+/// A pooled client over `connector`, for any body type.
+pub(crate) fn pooled_client<B>(connector: HttpsConnector<HttpConnector>) -> Client<HttpsConnector<HttpConnector>, B>
+where
+    B: http_body::Body + Send,
+    B::Data: Send,
+{
+    Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(connector)
+}
+
 #[derive(Clone)]
 pub struct HomeserverClient {
     inner: Arc<Inner>,
@@ -123,19 +148,7 @@ impl HomeserverClient {
                 .to_string()
         };
 
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| MatrixError::Config(format!("TLS setup: {e}")))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_all_versions()
-            .build();
-        let http = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(connector);
+        let http = pooled_client(https_connector()?);
 
         Ok(Self {
             inner: Arc::new(Inner {
