@@ -26,7 +26,28 @@ pub struct Config {
     pub security: SecurityConfig,
     pub matrix: MatrixConfig,
     pub proxy: ProxyConfig,
+    pub limits: LimitsConfig,
     pub log: LogConfig,
+}
+
+/// `[limits]`: per-user rate limits (429 with Retry-After above them).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Logins a user may make at once through `POST /v1/user/login` …
+    pub login_burst: u32,
+    /// … and then one more every this many seconds.
+    pub login_refill_secs: u64,
+    /// Personal access tokens that may be issued for one user at once …
+    pub token_issue_burst: u32,
+    /// … and then one more every this many seconds.
+    pub token_issue_refill_secs: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self { login_burst: 10, login_refill_secs: 6, token_issue_burst: 10, token_issue_refill_secs: 6 }
+    }
 }
 
 /// `[server]`: the HTTPS listener.
@@ -311,6 +332,9 @@ impl Config {
         }
         if !valid_localpart(&self.matrix.user_prefix) {
             return bad("matrix.user_prefix", "must be lowercase letters, digits or ._=-/".into());
+        }
+        if self.limits.login_burst == 0 || self.limits.token_issue_burst == 0 {
+            return bad("limits.login_burst", "bursts must be at least 1".into());
         }
         if !matches!(self.log.format.as_str(), "auto" | "human" | "json") {
             return bad("log.format", format!("{:?} is not one of auto, human, json", self.log.format));

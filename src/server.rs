@@ -21,6 +21,7 @@ use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
+use tracing::Instrument;
 use tokio_rustls::TlsAcceptor;
 use warp::Filter;
 
@@ -226,12 +227,31 @@ where
     B: http_body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    if let Some(proxy) = proxy.filter(|_| Proxy::handles(req.uri().path())) {
-        return Ok(proxy.forward(req, peer).await);
+    let id = request_id(req.headers());
+    let span = tracing::info_span!("request", request_id = %id);
+    let mut resp = async {
+        if let Some(proxy) = proxy.filter(|_| Proxy::handles(req.uri().path())) {
+            return proxy.forward(req, peer).await;
+        }
+        req.extensions_mut().insert(RemoteAddr(peer));
+        tower_call(&mut svc, req).await.map(|b| b.map_err(box_error).boxed())
     }
-    req.extensions_mut().insert(RemoteAddr(peer));
-    let resp = tower_call(&mut svc, req).await;
-    Ok(resp.map(|b| b.map_err(box_error).boxed()))
+    .instrument(span)
+    .await;
+    if let Ok(value) = http::HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", value);
+    }
+    Ok(resp)
+}
+
+/// The caller's `X-Request-Id` when it is a sane token, else a fresh one;
+/// it names the request in every log line and comes back in the answer.
+fn request_id(headers: &http::HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+        .map_or_else(|| format!("{:016x}", rand::random::<u64>()), str::to_owned)
 }
 
 async fn tower_call<S>(svc: &mut S, req: hyper::Request<hyper::body::Incoming>) -> S::Response

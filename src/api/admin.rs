@@ -196,6 +196,7 @@ async fn issue_token(user: String, state: AppState, token: Option<String>, body:
         async {
             let (_, p) = state.caller(token.as_deref())?;
             let user = id("userID", &user)?;
+            state.token_limit.check(user, std::time::Instant::now())?;
             let b: TokenBody = if body.is_empty() { TokenBody::default() } else { extract::json(&body)? };
             let d = state.domain.clone();
             let issued = blocking(move || d.issue_token(p, user, b.name.as_deref(), b.expires_in_days)).await?;

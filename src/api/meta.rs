@@ -9,6 +9,7 @@ use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
+use super::routes::ROUTES;
 use super::{AppState, answer, json, with_state};
 use crate::error::Error;
 use crate::store::Read;
@@ -21,31 +22,50 @@ pub const DOCS_HTML: &str = include_str!("../../assets/docs.html");
 /// Upper bounds (seconds) of the request latency histogram.
 const BUCKETS: [f64; 10] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5];
 
-/// Request counters for /metrics.
-#[derive(Default)]
+/// Request counters for /metrics, by route and status, with a latency
+/// histogram per route. Routes are [`ROUTES`] plus one slot for unmatched paths.
 pub struct Metrics {
-    /// Requests by status class: 1xx … 5xx.
-    by_class: [AtomicU64; 5],
-    /// Cumulative latency histogram.
+    by_status: std::sync::Mutex<std::collections::BTreeMap<(usize, u16), u64>>,
+    latency: Vec<RouteLatency>,
+}
+
+#[derive(Default)]
+struct RouteLatency {
+    /// Cumulative counts per bucket of [`BUCKETS`].
     buckets: [AtomicU64; BUCKETS.len()],
     count: AtomicU64,
     sum_micros: AtomicU64,
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            by_status: std::sync::Mutex::default(),
+            latency: (0..=ROUTES.len()).map(|_| RouteLatency::default()).collect(),
+        }
+    }
+}
+
 impl Metrics {
-    /// Counts one answered request.
-    pub fn observe(&self, status: u16, elapsed: Duration) {
-        let class = usize::from(status / 100).clamp(1, 5) - 1;
-        self.by_class[class].fetch_add(1, Ordering::Relaxed);
+    /// Counts one answered request of route `route` (`None`: no route matched).
+    pub fn observe(&self, route: Option<usize>, status: u16, elapsed: Duration) {
+        let slot = route.unwrap_or(ROUTES.len());
+        *self.by_status.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entry((slot, status)).or_default() +=
+            1;
+        let l = &self.latency[slot];
         let secs = elapsed.as_secs_f64();
         for (i, le) in BUCKETS.iter().enumerate() {
             if secs <= *le {
-                self.buckets[i].fetch_add(1, Ordering::Relaxed);
+                l.buckets[i].fetch_add(1, Ordering::Relaxed);
             }
         }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros.fetch_add(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        l.count.fetch_add(1, Ordering::Relaxed);
+        l.sum_micros.fetch_add(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
+}
+
+fn route_label(slot: usize) -> (&'static str, &'static str) {
+    ROUTES.get(slot).copied().unwrap_or(("", "unmatched"))
 }
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
@@ -93,31 +113,47 @@ async fn readyz(state: AppState) -> Response {
 fn metrics(state: AppState) -> Response {
     let m = &state.metrics;
     let mut out = String::new();
-    out.push_str("# HELP messenger_chat_http_requests_total Answered requests by status class.\n");
+    out.push_str("# HELP messenger_chat_http_requests_total Answered requests by route and status.\n");
     out.push_str("# TYPE messenger_chat_http_requests_total counter\n");
-    for (i, c) in m.by_class.iter().enumerate() {
-        let _ =
-            writeln!(out, "messenger_chat_http_requests_total{{class=\"{}xx\"}} {}", i + 1, c.load(Ordering::Relaxed));
-    }
-    out.push_str("# HELP messenger_chat_http_request_duration_seconds Time to answer a request.\n");
-    out.push_str("# TYPE messenger_chat_http_request_duration_seconds histogram\n");
-    for (le, b) in BUCKETS.iter().zip(&m.buckets) {
+    for ((slot, status), n) in m.by_status.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter() {
+        let (method, route) = route_label(*slot);
         let _ = writeln!(
             out,
-            "messenger_chat_http_request_duration_seconds_bucket{{le=\"{le}\"}} {}",
-            b.load(Ordering::Relaxed)
+            "messenger_chat_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}} {n}"
         );
     }
-    let count = m.count.load(Ordering::Relaxed);
-    let _ = writeln!(out, "messenger_chat_http_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
-    #[expect(clippy::cast_precision_loss, reason = "a metric, not an account balance")]
-    let sum = m.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-    let _ = writeln!(out, "messenger_chat_http_request_duration_seconds_sum {sum}");
-    let _ = writeln!(out, "messenger_chat_http_request_duration_seconds_count {count}");
+    out.push_str("# HELP messenger_chat_http_request_duration_seconds Time to answer a request, by route.\n");
+    out.push_str("# TYPE messenger_chat_http_request_duration_seconds histogram\n");
+    for (slot, l) in m.latency.iter().enumerate() {
+        let count = l.count.load(Ordering::Relaxed);
+        if count == 0 {
+            continue;
+        }
+        let (method, route) = route_label(slot);
+        let labels = format!("method=\"{method}\",route=\"{route}\"");
+        for (le, b) in BUCKETS.iter().zip(&l.buckets) {
+            let _ = writeln!(
+                out,
+                "messenger_chat_http_request_duration_seconds_bucket{{{labels},le=\"{le}\"}} {}",
+                b.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(out, "messenger_chat_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {count}");
+        #[expect(clippy::cast_precision_loss, reason = "a metric, not an account balance")]
+        let sum = l.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "messenger_chat_http_request_duration_seconds_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "messenger_chat_http_request_duration_seconds_count{{{labels}}} {count}");
+    }
     if let Ok(depth) = state.domain.store.read().and_then(|r| r.outbox_depth()) {
         out.push_str("# HELP messenger_chat_outbox_depth Changes not yet applied to the homeserver.\n");
         out.push_str("# TYPE messenger_chat_outbox_depth gauge\n");
         let _ = writeln!(out, "messenger_chat_outbox_depth {depth}");
+    }
+    if let Ok((rooms, users)) = state.domain.store.read().and_then(|r| r.totals()) {
+        out.push_str("# HELP messenger_chat_rooms Stored chatrooms.\n# TYPE messenger_chat_rooms gauge\n");
+        let _ = writeln!(out, "messenger_chat_rooms {rooms}");
+        out.push_str("# HELP messenger_chat_users Stored app users.\n# TYPE messenger_chat_users gauge\n");
+        let _ = writeln!(out, "messenger_chat_users {users}");
     }
     if let Some(hs) = &state.hs {
         out.push_str(

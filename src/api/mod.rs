@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod extract;
+pub mod limits;
 pub mod meta;
 pub mod problem;
 pub mod rooms;
@@ -12,6 +13,7 @@ pub mod views;
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::StatusCode;
 use serde::Serialize;
@@ -30,12 +32,22 @@ pub struct AppState {
     pub metrics: Arc<meta::Metrics>,
     /// The homeserver side; `None` when no homeserver is configured.
     pub hs: Option<Arc<Homeserver>>,
+    pub login_limit: Arc<limits::RateLimiter>,
+    pub token_limit: Arc<limits::RateLimiter>,
 }
 
 impl AppState {
     #[must_use]
     pub fn new(domain: Arc<Domain>, hs: Option<Arc<Homeserver>>) -> Self {
-        AppState { domain, metrics: Arc::new(meta::Metrics::default()), hs }
+        let l = &domain.config.limits;
+        let login_limit =
+            Arc::new(limits::RateLimiter::new("login", l.login_burst, Duration::from_secs(l.login_refill_secs)));
+        let token_limit = Arc::new(limits::RateLimiter::new(
+            "token issue",
+            l.token_issue_burst,
+            Duration::from_secs(l.token_issue_refill_secs),
+        ));
+        AppState { domain, metrics: Arc::new(meta::Metrics::default()), hs, login_limit, token_limit }
     }
 
     /// Waits (at most `matrix.sync_wait`) for a changed room to reach the
@@ -73,7 +85,7 @@ pub fn routes(
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone + Send + Sync + 'static {
     let metrics = state.metrics.clone();
     let log = warp::log::custom(move |info| {
-        metrics.observe(info.status().as_u16(), info.elapsed());
+        metrics.observe(routes::route_of(info.method().as_str(), info.path()), info.status().as_u16(), info.elapsed());
         tracing::info!(
             target: "messenger_chat::access",
             method = %info.method(),

@@ -33,3 +33,50 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/users/{userID}/tokens"),
     ("DELETE", "/v1/users/{userID}/tokens/{tokenID}"),
 ];
+
+/// The index in [`ROUTES`] of the route that answers `method` `path`, for
+/// metrics; `None` for paths no route answers. A literal segment beats a
+/// parameter (`/v1/chatrooms/event` is not `/v1/chatrooms/{roomID}`).
+#[must_use]
+pub fn route_of(method: &str, path: &str) -> Option<usize> {
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    let mut best: Option<(usize, usize)> = None;
+    for (i, (m, template)) in ROUTES.iter().enumerate() {
+        if *m != method {
+            continue;
+        }
+        let parts: Vec<&str> = template.split('/').collect();
+        if parts.len() != segments.len() {
+            continue;
+        }
+        let mut literal = 0;
+        let fits = parts.iter().zip(&segments).all(|(t, s)| {
+            if t.starts_with('{') {
+                !s.is_empty()
+            } else {
+                literal += 1;
+                t == s
+            }
+        });
+        if fits && best.is_none_or(|(_, l)| literal > l) {
+            best = Some((i, literal));
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_find_their_route() {
+        let at = |m, p| route_of(m, p).map(|i| ROUTES[i].1);
+        assert_eq!(at("GET", "/v1/chatrooms/event"), Some("/v1/chatrooms/event"));
+        assert_eq!(at("GET", "/v1/chatrooms/17"), Some("/v1/chatrooms/{roomID}"));
+        assert_eq!(at("DELETE", "/v1/chatrooms/default/3"), Some("/v1/chatrooms/default/{organizationID}"));
+        assert_eq!(at("POST", "/v1/chatrooms/5/users"), Some("/v1/chatrooms/{roomID}/users"));
+        assert_eq!(at("GET", "/v1/nothing"), None);
+        assert_eq!(at("PUT", "/healthz"), None);
+    }
+}

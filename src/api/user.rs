@@ -76,6 +76,7 @@ async fn login(
             let (r, p) = state.caller(token.as_deref())?;
             let user = state.domain.acting_user(&r, p, user_id_param(&query)?)?;
             drop(r);
+            state.login_limit.check(user, std::time::Instant::now())?;
             let b: LoginBody = if body.is_empty() { LoginBody::default() } else { extract::json(&body)? };
             if let Some(d) = &b.device_id
                 && (d.is_empty() || d.len() > 255 || d.chars().any(char::is_control))

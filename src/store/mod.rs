@@ -312,6 +312,11 @@ pub trait Read {
         Ok(self.table(MATRIXROOMID_DELETEID)?.get(matrix_room_id)?.map(|v| v.value().to_string()))
     }
 
+    /// Numbers of stored rooms and users.
+    fn totals(&self) -> Result<(u64, u64), StoreError> {
+        Ok((self.table(ROOMID_ROOM)?.len()?, self.table(USERID_USER)?.len()?))
+    }
+
     /// Number of entries waiting in the outbox.
     fn outbox_depth(&self) -> Result<u64, StoreError> {
         let t = self.table(SEQ_OUTBOX)?;
