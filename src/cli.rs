@@ -45,6 +45,20 @@ pub enum Command {
     /// App users.
     #[command(subcommand)]
     User(UserCommand),
+    /// Write every record as JSON Lines (a consistent snapshot; safe while serving).
+    Export {
+        /// File to write; standard output when absent.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Restore an export into an empty database.
+    Import {
+        /// The export file.
+        file: PathBuf,
+        /// Add to a database that already holds records.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -193,6 +207,32 @@ pub fn run_admin(config: Config, command: Command, config_path: Option<&Path>) -
                     let (u, created) = d.put_user(p, id, &display_name).map_err(show)?;
                     Ok(format!("{} user {}: {}", if created { "created" } else { "updated" }, u.id, u.display_name))
                 }
+                Command::Export { out } => {
+                    let bar = progress_bar("export");
+                    let n = match out {
+                        Some(path) => {
+                            let file = std::fs::File::create(&path)
+                                .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+                            let mut w = std::io::BufWriter::new(file);
+                            d.store.export(&mut w, bar).map_err(|e| e.to_string())?
+                        }
+                        None => {
+                            let mut w = std::io::BufWriter::new(std::io::stdout().lock());
+                            d.store.export(&mut w, bar).map_err(|e| e.to_string())?
+                        }
+                    };
+                    // The summary goes to stderr: stdout may be the dump itself.
+                    eprintln!("exported {n} records");
+                    Ok(String::new())
+                }
+                Command::Import { file, force } => {
+                    let f = std::fs::File::open(&file).map_err(|e| format!("cannot open {}: {e}", file.display()))?;
+                    let n = d
+                        .store
+                        .import(std::io::BufReader::new(f), force, progress_bar("import"))
+                        .map_err(|e| e.to_string())?;
+                    Ok(format!("imported {n} records from {}", file.display()))
+                }
                 Command::User(UserCommand::Deactivate { id }) => {
                     d.deactivate_user(p, id).map_err(show)?;
                     Ok(format!("deactivated user {id}"))
@@ -220,6 +260,22 @@ fn init(out: &Path, force: bool) -> Result<String, String> {
     crate::secrets::write_private_file(out, text.as_bytes())
         .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
     Ok(format!("wrote {}\nAPI token (shown once, keep it now): {token}", out.display()))
+}
+
+/// A progress line on a terminal (stderr), nothing elsewhere.
+fn progress_bar(what: &'static str) -> impl FnMut(u64, u64) {
+    use std::io::IsTerminal;
+    let tty = std::io::stderr().is_terminal();
+    move |done, total| {
+        if tty && total > 0 {
+            let width = 30u64;
+            let filled = (done.min(total) * width / total) as usize;
+            eprint!("\r{what}: [{}{}] {done}/{total} records", "#".repeat(filled), " ".repeat(30 - filled));
+            if done >= total {
+                eprintln!();
+            }
+        }
+    }
 }
 
 fn toml_of(config: &Config) -> String {

@@ -21,7 +21,11 @@ fn main() -> std::process::ExitCode {
                 .map_err(|e| e.to_string())
                 .and_then(|rt| rt.block_on(messenger_chat::app::serve(config)))
         }
-        other => messenger_chat::cli::run_admin(config, other, cli.config.as_deref()).map(|out| println!("{out}")),
+        other => messenger_chat::cli::run_admin(config, other, cli.config.as_deref()).map(|out| {
+            if !out.is_empty() {
+                println!("{out}");
+            }
+        }),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -6,6 +6,7 @@
 //! never leaves a partial change behind.
 
 pub mod codec;
+pub mod dump;
 pub mod tables;
 
 use std::path::Path;
