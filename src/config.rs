@@ -371,7 +371,11 @@ fn describe(e: &figment::Error) -> String {
             .unwrap_or_default();
         let what = match &err.kind {
             figment::error::Kind::UnknownField(field, _) => {
-                let full = if err.path.is_empty() { field.clone() } else { format!("{key}.{field}") };
+                let full = if err.path.last() == Some(field) || err.path.is_empty() {
+                    if err.path.is_empty() { field.clone() } else { key.clone() }
+                } else {
+                    format!("{key}.{field}")
+                };
                 return format!("config key {full}{source}: unknown key (see the shipped config.toml for every key)");
             }
             kind => kind.to_string(),

@@ -49,8 +49,7 @@ impl Proxy {
     /// # Errors
     /// The URL is not an absolute http(s) URL, or TLS cannot be set up.
     pub fn new(homeserver_url: &str) -> Result<Self, String> {
-        let base: Uri =
-            homeserver_url.parse().map_err(|e| format!("matrix.homeserver_url {homeserver_url:?}: {e}"))?;
+        let base: Uri = homeserver_url.parse().map_err(|e| format!("matrix.homeserver_url {homeserver_url:?}: {e}"))?;
         if base.scheme().is_none() || base.authority().is_none() {
             return Err(format!("matrix.homeserver_url {homeserver_url:?} must be an absolute http(s) URL"));
         }
@@ -115,9 +114,8 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
 
 fn bad_gateway(detail: &str) -> Response<AnyBody> {
     let body = serde_json::json!({"type": "about:blank", "title": "Bad Gateway", "status": 502, "detail": detail});
-    let mut resp = Response::new(
-        http_body_util::Full::new(Bytes::from(body.to_string())).map_err(|never| match never {}).boxed(),
-    );
+    let mut resp =
+        Response::new(http_body_util::Full::new(Bytes::from(body.to_string())).map_err(|never| match never {}).boxed());
     *resp.status_mut() = StatusCode::BAD_GATEWAY;
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
     resp

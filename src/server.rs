@@ -21,8 +21,8 @@ use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
-use tracing::Instrument;
 use tokio_rustls::TlsAcceptor;
+use tracing::Instrument;
 use warp::Filter;
 
 use crate::config::Config;
@@ -250,7 +250,9 @@ fn request_id(headers: &http::HeaderMap) -> String {
     headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)))
+        .filter(|v| {
+            !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        })
         .map_or_else(|| format!("{:016x}", rand::random::<u64>()), str::to_owned)
 }
 

@@ -163,14 +163,15 @@ pub fn decode_segment(raw: &str) -> String {
 /// 400 for anything else, 422 for a number ≤ 0.
 pub fn room_ref(raw: &str) -> Result<RoomRef> {
     let s = decode_segment(raw);
-    if s.starts_with('!') && s.contains(':') {
+    // Room version 12 ids carry no server part (`!opaque`), older ones do (`!opaque:server`).
+    if s.len() > 1 && s.starts_with('!') {
         return Ok(RoomRef::Matrix(s));
     }
     match s.parse::<i64>() {
         Ok(n) if n > 0 => Ok(RoomRef::Id(n.cast_unsigned())),
         Ok(n) => Err(Error::Invalid(format!("roomID must be a positive integer, got {n}"))),
         Err(_) => Err(Error::BadRequest(format!(
-            "roomID must be a room number or a Matrix room id such as !abc:example.org, got {s:?}"
+            "roomID must be a room number or a Matrix room id such as !abc or !abc:example.org, got {s:?}"
         ))),
     }
 }
@@ -201,6 +202,7 @@ mod tests {
     fn room_refs() {
         assert_eq!(room_ref("12").unwrap(), RoomRef::Id(12));
         assert_eq!(room_ref("%21abc%3Ahs").unwrap(), RoomRef::Matrix("!abc:hs".into()));
+        assert_eq!(room_ref("!NtkqRlvcxpw").unwrap(), RoomRef::Matrix("!NtkqRlvcxpw".into()));
         assert_eq!(room_ref("0").unwrap_err().status(), 422);
         assert_eq!(room_ref("-3").unwrap_err().status(), 422);
         assert_eq!(room_ref("abc").unwrap_err().status(), 400);

@@ -43,7 +43,11 @@ impl RateLimiter {
             return Ok(());
         }
         let wait = ((1.0 - *tokens) / per_sec).ceil().max(1.0);
-        #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "a small positive number of seconds")]
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "a small positive number of seconds"
+        )]
         let retry_after_secs = wait as u64;
         Err(Error::RateLimited {
             detail: format!("too many {} calls for this user; retry in {retry_after_secs} s", self.what),

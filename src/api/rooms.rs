@@ -271,7 +271,7 @@ async fn claim_room(id: String, state: AppState, token: Option<String>, query: S
             let user = state.domain.acting_user(&r, p, user_id)?;
             drop(r);
             let d = state.domain.clone();
-            let claimed = blocking(move || d.claim(p, user, &which)).await?;
+            let claimed = blocking(move || d.claim(user, &which)).await?;
             state.settled(claimed, StatusCode::OK).await
         }
         .await,

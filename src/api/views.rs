@@ -290,7 +290,7 @@ mod tests {
         let b: CreateRoomBody = serde_json::from_str(r#"{"organizationID":1,"avatar":[137,80,78,71]}"#).unwrap();
         assert_eq!(b.avatar.unwrap(), vec![137, 80, 78, 71]);
         let b: CreateRoomBody = serde_json::from_str(r#"{"organizationID":1,"avatar":"iVBORw=="}"#).unwrap();
-        assert_eq!(b.avatar.unwrap(), vec![137, 80, 78, 71, 0]);
+        assert_eq!(b.avatar.unwrap(), vec![137, 80, 78, 71]);
         let b: CreateRoomBody = serde_json::from_str(r#"{"organizationID":1,"avatar":null}"#).unwrap();
         assert!(b.avatar.is_none());
         assert!(serde_json::from_str::<CreateRoomBody>(r#"{"organizationID":1,"avatar":[256]}"#).is_err());

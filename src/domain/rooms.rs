@@ -369,29 +369,25 @@ impl Domain {
     }
 
     /// The user joins the room's Matrix room; they become listed if they were not.
-    /// `user` is the caller's own id, or the one an API token acts for.
+    /// `user` is the caller's own id, or the one an API token acts for: the
+    /// user's own rights apply either way.
     ///
     /// # Errors
     /// 404 unknown room, 403 not a member or not entitled to the room.
-    pub fn claim(&self, p: Principal, user: UserId, room: &RoomRef) -> Result<Room> {
+    pub fn claim(&self, user: UserId, room: &RoomRef) -> Result<Room> {
         let user = positive("user_id", user)?;
         let now = self.clock.now();
         let room = self.write(|w| {
             let old = Self::resolve_room(w, room)?;
-            if let Principal::User(_) = p {
-                if w.member_role(old.org_id, user)?.is_none() {
-                    return Err(Error::Forbidden(format!(
-                        "user {user} is not a member of organization {}",
-                        old.org_id
-                    )));
-                }
-                let open = old.kind == RoomKind::Default || old.automation;
-                if old.role_of(user).is_none() && !open {
-                    return Err(Error::Forbidden(format!(
-                        "user {user} is not listed in room {}; a room admin can add them",
-                        old.id
-                    )));
-                }
+            if w.member_role(old.org_id, user)?.is_none() {
+                return Err(Error::Forbidden(format!("user {user} is not a member of organization {}", old.org_id)));
+            }
+            let open = old.kind == RoomKind::Default || old.automation;
+            if old.role_of(user).is_none() && !open {
+                return Err(Error::Forbidden(format!(
+                    "user {user} is not listed in room {}; a room admin can add them",
+                    old.id
+                )));
             }
             let mut room = old.clone();
             if room.role_of(user).is_none() {

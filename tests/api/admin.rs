@@ -164,9 +164,7 @@ async fn a_user_is_created_renamed_deactivated_and_reactivated() {
         members.as_array().unwrap().iter().all(|m| m["userID"] != w.room_admin.id),
         "a deactivated user stays in no organization: {members}"
     );
-    srv.post(&format!("/v1/users/{}/tokens", w.room_admin.id), api, Some(json!({})))
-        .await
-        .expect_problem(404);
+    srv.post(&format!("/v1/users/{}/tokens", w.room_admin.id), api, Some(json!({}))).await.expect_problem(404);
 
     // PUT reactivates; the old token stays revoked, a new one works.
     let back = srv.put(&format!("/v1/users/{}", w.room_admin.id), api, Some(json!({"displayName": "Rita"}))).await;
@@ -293,4 +291,38 @@ async fn administration_needs_the_api_token() {
     let tokens = srv.get("/v1/users/11/tokens", &w.api).await;
     assert_eq!(tokens.expect(200).as_array().unwrap().len(), 1, "{}", tokens.text);
     srv.get("/v1/user/credentials", &w.admin.token).await.expect(200);
+}
+
+#[tokio::test]
+async fn administration_bodies_are_checked_like_room_bodies() {
+    let srv = TestServer::start();
+    let api = srv.api_token.clone();
+    srv.put("/v1/organizations/1", &api, Some(json!({"name": "Acme"}))).await.expect(201);
+    srv.put("/v1/users/5", &api, Some(json!({"displayName": "Ann"}))).await.expect(201);
+
+    for (method, path) in [
+        ("PUT", "/v1/organizations/1"),
+        ("PUT", "/v1/organizations/1/members/5"),
+        ("PUT", "/v1/users/5"),
+        ("POST", "/v1/users/5/tokens"),
+    ] {
+        srv.raw_api(method, path, Some("application/json"), b"{\"name\": ").await.expect_problem(400);
+        srv.raw_api(method, path, Some("text/plain"), b"{}").await.expect_problem(415);
+        let typo = srv.request(method, path, &api, Some(&json!({"nmae": "x"}))).await.expect_problem(400);
+        assert!(typo.contains("nmae"), "{method} {path}: the detail names the unknown field: {typo}");
+    }
+    assert_eq!(org_name_via_default_room(&srv, 1).await, "Acme");
+    assert_eq!(srv.members(1).await, json!([]));
+    assert_eq!(srv.get("/v1/users/5/tokens", &api).await.expect(200), &json!([]));
+}
+
+#[tokio::test]
+async fn a_token_is_revoked_only_through_its_own_user() {
+    let srv = TestServer::start();
+    let w = World::new(&srv).await;
+    let tokens = srv.get("/v1/users/11/tokens", &w.api).await.expect(200).clone();
+    let owners_token = tokens[0]["id"].as_i64().expect("a token id");
+    srv.delete(&format!("/v1/users/12/tokens/{owners_token}"), &w.api, None).await.expect_problem(404);
+    srv.get("/v1/user/credentials", &w.owner.token).await.expect(200);
+    assert_eq!(srv.get("/v1/users/11/tokens", &w.api).await.expect(200), &tokens);
 }

@@ -88,20 +88,34 @@ async fn a_configured_api_token_works_and_none_is_generated() {
     srv.put("/v1/organizations/1", &other, Some(json!({"name": "Evil"}))).await.expect_problem(401);
 }
 
-/// Expiry needs time to pass. The server's clock is passed in (`domain::Clock`);
-/// this test needs it shiftable from outside the process:
-/// `MESSENGER_CHAT_TESTING__CLOCK_OFFSET_SECS` (signed seconds added to the wall clock).
+/// Expiry needs time to pass, so an old token is made the way the service
+/// would have stored it: written into the running server's database file,
+/// which administration commands share with it (multi-writer mode).
 #[tokio::test]
 async fn an_expired_pat_gets_401() {
-    let mut srv = TestServer::start();
+    use messenger_chat::model::{Token, TokenKind};
+    let srv = TestServer::start();
     let w = World::new(&srv).await;
-    let short = srv.post("/v1/users/13/tokens", &w.api, Some(json!({"name": "day pass", "expiresInDays": 1}))).await;
-    let short = short.expect(201)["token"].as_str().unwrap().to_string();
-    srv.get("/v1/chatrooms?organization_id=1", &short).await.expect(200);
-
-    // Two days later.
-    srv.restart_with(&[("MESSENGER_CHAT_TESTING__CLOCK_OFFSET_SECS", "172800")]);
-    let detail = srv.get("/v1/chatrooms?organization_id=1", &short).await.expect_problem(401);
+    let secret = format!("mcp_{}", "e".repeat(43));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let store =
+        messenger_chat::store::Store::open(&srv.data_dir().join("messenger-chat.redb"), 1 << 20).expect("open the db");
+    store
+        .write(|wr| {
+            wr.put_token(&Token {
+                id: 9_000,
+                kind: TokenKind::Personal,
+                user_id: 13,
+                name: "last month".into(),
+                hash: messenger_chat::secrets::token_hash(&secret),
+                created_at: now - 30 * 86_400,
+                expires_at: Some(now - 86_400),
+                revoked: false,
+            })
+        })
+        .expect("write the token");
+    drop(store);
+    let detail = srv.get("/v1/chatrooms?organization_id=1", &secret).await.expect_problem(401);
     assert!(detail.contains("expired"), "the detail should say the token expired: {detail}");
     srv.get("/v1/chatrooms?organization_id=1", &w.member.token).await.expect(200);
     srv.get("/v1/chatrooms?organization_id=1", &w.api).await.expect(200);

@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use crate::common::{Resp, TestServer, World, ids, room_id, stable};
+use crate::common::{Resp, TestServer, World, ids, room_id, stable, stable_list};
 
 /// The callers, in the order of the expectation rows below.
 const CALLERS: [&str; 10] = [
@@ -358,7 +358,7 @@ async fn a_pat_of_one_organization_cannot_reach_into_another() {
     let theirs = room_id(theirs.expect(201));
     let event = json!({"name": "Their gala", "organizationID": 2, "eventID": 4});
     srv.post("/v1/chatrooms/event", &w.api, Some(event)).await.expect(201);
-    let before = srv.rooms(2).await;
+    let before = srv.rooms(w.other_org).await;
     let owner = &w.owner.token;
 
     srv.get("/v1/chatrooms?organization_id=2", owner).await.expect_problem(403);
@@ -376,9 +376,5 @@ async fn a_pat_of_one_organization_cannot_reach_into_another() {
     srv.delete(&format!("/v1/chatrooms/{theirs}"), owner, None).await.expect_problem(403);
     srv.delete("/v1/chatrooms/default/2", owner, None).await.expect_problem(403);
 
-    assert_eq!(stable_rooms(&srv.rooms(2).await), stable_rooms(&before), "organization 2 is untouched");
-}
-
-fn stable_rooms(list: &Value) -> Value {
-    crate::common::stable_list(list)
+    assert_eq!(stable_list(&srv.rooms(w.other_org).await), stable_list(&before), "organization 2 is untouched");
 }

@@ -249,9 +249,7 @@ async fn a_body_over_the_limit_is_413() {
     let room = w.room(&srv, "Board").await;
     let before = srv.room(room).await;
     let patch = serde_json::to_vec(&json!({"avatar": png_of_size(3000)})).unwrap();
-    srv.raw_api("PATCH", &format!("/v1/chatrooms/{room}"), Some("application/json"), &patch)
-        .await
-        .expect_problem(413);
+    srv.raw_api("PATCH", &format!("/v1/chatrooms/{room}"), Some("application/json"), &patch).await.expect_problem(413);
     assert_eq!(stable(&srv.room(room).await), stable(&before));
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request};
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
@@ -40,11 +40,18 @@ impl Resp {
     /// Asserts the status and returns the parsed body.
     #[track_caller]
     pub fn expect(&self, status: u16) -> &Value {
-        assert_eq!(
-            self.status, status,
-            "{} answered {} (expected {status}): {}",
-            self.request, self.status, self.text
-        );
+        assert_eq!(self.status, status, "{} answered {} (expected {status}): {}", self.request, self.status, self.text);
+        if status == 204 {
+            assert!(self.text.is_empty(), "{} answered 204 with a body: {}", self.request, self.text);
+        }
+        if (200..300).contains(&status) && self.request.contains(" /v1/") && status != 204 {
+            let ct = self.header("content-type");
+            assert!(
+                ct.starts_with("application/json"),
+                "{} answered {status} with Content-Type {ct:?}, expected application/json",
+                self.request
+            );
+        }
         &self.body
     }
 
@@ -82,10 +89,18 @@ impl Resp {
     }
 }
 
+/// The HTTP version spoken over TLS, chosen by ALPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Http {
+    H1,
+    H2,
+}
+
 /// An HTTPS client of one running server.
 #[derive(Clone)]
 pub struct Client {
-    connector: TlsConnector,
+    h1: TlsConnector,
+    h2: TlsConnector,
     server_name: ServerName<'static>,
     /// `host:port` to connect to and to send as `Host`.
     authority: String,
@@ -109,73 +124,103 @@ impl Client {
             roots.add(cert).expect("a usable certificate");
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .expect("TLS versions")
             .with_root_certificates(roots)
             .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let with_alpn = |protocol: &[u8]| {
+            let mut config = config.clone();
+            config.alpn_protocols = vec![protocol.to_vec()];
+            TlsConnector::from(Arc::new(config))
+        };
         Client {
-            connector: TlsConnector::from(Arc::new(config)),
+            h1: with_alpn(b"http/1.1"),
+            h2: with_alpn(b"h2"),
             server_name: ServerName::try_from(host).expect("a host name or IP address"),
             authority,
         }
     }
 
-    /// Sends one request with exactly these headers and body bytes.
+    /// Sends one HTTP/1.1 request with exactly these headers and body bytes.
     pub async fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Resp {
         let request = format!("{method} {path}");
-        let fut = self.exchange(method, path, headers, body);
-        let (status, headers, bytes) = tokio::time::timeout(REQUEST_TIMEOUT, fut)
-            .await
-            .unwrap_or_else(|_| panic!("{request}: no answer within 30 s"))
-            .unwrap_or_else(|e| panic!("{request}: {e}"));
+        self.try_send(Http::H1, method, path, headers, body).await.unwrap_or_else(|e| panic!("{request}: {e}"))
+    }
+
+    /// Sends one request; connection, TLS and protocol failures come back as `Err`.
+    pub async fn try_send(
+        &self,
+        http: Http,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Result<Resp, String> {
+        let request = format!("{method} {path}");
+        let fut = self.exchange(http, method, path, headers, body);
+        let (status, headers, bytes) =
+            tokio::time::timeout(REQUEST_TIMEOUT, fut).await.map_err(|_| "no answer within 30 s".to_string())??;
         let text = String::from_utf8_lossy(&bytes).into_owned();
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Resp { request, status, headers, text, body }
+        Ok(Resp { request, status, headers, text, body })
     }
 
     async fn exchange(
         &self,
+        http: Http,
         method: &str,
         path: &str,
         headers: &[(&str, &str)],
         body: Vec<u8>,
     ) -> Result<(u16, HeaderMap, Bytes), String> {
         let tcp = TcpStream::connect(&self.authority).await.map_err(|e| format!("connect: {e}"))?;
-        let tls = self
-            .connector
+        let connector = match http {
+            Http::H1 => &self.h1,
+            Http::H2 => &self.h2,
+        };
+        let tls = connector
             .connect(self.server_name.clone(), tcp)
             .await
             .map_err(|e| format!("TLS handshake (verifying the server's certificate): {e}"))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(tls))
-            .await
-            .map_err(|e| format!("HTTP handshake: {e}"))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
         let method = Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
-        let mut builder = Request::builder().method(method).uri(path).header("host", &self.authority);
+        let mut builder = Request::builder().method(method);
+        builder = match http {
+            Http::H1 => builder.uri(path).header("host", &self.authority),
+            Http::H2 => builder.uri(format!("https://{}{path}", self.authority)),
+        };
         for (name, value) in headers {
             builder = builder.header(*name, *value);
         }
         let req = builder.body(Full::new(Bytes::from(body))).map_err(|e| format!("build request: {e}"))?;
-        let resp = sender.send_request(req).await.map_err(|e| format!("send: {e}"))?;
+        let resp = match http {
+            Http::H1 => {
+                let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(tls))
+                    .await
+                    .map_err(|e| format!("HTTP/1.1 handshake: {e}"))?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                sender.send_request(req).await
+            }
+            Http::H2 => {
+                if alpn.as_deref() != Some(b"h2".as_slice()) {
+                    return Err(format!("the server did not agree to h2 by ALPN ({alpn:?})"));
+                }
+                let (mut sender, conn) =
+                    hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(TokioExecutor::new(), TokioIo::new(tls))
+                        .await
+                        .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                sender.send_request(req).await
+            }
+        }
+        .map_err(|e| format!("send: {e}"))?;
         let (parts, incoming) = resp.into_parts();
         let bytes = incoming.collect().await.map_err(|e| format!("read body: {e}"))?.to_bytes();
         Ok((parts.status.as_u16(), parts.headers, bytes))
-    }
-
-    /// A JSON request with `Authorization: Bearer <token>`; a body is sent as `application/json`.
-    pub async fn json(&self, method: &str, path: &str, token: &str, body: Option<&Value>) -> Resp {
-        let auth = format!("Bearer {token}");
-        match body {
-            Some(b) => {
-                let bytes = serde_json::to_vec(b).expect("serialize JSON");
-                self.send(method, path, &[("authorization", &auth), ("content-type", "application/json")], bytes)
-                    .await
-            }
-            None => self.send(method, path, &[("authorization", &auth)], Vec::new()).await,
-        }
     }
 }

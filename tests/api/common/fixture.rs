@@ -51,9 +51,8 @@ impl World {
         let room_mod = user(srv, 16, "Max Moderator", Some((1, "member"))).await;
         let assigned = user(srv, 17, "Anna Assigned", Some((1, "member"))).await;
         let other_owner = user(srv, 21, "Gus Globex", Some((2, "owner"))).await;
-        let issued = srv
-            .post("/v1/users/13/tokens", &api, Some(json!({"name": "old phone", "expiresInDays": 30})))
-            .await;
+        let issued =
+            srv.post("/v1/users/13/tokens", &api, Some(json!({"name": "old phone", "expiresInDays": 30}))).await;
         let revoked = issued.expect(201)["token"].as_str().expect("a token").to_string();
         let token_id = issued.body["id"].as_i64().expect("a token id");
         srv.delete(&format!("/v1/users/13/tokens/{token_id}"), &api, None).await.expect(204);
@@ -128,22 +127,22 @@ pub fn png() -> Vec<u8> {
 /// A valid PNG image of at least `size` bytes: 1×1 pixel plus a text chunk as padding.
 pub fn png_of_size(size: usize) -> Vec<u8> {
     let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
-    chunk(&mut out, b"IHDR", &[0, 0, 0, 1, 0, 0, 0, 1, 8, 6, 0, 0, 0]);
+    chunk(&mut out, *b"IHDR", &[0, 0, 0, 1, 0, 0, 0, 1, 8, 6, 0, 0, 0]);
     let base = out.len() + 12 + 11 + 12;
     if size > base + 12 {
         let mut text = b"Comment\0".to_vec();
         text.resize(size - base - 12, b'x');
-        chunk(&mut out, b"tEXt", &text);
+        chunk(&mut out, *b"tEXt", &text);
     }
-    chunk(&mut out, b"IDAT", &[0x78, 0x9c, 0x63, 0x60, 0x00, 0x02, 0x00, 0x00, 0x05, 0x00, 0x01]);
-    chunk(&mut out, b"IEND", &[]);
+    chunk(&mut out, *b"IDAT", &[0x78, 0x9c, 0x63, 0x60, 0x00, 0x02, 0x00, 0x00, 0x05, 0x00, 0x01]);
+    chunk(&mut out, *b"IEND", &[]);
     out
 }
 
-fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+fn chunk(out: &mut Vec<u8>, kind: [u8; 4], data: &[u8]) {
     out.extend_from_slice(&u32::try_from(data.len()).expect("chunk size").to_be_bytes());
     let start = out.len();
-    out.extend_from_slice(kind);
+    out.extend_from_slice(&kind);
     out.extend_from_slice(data);
     let crc = crc32(&out[start..]);
     out.extend_from_slice(&crc.to_be_bytes());

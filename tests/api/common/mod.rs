@@ -5,37 +5,62 @@ mod client;
 mod fixture;
 mod server;
 
-pub use client::{Client, Resp};
-pub use fixture::{Member, World, png, png_of_size};
+pub use client::{Client, Http, Resp};
+pub use fixture::{World, png, png_of_size};
 pub use server::TestServer;
 
 use serde_json::Value;
 
-/// Shorthands for JSON requests authorised by `token` (sent as `Authorization: Bearer`).
+/// Requests to the running server. A request that gets no answer at all
+/// fails the test with the end of the server's log.
 impl TestServer {
+    /// Any method, exactly these headers and these body bytes, over HTTP/1.1.
+    pub async fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Resp {
+        match self.client().try_send(Http::H1, method, path, headers, body).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                let log = self.stderr();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect();
+                panic!("{method} {path}: {e}\n--- the server's stderr, last lines ---\n{}", tail.join("\n"))
+            }
+        }
+    }
+
+    /// A JSON request with `Authorization: Bearer <token>`; a body goes as `application/json`.
+    pub async fn request(&self, method: &str, path: &str, token: &str, body: Option<&Value>) -> Resp {
+        let auth = format!("Bearer {token}");
+        match body {
+            Some(b) => {
+                let bytes = serde_json::to_vec(b).expect("serialize JSON");
+                self.send(method, path, &[("authorization", &auth), ("content-type", "application/json")], bytes).await
+            }
+            None => self.send(method, path, &[("authorization", &auth)], Vec::new()).await,
+        }
+    }
+
     pub async fn get(&self, path: &str, token: &str) -> Resp {
-        self.client().json("GET", path, token, None).await
+        self.request("GET", path, token, None).await
     }
 
     pub async fn post(&self, path: &str, token: &str, body: Option<Value>) -> Resp {
-        self.client().json("POST", path, token, body.as_ref()).await
+        self.request("POST", path, token, body.as_ref()).await
     }
 
     pub async fn patch(&self, path: &str, token: &str, body: Option<Value>) -> Resp {
-        self.client().json("PATCH", path, token, body.as_ref()).await
+        self.request("PATCH", path, token, body.as_ref()).await
     }
 
     pub async fn put(&self, path: &str, token: &str, body: Option<Value>) -> Resp {
-        self.client().json("PUT", path, token, body.as_ref()).await
+        self.request("PUT", path, token, body.as_ref()).await
     }
 
     pub async fn delete(&self, path: &str, token: &str, body: Option<Value>) -> Resp {
-        self.client().json("DELETE", path, token, body.as_ref()).await
+        self.request("DELETE", path, token, body.as_ref()).await
     }
 
     /// Any method, exactly these headers (no token added) and these body bytes.
     pub async fn raw(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
-        self.client().send(method, path, headers, body.to_vec()).await
+        self.send(method, path, headers, body.to_vec()).await
     }
 
     /// A request with the API token and a body sent with `content_type` as is.
@@ -45,7 +70,7 @@ impl TestServer {
         if let Some(ct) = content_type {
             headers.push(("content-type", ct));
         }
-        self.client().send(method, path, &headers, body.to_vec()).await
+        self.send(method, path, &headers, body.to_vec()).await
     }
 
     /// A room as the API token sees it.
@@ -84,9 +109,9 @@ pub fn room_id(room: &Value) -> i64 {
 /// moment (the test homeserver address has nobody listening).
 #[track_caller]
 pub fn stable(room: &Value) -> Value {
-    let mut room = room.clone();
-    room.as_object_mut().unwrap_or_else(|| panic!("a room is an object, got {room}")).remove("syncError");
-    room
+    let mut object = room.as_object().unwrap_or_else(|| panic!("a room is an object, got {room}")).clone();
+    object.remove("syncError");
+    Value::Object(object)
 }
 
 /// A list of rooms with [`stable`] applied to each entry.

@@ -32,6 +32,8 @@ fn base_env(data_dir: &Path) -> Vec<(String, String)> {
         ("MESSENGER_CHAT_MATRIX__REQUEST_TIMEOUT_MS", "1000".to_string()),
         ("MESSENGER_CHAT_LOG__FORMAT", "human".to_string()),
         ("MESSENGER_CHAT_LOG__LEVEL", "info".to_string()),
+        // The log goes to a file that a failing test prints: no colour codes.
+        ("NO_COLOR", "1".to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -175,16 +177,19 @@ impl TestServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+        let stderr = std::fs::read_to_string(self.stderr_path(self.starts)).unwrap_or_default();
         panic!(
-            "messenger-chat {why}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            "messenger-chat {why} (start {})\n--- stdout ---\n{}\n--- stderr ---\n{stderr}",
+            self.starts,
             self.stdout_lines.join("\n"),
-            self.stderr()
         );
     }
 
     /// Sends SIGTERM and waits for the process to exit; returns whether it exited successfully.
     pub fn stop(&mut self) -> bool {
-        let Some(mut child) = self.child.take() else { return true };
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
         let term = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().expect("run kill");
         assert!(term.success(), "kill -TERM failed");
         let deadline = Instant::now() + STOP_TIMEOUT;

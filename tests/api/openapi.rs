@@ -1,0 +1,95 @@
+//! The published `OpenAPI` document and the router agree: the same routes in
+//! both directions, every route actually served, and `/openapi.json`
+//! serving exactly the file.
+
+use std::collections::BTreeSet;
+
+use messenger_chat::api::routes::ROUTES;
+use serde_json::{Value, json};
+
+use crate::common::TestServer;
+
+const METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
+
+fn document() -> Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/openapi.json");
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path} is not JSON: {e}"))
+}
+
+fn documented(doc: &Value) -> BTreeSet<(String, String)> {
+    let paths = doc["paths"].as_object().expect("the document has `paths`");
+    let mut out = BTreeSet::new();
+    for (path, item) in paths {
+        let item = item.as_object().unwrap_or_else(|| panic!("path item {path} is not an object"));
+        for method in item.keys().filter(|k| METHODS.contains(&k.as_str())) {
+            out.insert((method.to_uppercase(), path.clone()));
+        }
+    }
+    out
+}
+
+fn routed() -> BTreeSet<(String, String)> {
+    ROUTES.iter().map(|(m, p)| ((*m).to_string(), (*p).to_string())).collect()
+}
+
+#[test]
+fn the_document_describes_exactly_the_routes() {
+    let doc = document();
+    assert!(
+        doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.1")),
+        "assets/openapi.json is OpenAPI 3.1, got {}",
+        doc["openapi"]
+    );
+    let documented = documented(&doc);
+    let routed = routed();
+    let undocumented: Vec<_> = routed.difference(&documented).collect();
+    let unrouted: Vec<_> = documented.difference(&routed).collect();
+    assert!(undocumented.is_empty(), "routes missing from assets/openapi.json: {undocumented:?}");
+    assert!(unrouted.is_empty(), "documented operations the router does not have: {unrouted:?}");
+    assert_eq!(routed.len(), ROUTES.len(), "ROUTES lists a route twice");
+}
+
+/// Fills every `{parameter}` of a path template with 1.
+fn concrete(template: &str) -> String {
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(start) = rest.find('{') {
+        out.push_str(&rest[..start]);
+        let end = rest[start..].find('}').expect("a closed {parameter}") + start;
+        out.push('1');
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[tokio::test]
+async fn every_route_is_served() {
+    let srv = TestServer::start();
+    let api = srv.api_token.clone();
+    // Sanity: a miss looks like this, so the check below can tell.
+    let miss = srv.get("/v1/no-such-route", &api).await;
+    assert!(miss.expect_problem(404).starts_with("no route"));
+
+    for (method, template) in ROUTES {
+        let path = concrete(template);
+        let body = if matches!(*method, "GET" | "DELETE") { None } else { Some(json!({})) };
+        let resp = srv.request(method, &path, &api, body.as_ref()).await;
+        let detail = resp.body["detail"].as_str().unwrap_or_default();
+        assert!(
+            !(resp.status == 404 && detail.starts_with("no route")) && resp.status != 405,
+            "{method} {template} is in ROUTES but the router does not serve it: {} {}",
+            resp.status,
+            resp.text
+        );
+        assert!(resp.status < 500 || resp.status == 503, "{method} {path}: {} {}", resp.status, resp.text);
+    }
+}
+
+#[tokio::test]
+async fn openapi_json_serves_the_file() {
+    let srv = TestServer::start();
+    let served = srv.raw("GET", "/openapi.json", &[], b"").await;
+    assert_eq!(served.expect(200), &document(), "GET /openapi.json differs from assets/openapi.json");
+}

@@ -1,0 +1,149 @@
+//! The service around the API: health, readiness, metrics, documentation,
+//! routing misses, TLS, files on disk and stopping.
+
+use std::os::unix::fs::PermissionsExt;
+
+use serde_json::json;
+
+use crate::common::{Client, Http, TestServer};
+
+#[tokio::test]
+async fn health_and_metrics() {
+    let srv = TestServer::start();
+    srv.raw("GET", "/healthz", &[], b"").await.expect(200);
+
+    let metrics = srv.raw("GET", "/metrics", &[], b"").await;
+    metrics.expect(200);
+    assert!(metrics.header("content-type").starts_with("text/plain"), "{:?}", metrics.header("content-type"));
+    assert!(metrics.text.contains("# TYPE"), "Prometheus text format: {}", metrics.text);
+}
+
+/// A homeserver is configured (a registration secret) but nobody listens at
+/// its address: the service serves, but is not ready, and says why; login,
+/// which needs the homeserver now, is 503.
+#[tokio::test]
+async fn not_ready_while_the_homeserver_does_not_answer() {
+    let srv = TestServer::start_with(&[("MESSENGER_CHAT_MATRIX__REGISTRATION_SHARED_SECRET", "test-secret")]);
+    srv.raw("GET", "/healthz", &[], b"").await.expect(200);
+    let ready = srv.raw("GET", "/readyz", &[], b"").await;
+    let reason = ready.expect_problem(503);
+    assert!(reason.contains("homeserver"), "/readyz names the reason: {reason}");
+
+    let w = crate::common::World::new(&srv).await;
+    let login = json!({"deviceID": "PHONE1"});
+    let resp = srv.post("/v1/user/login", &w.member.token, Some(login)).await;
+    assert!(matches!(resp.status, 502 | 503), "login without a homeserver: {} {}", resp.status, resp.text);
+    resp.expect_problem(resp.status);
+    let room = w.room(&srv, "Board").await;
+    assert_eq!(srv.room(room).await["syncState"], "pending");
+}
+
+#[tokio::test]
+async fn the_api_describes_itself() {
+    let srv = TestServer::start();
+    let spec = srv.raw("GET", "/openapi.json", &[], b"").await;
+    spec.expect(200);
+    assert!(spec.header("content-type").starts_with("application/json"), "{:?}", spec.header("content-type"));
+    assert!(spec.body["openapi"].as_str().is_some_and(|v| v.starts_with("3.1")), "OpenAPI 3.1: {}", spec.text);
+    let docs = srv.raw("GET", "/docs", &[], b"").await;
+    docs.expect(200);
+    assert!(docs.header("content-type").starts_with("text/html"), "{:?}", docs.header("content-type"));
+}
+
+#[tokio::test]
+async fn an_unknown_route_is_404_and_a_wrong_method_405() {
+    let srv = TestServer::start();
+    let api = srv.api_token.clone();
+    for path in ["/", "/v1", "/v1/nothing", "/v2/chatrooms", "/v1/chatrooms/1/nothing", "/healthz/x"] {
+        let detail = srv.get(path, &api).await.expect_problem(404);
+        assert!(detail.starts_with("no route"), "{path}: {detail}");
+    }
+    for (method, path) in [
+        ("PUT", "/v1/chatrooms"),
+        ("PUT", "/v1/chatrooms/default/1"),
+        ("GET", "/v1/chatrooms/1/users"),
+        ("PATCH", "/v1/users/1/tokens"),
+        ("PUT", "/v1/chatrooms/1"),
+        ("GET", "/v1/chatrooms/1/claim"),
+        ("POST", "/v1/user/credentials"),
+        ("GET", "/v1/user/login"),
+        ("POST", "/v1/organizations/1"),
+        ("POST", "/healthz"),
+    ] {
+        srv.request(method, path, &api, Some(&json!({}))).await.expect_problem(405);
+    }
+}
+
+#[tokio::test]
+async fn the_server_speaks_tls_with_its_own_certificate() {
+    let srv = TestServer::start();
+    let cert = srv.data_dir().join("tls").join("cert.pem");
+    // The certificate names localhost as well as 127.0.0.1.
+    let port = srv.url.rsplit(':').next().unwrap();
+    let by_name = Client::new(&format!("https://localhost:{port}"), &cert);
+    by_name.send("GET", "/healthz", &[], Vec::new()).await.expect(200);
+
+    // On disk: the database and a private server key.
+    assert!(srv.data_dir().join("messenger-chat.redb").is_file());
+    let key = srv.data_dir().join("secret.key");
+    let mode = std::fs::metadata(&key).expect("secret.key exists").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "secret.key is readable by its owner only");
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_server_cleanly() {
+    let mut srv = TestServer::start();
+    srv.raw("GET", "/healthz", &[], b"").await.expect(200);
+    assert!(srv.stop(), "exit status 0 after SIGTERM\n{}", srv.stderr());
+}
+
+#[tokio::test]
+async fn http2_is_spoken_as_well() {
+    let srv = TestServer::start();
+    let auth = format!("Bearer {}", srv.api_token);
+    let put = srv
+        .client()
+        .try_send(
+            Http::H2,
+            "PUT",
+            "/v1/organizations/1",
+            &[("authorization", &auth), ("content-type", "application/json")],
+            br#"{"name": "Acme"}"#.to_vec(),
+        )
+        .await
+        .expect("an HTTP/2 exchange");
+    assert_eq!(put.expect(201), &json!({"organizationID": 1, "name": "Acme"}));
+    let members = srv
+        .client()
+        .try_send(Http::H2, "GET", "/v1/organizations/1/members", &[("authorization", &auth)], Vec::new())
+        .await
+        .expect("an HTTP/2 exchange");
+    assert_eq!(members.expect(200), &json!([]));
+}
+
+#[tokio::test]
+async fn a_client_that_trusts_another_certificate_is_refused() {
+    let srv = TestServer::start();
+    let other = TestServer::start();
+    // Each server made its own certificate; this client trusts the other one's.
+    let stranger = Client::new(&srv.url, &other.data_dir().join("tls").join("cert.pem"));
+    let err = stranger
+        .try_send(Http::H1, "GET", "/healthz", &[], Vec::new())
+        .await
+        .expect_err("the handshake must fail against an untrusted certificate");
+    assert!(err.contains("TLS handshake"), "{err}");
+}
+
+#[tokio::test]
+async fn the_matrix_proxy_is_off_unless_enabled() {
+    let srv = TestServer::start();
+    let detail = srv.raw("GET", "/_matrix/client/versions", &[], b"").await.expect_problem(404);
+    assert!(detail.starts_with("no route"), "{detail}");
+
+    // On, but nobody listens at the homeserver's address.
+    let on = TestServer::start_with(&[("MESSENGER_CHAT_PROXY__ENABLED", "true")]);
+    let resp = on.raw("GET", "/_matrix/client/versions", &[], b"").await;
+    assert!(matches!(resp.status, 502 | 503), "{} {}", resp.status, resp.text);
+    resp.expect_problem(resp.status);
+    on.raw("GET", "/healthz", &[], b"").await.expect(200);
+}
