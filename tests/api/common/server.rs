@@ -93,6 +93,12 @@ impl TestServer {
         self.client.as_ref().expect("the server is not running")
     }
 
+    /// The process id of the running server.
+    #[allow(dead_code, reason = "used by the ops target, not by every target that shares the harness")]
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the server is not running").id()
+    }
+
     /// The data directory (`storage.data_dir`).
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
