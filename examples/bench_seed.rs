@@ -106,8 +106,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             w.set_member(id, USER, OrgRole::Member)?;
         }
         w.put_user(&User { id: USER, display_name: "Bench".into(), deactivated: false, created_at: at })?;
+        let id = w.next_id(TOKEN_COUNTER)?;
         w.put_token(&Token {
-            id: w.next_id(TOKEN_COUNTER)?,
+            id,
             kind: TokenKind::Personal,
             user_id: USER,
             name: "bench".into(),

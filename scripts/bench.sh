@@ -6,7 +6,8 @@
 #
 # Knobs (environment): BENCH_DURATION (default 10s), BENCH_CONNECTIONS (64),
 # BENCH_THREADS (2), BENCH_BIG_ROOMS (100000), BENCH_LOG_LEVEL (info, the
-# shipped default, so logging costs are part of the measurement).
+# shipped default, so logging costs are part of the measurement),
+# BENCH_STRICT (1: exit 3 when a target is missed).
 #
 # Exits non-zero when a step fails; the targets only decide PASS/FAIL in the
 # table, so a slow run on a busy machine still prints its numbers.
@@ -72,14 +73,14 @@ SMALL_ORG=$(seed_value small_org)
 BIG_ORG=$(seed_value big_org)
 ROOM=$(seed_value room)
 TOKEN=$(seed_value token)
-[ -n "$TOKEN" ] && [ -n "$ROOM" ] || die "bench_seed printed no token or room"
+if [ -z "$TOKEN" ] || [ -z "$ROOM" ]; then die "bench_seed printed no token or room"; fi
 
 # --- servers ----------------------------------------------------------------
 # Waits for the "listening on URL" line a server prints once it accepts
 # connections, and echoes the URL.
 wait_for_url() {
-    local out=$1 pid=$2 i
-    for i in $(seq 1 300); do
+    local out=$1 pid=$2 _
+    for _ in $(seq 1 300); do
         if grep -q 'listening on ' "$out" 2>/dev/null; then
             grep -m1 'listening on ' "$out" | awk '{print $NF}'
             return 0
@@ -170,9 +171,11 @@ measure() {
 }
 
 log "load: $CONNECTIONS connections, $THREADS threads, $DURATION each"
+# Each ceiling runs right before the endpoints judged against it, so that
+# drifting load from other processes skews the pair as little as possible.
 measure "$CEILING_URL$ROOM_PATH" C_ROOM_RPS C_ROOM_P50 C_ROOM_P99 _ _
-measure "$CEILING_URL$SMALL_PATH" C_LIST_RPS C_LIST_P50 C_LIST_P99 _ _
 measure "$SERVICE_URL$ROOM_PATH" ROOM_RPS ROOM_P50 ROOM_P99 ROOM_BAD ROOM_ERR
+measure "$CEILING_URL$SMALL_PATH" C_LIST_RPS C_LIST_P50 C_LIST_P99 _ _
 measure "$SERVICE_URL$SMALL_PATH" SMALL_RPS SMALL_P50 SMALL_P99 SMALL_BAD SMALL_ERR
 measure "$SERVICE_URL$BIG_PATH" BIG_RPS BIG_P50 BIG_P99 BIG_BAD BIG_ERR
 measure "$SERVICE_URL$DEEP_PATH" DEEP_RPS DEEP_P50 DEEP_P99 DEEP_BAD DEEP_ERR
@@ -183,7 +186,8 @@ HWM_KIB=$(awk '/^VmHWM:/{print $2}' "/proc/$SERVICE_PID/status")
 
 # --- report -----------------------------------------------------------------
 FAILED=0
-verdict() { if [ "$1" = 1 ]; then echo PASS; else FAILED=1; echo FAIL; fi; }
+# Sets VERDICT; called outside $(…) so that FAILED survives.
+verdict() { if [ "$1" = 1 ]; then VERDICT=PASS; else FAILED=1; VERDICT=FAIL; fi; }
 ge() { awk -v a="$1" -v b="$2" 'BEGIN{print (a >= b) ? 1 : 0}'; }
 lt() { awk -v a="$1" -v b="$2" 'BEGIN{print (a < b) ? 1 : 0}'; }
 pct() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.0f", (b > 0) ? 100 * a / b : 0}'; }
@@ -197,7 +201,8 @@ service_row() {
     ok=$(( $(ge "$share" "$MIN_CEILING_PCT") && $(lt "$p99" "$MAX_P99_MS") && bad == 0 && err == 0 ))
     [ "$bad" = 0 ] || note=" ($bad non-2xx)"
     [ "$err" = 0 ] || note="$note ($err socket errors)"
-    row "$name" "$rps" "$share%" "$p50" "$p99" "$(verdict "$ok")$note"
+    verdict "$ok"
+    row "$name" "$rps" "$share%" "$p50" "$p99" "$VERDICT$note"
 }
 
 echo
@@ -208,6 +213,7 @@ row "endpoint" "req/s" "% ceil" "p50 ms" "p99 ms" "result"
 row "ceiling: one room body" "$C_ROOM_RPS" "100%" "$C_ROOM_P50" "$C_ROOM_P99" "-"
 row "ceiling: 50-room list body" "$C_LIST_RPS" "100%" "$C_LIST_P50" "$C_LIST_P99" "-"
 service_row "GET /v1/chatrooms/{roomID}" "$ROOM_RPS" "$ROOM_P50" "$ROOM_P99" "$ROOM_BAD" "$ROOM_ERR" "$C_ROOM_RPS"
+# shellcheck disable=SC2153 # SMALL_ERR is assigned by measure's read.
 service_row "GetRooms limit=50, org of $SMALL_ROOMS" "$SMALL_RPS" "$SMALL_P50" "$SMALL_P99" "$SMALL_BAD" "$SMALL_ERR" "$C_LIST_RPS"
 service_row "GetRooms limit=50, org of $BIG_ROOMS" "$BIG_RPS" "$BIG_P50" "$BIG_P99" "$BIG_BAD" "$BIG_ERR" "$C_LIST_RPS"
 # Informational: the last page shows what an offset costs in a big organization.
@@ -215,11 +221,18 @@ DEEP_SHARE=$(pct "$DEEP_RPS" "$C_LIST_RPS")
 row "(info) same, offset=$((BIG_ROOMS - 50))" "$DEEP_RPS" "$DEEP_SHARE%" "$DEEP_P50" "$DEEP_P99" "-"
 echo
 BIG_SHARE=$(pct "$BIG_RPS" "$SMALL_RPS")
-printf '%-44s %s  %s\n' "GetRooms $BIG_ROOMS vs $SMALL_ROOMS rooms" "$BIG_SHARE% of the req/s" \
-    "$(verdict "$(ge "$BIG_SHARE" $((100 - MAX_BIG_VS_SMALL_DROP_PCT)))")"
+verdict "$(ge "$BIG_SHARE" $((100 - MAX_BIG_VS_SMALL_DROP_PCT)))"
+printf '%-44s %s  %s\n' "GetRooms $BIG_ROOMS vs $SMALL_ROOMS rooms" "$BIG_SHARE% of the req/s" "$VERDICT"
 RSS_MIB=$(awk -v k="$RSS_KIB" 'BEGIN{printf "%.1f", k / 1024}')
 HWM_MIB=$(awk -v k="$HWM_KIB" 'BEGIN{printf "%.1f", k / 1024}')
+verdict "$(lt "$RSS_MIB" "$MAX_RSS_MIB")"
 printf '%-44s %s  %s\n' "service RSS, $((SMALL_ROOMS + BIG_ROOMS)) rooms stored" "$RSS_MIB MiB (peak $HWM_MIB MiB)" \
-    "$(verdict "$(lt "$RSS_MIB" "$MAX_RSS_MIB")")"
+    "$VERDICT"
 echo
-if [ "$FAILED" = 0 ]; then echo "all targets met"; else echo "some targets missed"; fi
+if [ "$FAILED" = 0 ]; then
+    echo "all targets met"
+else
+    echo "some targets missed"
+    # Off by default: on a shared machine a miss is often noise, not a regression.
+    if [ "${BENCH_STRICT:-0}" = 1 ]; then exit 3; fi
+fi

@@ -31,5 +31,8 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
 
+step "install.sh, the systemd unit, the static release binary"
+"$ROOT/scripts/test-install.sh"
+
 step "cargo test --all-targets, against a real Synapse (pinned, in .venv-synapse/)"
 exec "$ROOT/scripts/test-with-synapse.sh" --all-targets --no-fail-fast
