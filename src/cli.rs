@@ -1,6 +1,7 @@
 //! The command line: `serve` and the administration a self-hoster needs
 //! without a backend. Administration opens the database directly (it is
-//! shared with a running service) and acts with the rights of an API token.
+//! held exclusively, so stop the service first) and acts with the rights of
+//! an API token.
 
 use std::path::{Path, PathBuf};
 
@@ -45,7 +46,7 @@ pub enum Command {
     /// App users.
     #[command(subcommand)]
     User(UserCommand),
-    /// Write every record as JSON Lines (a consistent snapshot; safe while serving).
+    /// Write every record as JSON Lines.
     Export {
         /// File to write; standard output when absent.
         #[arg(long)]

@@ -173,12 +173,7 @@ impl Domain {
         Self::require_org(r, org)?;
         Self::require_member(r, p, org)?;
         let (offset, limit) = page.unwrap_or((0, usize::MAX));
-        let mut rooms = Vec::new();
-        for id in r.org_room_ids(org, offset, limit)? {
-            if let Some(room) = r.room(id)? {
-                rooms.push(room);
-            }
-        }
+        let rooms = r.rooms(&r.org_room_ids(org, offset, limit)?)?;
         Ok((rooms, r.room_count(org)?))
     }
 

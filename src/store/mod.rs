@@ -22,6 +22,10 @@ use tables::*;
 pub enum StoreError {
     #[error("database error: {0}")]
     Db(String),
+    #[error(
+        "another process has the database open (is the service running? stop it first, or use the HTTP API with an API token)"
+    )]
+    InUse,
     #[error("corrupt record in {table}: {why}")]
     Corrupt { table: &'static str, why: String },
 }
@@ -56,16 +60,17 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the database file and every table in it.
     ///
-    /// The file is opened in multi-writer mode so that administration
-    /// subcommands can change it while the service runs.
+    /// The file is held exclusively: a second process (an administration
+    /// subcommand while the service runs) gets [`StoreError::InUse`]. Sharing
+    /// the file would cost every read transaction file-lock system calls.
     ///
     /// # Errors
     /// The file cannot be opened, or it was written by a newer release.
     pub fn open(path: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
-        let db = Database::builder()
-            .set_cache_size(cache_bytes)
-            .set_concurrency_mode(redb::ConcurrencyMode::MultiWriter)
-            .create(path)?;
+        let db = Database::builder().set_cache_size(cache_bytes).create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse,
+            other => StoreError::from(other),
+        })?;
         let store = Store { db: Arc::new(db) };
         store.write(|w| {
             // Opening creates: afterwards every read finds every table.
@@ -203,6 +208,18 @@ pub trait Read {
             ids.push(entry?.0.value().1);
         }
         Ok(ids)
+    }
+
+    /// The rooms with these ids, in this order (ids without a room are skipped).
+    fn rooms(&self, ids: &[RoomId]) -> Result<Vec<Room>, StoreError> {
+        let t = self.table(ROOMID_ROOM)?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(v) = t.get(*id)? {
+                out.push(decode("roomid_room", v.value())?);
+            }
+        }
+        Ok(out)
     }
 
     /// Number of rooms of an organization.

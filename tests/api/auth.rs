@@ -89,14 +89,15 @@ async fn a_configured_api_token_works_and_none_is_generated() {
 }
 
 /// Expiry needs time to pass, so an old token is made the way the service
-/// would have stored it: written into the running server's database file,
-/// which administration commands share with it (multi-writer mode).
+/// would have stored it: written into the server's database file while the
+/// server is stopped (it holds the file exclusively while it runs).
 #[tokio::test]
 async fn an_expired_pat_gets_401() {
     use messenger_chat::model::{Token, TokenKind};
-    let srv = TestServer::start();
+    let mut srv = TestServer::start();
     let w = World::new(&srv).await;
     let secret = format!("mcp_{}", "e".repeat(43));
+    assert!(srv.stop(), "the server stops cleanly");
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
     let store =
         messenger_chat::store::Store::open(&srv.data_dir().join("messenger-chat.redb"), 1 << 20).expect("open the db");
@@ -115,6 +116,7 @@ async fn an_expired_pat_gets_401() {
         })
         .expect("write the token");
     drop(store);
+    srv.restart();
     let detail = srv.get("/v1/chatrooms?organization_id=1", &secret).await.expect_problem(401);
     assert!(detail.contains("expired"), "the detail should say the token expired: {detail}");
     srv.get("/v1/chatrooms?organization_id=1", &w.member.token).await.expect(200);

@@ -150,7 +150,7 @@ fn cli(data_dir: &Path, args: &[&str]) -> std::process::Output {
     out
 }
 
-/// Export from a populated database (while it serves), import into an empty
+/// Export from a populated database (the service stopped), import into an empty
 /// one, export again: the same bytes; and the restored service answers alike.
 #[tokio::test]
 async fn export_import_export_is_identical() {
@@ -158,6 +158,22 @@ async fn export_import_export_is_identical() {
     let w = common::World::new(&srv).await;
     let room =
         w.room_from(&srv, json!({"name": "Board", "avatar": common::png(), "moderators": [w.room_mod.id]})).await;
+    // The service holds the database exclusively: administration runs while it is stopped.
+    let mut srv = srv;
+    let busy = Command::new(env!("CARGO_BIN_EXE_messenger-chat"))
+        .arg("export")
+        .env("MESSENGER_CHAT_STORAGE__DATA_DIR", srv.data_dir())
+        .output()
+        .unwrap();
+    assert!(!busy.status.success(), "export must refuse a database the service holds");
+    assert!(
+        String::from_utf8_lossy(&busy.stderr).contains("stop it first"),
+        "{}",
+        String::from_utf8_lossy(&busy.stderr)
+    );
+    let creds = srv.get(&format!("/v1/user/credentials?user_id={}", w.member.id), &srv.api_token).await;
+    let password = creds.expect(200)["password"].clone();
+    assert!(srv.stop(), "the server stops cleanly");
     let first = cli(srv.data_dir(), &["export"]).stdout;
     let text = String::from_utf8(first.clone()).unwrap();
     assert!(text.lines().count() > 10, "a populated export: {text}");
@@ -182,14 +198,11 @@ async fn export_import_export_is_identical() {
     // Restore as an operator would: the dump, plus the key file and the
     // certificate from the backup. The same tokens work, the same room is
     // served and the Matrix password is unchanged.
-    let creds = srv.get(&format!("/v1/user/credentials?user_id={}", w.member.id), &srv.api_token).await;
-    let password = creds.expect(200)["password"].clone();
     std::fs::copy(srv.data_dir().join("secret.key"), data.join("secret.key")).unwrap();
     std::fs::create_dir_all(data.join("tls")).unwrap();
     for f in ["cert.pem", "key.pem"] {
         std::fs::copy(srv.data_dir().join("tls").join(f), data.join("tls").join(f)).unwrap();
     }
-    let mut srv = srv;
     srv.restart_with(&[("MESSENGER_CHAT_STORAGE__DATA_DIR", data.to_str().unwrap())]);
     let id = room["roomID"].as_i64().unwrap();
     let served = srv.get(&format!("/v1/chatrooms/{id}"), &w.member.token).await;
