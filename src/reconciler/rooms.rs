@@ -88,34 +88,13 @@ impl Reconciler {
                 }
             }
         }
-        let bot = client.bot_user_id().to_string();
-        client
-            .modify_power_levels(&matrix_id, |pl| {
-                pl.users.retain(|u, _| *u == bot || levels.contains_key(u) || !self.hs.is_app_user(u));
-                for (u, l) in &levels {
-                    pl.users.insert(u.clone(), *l);
-                }
-            })
-            .await?;
-
-        let members: HashMap<String, Membership> =
-            client.members(&matrix_id).await?.into_iter().map(|m| (m.user_id, m.membership)).collect();
-        for user in room.members() {
-            let mx = self.hs.matrix_id(user);
-            let now = members.get(&mx);
-            if room.claimed.binary_search(&user).is_ok() {
-                if now != Some(&Membership::Join) {
-                    client.admin_join(&matrix_id, &mx).await?;
-                }
-            } else if !matches!(now, Some(Membership::Join | Membership::Invite)) {
-                client.invite(&matrix_id, &mx).await?;
+        if fresh {
+            // Made just now with these powers and invites: only claims remain.
+            for user in &room.claimed {
+                client.admin_join(&matrix_id, &self.hs.matrix_id(*user)).await?;
             }
-        }
-        for (mx, membership) in &members {
-            let present = matches!(membership, Membership::Join | Membership::Invite | Membership::Knock);
-            if present && *mx != bot && !listed.contains(mx) && self.hs.is_app_user(mx) {
-                client.kick(&matrix_id, mx, Some(KICK_REASON)).await?;
-            }
+        } else {
+            self.converge_members(&room, &matrix_id, &levels, &listed).await?;
         }
 
         let generation = room.generation;
@@ -131,6 +110,47 @@ impl Reconciler {
             }
             Ok::<_, StoreError>(())
         })?;
+        Ok(())
+    }
+
+    /// Power levels and memberships of an existing Matrix room, compared and changed.
+    async fn converge_members(
+        &self,
+        room: &Room,
+        matrix_id: &str,
+        levels: &BTreeMap<String, i64>,
+        listed: &HashSet<String>,
+    ) -> Result<(), StepError> {
+        let client = &self.hs.client;
+        let bot = client.bot_user_id().to_string();
+        client
+            .modify_power_levels(matrix_id, |pl| {
+                pl.users.retain(|u, _| *u == bot || levels.contains_key(u) || !self.hs.is_app_user(u));
+                for (u, l) in levels {
+                    pl.users.insert(u.clone(), *l);
+                }
+            })
+            .await?;
+
+        let members: HashMap<String, Membership> =
+            client.members(matrix_id).await?.into_iter().map(|m| (m.user_id, m.membership)).collect();
+        for user in room.members() {
+            let mx = self.hs.matrix_id(user);
+            let now = members.get(&mx);
+            if room.claimed.binary_search(&user).is_ok() {
+                if now != Some(&Membership::Join) {
+                    client.admin_join(matrix_id, &mx).await?;
+                }
+            } else if !matches!(now, Some(Membership::Join | Membership::Invite)) {
+                client.invite(matrix_id, &mx).await?;
+            }
+        }
+        for (mx, membership) in &members {
+            let present = matches!(membership, Membership::Join | Membership::Invite | Membership::Knock);
+            if present && *mx != bot && !listed.contains(mx) && self.hs.is_app_user(mx) {
+                client.kick(matrix_id, mx, Some(KICK_REASON)).await?;
+            }
+        }
         Ok(())
     }
 
