@@ -146,8 +146,9 @@ fn spawn_reload_on_hangup(tls: Option<Arc<TlsState>>) {
 /// Sets up logging to stderr: human on a terminal, JSON otherwise (or as configured).
 pub fn init_logging(config: &Config) {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let directives = format!("rustls=error,{}", config.log.level);
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("rustls=error,info"));
     let json = match config.log.format.as_str() {
         "json" => true,
         "human" => false,

@@ -84,8 +84,17 @@ pub fn routes(
     state: AppState,
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone + Send + Sync + 'static {
     let metrics = state.metrics.clone();
+    let access = state.domain.config.log.access.clone();
     let log = warp::log::custom(move |info| {
         metrics.observe(routes::route_of(info.method().as_str(), info.path()), info.status().as_u16(), info.elapsed());
+        let wanted = match access.as_str() {
+            "all" => true,
+            "errors" => info.status().as_u16() >= 400 || info.elapsed() >= Duration::from_secs(1),
+            _ => false,
+        };
+        if !wanted {
+            return;
+        }
         tracing::info!(
             target: "messenger_chat::access",
             method = %info.method(),
