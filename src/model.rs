@@ -127,6 +127,14 @@ impl Room {
         found
     }
 
+    /// The room as the API answers it: the original's JSON field names, plus
+    /// `roomID`, `syncState` and `syncError`. Kept beside the room in the
+    /// store too, so a page of rooms is copied out rather than re-encoded.
+    #[must_use]
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(&RoomView::from(self)).unwrap_or_default()
+    }
+
     /// Whether the homeserver matches this stored room.
     #[must_use]
     pub fn is_synced(&self) -> bool {
@@ -218,3 +226,64 @@ pub enum OutboxOp {
     /// The user was deactivated: deactivate the Matrix account.
     DeactivateUser { user_id: UserId },
 }
+
+/// A room as answered.
+#[derive(Debug, Serialize)]
+struct RoomView<'a> {
+    #[serde(rename = "roomID")]
+    room_id: u64,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(rename = "organizationID")]
+    organization_id: i64,
+    #[serde(rename = "eventID")]
+    event_id: i64,
+    name: &'a str,
+    #[serde(rename = "matrixRoomID")]
+    matrix_room_id: &'a str,
+    #[serde(rename = "avatarURL")]
+    avatar_url: &'a str,
+    admins: &'a [i64],
+    moderators: &'a [i64],
+    #[serde(rename = "assignedUsers")]
+    assigned_users: &'a [i64],
+    #[serde(rename = "automationEnabled")]
+    automation_enabled: bool,
+    #[serde(rename = "scheduledDeletion")]
+    scheduled_deletion: Option<String>,
+    #[serde(rename = "syncState")]
+    sync_state: &'static str,
+    #[serde(rename = "syncError")]
+    sync_error: Option<&'a str>,
+}
+
+impl<'a> From<&'a Room> for RoomView<'a> {
+    fn from(r: &'a Room) -> Self {
+        RoomView {
+            room_id: r.id,
+            kind: r.kind.as_str(),
+            organization_id: r.org_id,
+            event_id: r.event_id,
+            name: &r.name,
+            matrix_room_id: &r.matrix_room_id,
+            avatar_url: &r.avatar_url,
+            admins: &r.admins,
+            moderators: &r.moderators,
+            assigned_users: &r.assigned,
+            automation_enabled: r.automation,
+            scheduled_deletion: r.scheduled_deletion.map(rfc3339),
+            sync_state: if r.is_synced() { "ready" } else { "pending" },
+            sync_error: r.sync_error.as_deref(),
+        }
+    }
+}
+
+/// Unix seconds as RFC 3339 UTC.
+#[must_use]
+pub fn rfc3339(secs: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_default()
+}
+

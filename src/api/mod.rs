@@ -54,11 +54,11 @@ impl AppState {
     /// homeserver, then answers with the room as stored.
     async fn settled(&self, room: crate::model::Room, status: StatusCode) -> Result<Response> {
         let Some(hs) = &self.hs else {
-            return Ok(json(status, &views::RoomView::from(&room)));
+            return Ok(json_bytes(status, room.to_json()));
         };
         hs.wait_synced(room.id, room.generation).await;
         let now = self.domain.store.read()?.room(room.id)?.unwrap_or(room);
-        Ok(json(status, &views::RoomView::from(&now)))
+        Ok(json_bytes(status, now.to_json()))
     }
 
     /// A snapshot and the caller behind `token`.
@@ -118,6 +118,13 @@ pub fn routes(
 /// A JSON answer.
 pub(crate) fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
     warp::reply::with_status(warp::reply::json(value), status).into_response()
+}
+
+/// A JSON answer already encoded.
+pub(crate) fn json_bytes(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut resp = warp::reply::with_status(body, status).into_response();
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    resp
 }
 
 /// 204 No Content.

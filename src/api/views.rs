@@ -4,73 +4,8 @@ use base64::Engine as _;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Room, Token};
-
-/// A room as answered.
-#[derive(Debug, Serialize)]
-pub struct RoomView<'a> {
-    #[serde(rename = "roomID")]
-    pub room_id: u64,
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    #[serde(rename = "organizationID")]
-    pub organization_id: i64,
-    #[serde(rename = "eventID")]
-    pub event_id: i64,
-    pub name: &'a str,
-    #[serde(rename = "matrixRoomID")]
-    pub matrix_room_id: &'a str,
-    #[serde(rename = "avatarURL")]
-    pub avatar_url: &'a str,
-    pub admins: &'a [i64],
-    pub moderators: &'a [i64],
-    #[serde(rename = "assignedUsers")]
-    pub assigned_users: &'a [i64],
-    #[serde(rename = "automationEnabled")]
-    pub automation_enabled: bool,
-    #[serde(rename = "scheduledDeletion")]
-    pub scheduled_deletion: Option<String>,
-    #[serde(rename = "syncState")]
-    pub sync_state: &'static str,
-    #[serde(rename = "syncError")]
-    pub sync_error: Option<&'a str>,
-}
-
-impl<'a> From<&'a Room> for RoomView<'a> {
-    fn from(r: &'a Room) -> Self {
-        RoomView {
-            room_id: r.id,
-            kind: r.kind.as_str(),
-            organization_id: r.org_id,
-            event_id: r.event_id,
-            name: &r.name,
-            matrix_room_id: &r.matrix_room_id,
-            avatar_url: &r.avatar_url,
-            admins: &r.admins,
-            moderators: &r.moderators,
-            assigned_users: &r.assigned,
-            automation_enabled: r.automation,
-            scheduled_deletion: r.scheduled_deletion.map(rfc3339),
-            sync_state: if r.is_synced() { "ready" } else { "pending" },
-            sync_error: r.sync_error.as_deref(),
-        }
-    }
-}
-
-#[derive(Debug, Serialize)]
-pub struct RoomList<'a> {
-    pub entries: Vec<RoomView<'a>>,
-    pub total: u64,
-}
-
-/// Unix seconds as RFC 3339 UTC.
-#[must_use]
-pub fn rfc3339(secs: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(secs)
-        .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_default()
-}
+pub use crate::model::rfc3339;
+use crate::model::Token;
 
 /// POST /v1/chatrooms and POST /v1/chatrooms/event.
 #[derive(Debug, Deserialize)]

@@ -157,8 +157,8 @@ impl Domain {
         Ok(room)
     }
 
-    /// GetRooms: a page of an organization's rooms in id order and their total.
-    /// `page` is (offset, limit); `None` returns all.
+    /// GetRooms: a page of an organization's rooms in id order, as their API
+    /// JSON, and their total. `page` is (offset, limit); `None` returns all.
     ///
     /// # Errors
     /// 422 bad id, 404 unknown organization, 403 not a member.
@@ -168,13 +168,12 @@ impl Domain {
         p: Principal,
         org: i64,
         page: Option<(usize, usize)>,
-    ) -> Result<(Vec<Room>, u64)> {
+    ) -> Result<(Vec<Vec<u8>>, u64)> {
         let org = positive("organization_id", org)?;
         Self::require_org(r, org)?;
         Self::require_member(r, p, org)?;
         let (offset, limit) = page.unwrap_or((0, usize::MAX));
-        let rooms = r.rooms(&r.org_room_ids(org, offset, limit)?)?;
-        Ok((rooms, r.room_count(org)?))
+        Ok((r.org_rooms_json(org, offset, limit)?, r.room_count(org)?))
     }
 
     /// The room of one event.

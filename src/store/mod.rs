@@ -76,7 +76,7 @@ impl Store {
             // Opening creates: afterwards every read finds every table.
             let t = &w.txn;
             t.open_table(ROOMID_ROOM)?;
-            t.open_table(ORGIDROOMID)?;
+            t.open_table(ORGIDROOMID_JSON)?;
             t.open_table(ORGID_DEFAULTROOMID)?;
             t.open_table(ORGIDEVENTID_ROOMID)?;
             t.open_table(MATRIXROOMID_ROOMID)?;
@@ -202,7 +202,7 @@ pub trait Read {
 
     /// Room ids of an organization in id order: `offset` skipped, at most `limit`.
     fn org_room_ids(&self, org: OrgId, offset: usize, limit: usize) -> Result<Vec<RoomId>, StoreError> {
-        let t = self.table(ORGIDROOMID)?;
+        let t = self.table(ORGIDROOMID_JSON)?;
         let mut ids = Vec::with_capacity(limit.min(64));
         for entry in t.range((org, 0u64)..=(org, u64::MAX))?.skip(offset).take(limit) {
             ids.push(entry?.0.value().1);
@@ -210,14 +210,12 @@ pub trait Read {
         Ok(ids)
     }
 
-    /// The rooms with these ids, in this order (ids without a room are skipped).
-    fn rooms(&self, ids: &[RoomId]) -> Result<Vec<Room>, StoreError> {
-        let t = self.table(ROOMID_ROOM)?;
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Some(v) = t.get(*id)? {
-                out.push(decode("roomid_room", v.value())?);
-            }
+    /// The API JSON of an organization's rooms in id order: `offset` skipped, at most `limit`.
+    fn org_rooms_json(&self, org: OrgId, offset: usize, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        let t = self.table(ORGIDROOMID_JSON)?;
+        let mut out = Vec::with_capacity(limit.min(64));
+        for entry in t.range((org, 0u64)..=(org, u64::MAX))?.skip(offset).take(limit) {
+            out.push(entry?.1.value().to_vec());
         }
         Ok(out)
     }
@@ -394,8 +392,8 @@ impl Writer {
     /// replaces (`None` for a new room).
     pub fn put_room(&mut self, room: &Room, previous: Option<&Room>) -> Result<(), StoreError> {
         self.txn.open_table(ROOMID_ROOM)?.insert(room.id, codec::encode(room).as_slice())?;
+        self.txn.open_table(ORGIDROOMID_JSON)?.insert((room.org_id, room.id), room.to_json().as_slice())?;
         if previous.is_none() {
-            self.txn.open_table(ORGIDROOMID)?.insert((room.org_id, room.id), ())?;
             let mut counts = self.txn.open_table(ORGID_ROOMCOUNT)?;
             let n = counts.get(room.org_id)?.map_or(0, |v| v.value());
             counts.insert(room.org_id, n + 1)?;
@@ -447,7 +445,7 @@ impl Writer {
     /// Removes a room, its avatar and every index of it.
     pub fn delete_room(&mut self, room: &Room) -> Result<(), StoreError> {
         self.txn.open_table(ROOMID_ROOM)?.remove(room.id)?;
-        self.txn.open_table(ORGIDROOMID)?.remove((room.org_id, room.id))?;
+        self.txn.open_table(ORGIDROOMID_JSON)?.remove((room.org_id, room.id))?;
         self.txn.open_table(ROOMID_AVATAR)?.remove(room.id)?;
         let mut counts = self.txn.open_table(ORGID_ROOMCOUNT)?;
         let n = counts.get(room.org_id)?.map_or(0, |v| v.value());

@@ -5,8 +5,9 @@ use redb::TableDefinition;
 
 /// room id → encoded `Room`.
 pub const ROOMID_ROOM: TableDefinition<u64, &[u8]> = TableDefinition::new("roomid_room");
-/// (organization id, room id) → (): an organization's rooms in id order, for pagination.
-pub const ORGIDROOMID: TableDefinition<(i64, u64), ()> = TableDefinition::new("orgidroomid");
+/// (organization id, room id) → the room's API JSON: an organization's rooms
+/// in id order, so a page of GetRooms is one range scan with nothing to decode.
+pub const ORGIDROOMID_JSON: TableDefinition<(i64, u64), &[u8]> = TableDefinition::new("orgidroomid_json");
 /// organization id → room id of its default room.
 pub const ORGID_DEFAULTROOMID: TableDefinition<i64, u64> = TableDefinition::new("orgid_defaultroomid");
 /// (organization id, event id) → room id of the event's room.
