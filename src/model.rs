@@ -286,4 +286,3 @@ pub fn rfc3339(secs: i64) -> String {
         .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
         .unwrap_or_default()
 }
-

@@ -4,8 +4,8 @@ use base64::Engine as _;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
-pub use crate::model::rfc3339;
 use crate::model::Token;
+pub use crate::model::rfc3339;
 
 /// POST /v1/chatrooms and POST /v1/chatrooms/event.
 #[derive(Debug, Deserialize)]
