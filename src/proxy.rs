@@ -91,7 +91,7 @@ impl Proxy {
                 Response::from_parts(parts, body.map_err(box_error).boxed())
             }
             Err(e) => {
-                tracing::warn!(error = %e, "homeserver unreachable through the proxy");
+                tracing::warn!(request_id = %crate::server::current_request_id(), error = %e, "homeserver unreachable through the proxy");
                 bad_gateway("the homeserver cannot be reached")
             }
         }

@@ -22,7 +22,6 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tracing::Instrument;
 use warp::Filter;
 
 use crate::config::Config;
@@ -227,33 +226,64 @@ where
     B: http_body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let id = request_id(req.headers());
-    let span = tracing::info_span!("request", request_id = %id);
-    let mut resp = async {
-        if let Some(proxy) = proxy.filter(|_| Proxy::handles(req.uri().path())) {
-            return proxy.forward(req, peer).await;
-        }
-        req.extensions_mut().insert(RemoteAddr(peer));
-        tower_call(&mut svc, req).await.map(|b| b.map_err(box_error).boxed())
-    }
-    .instrument(span)
-    .await;
-    if let Ok(value) = http::HeaderValue::from_str(&id) {
+    let id = RequestId::of(req.headers());
+    let header = http::HeaderValue::from_str(&id.to_string());
+    let mut resp = REQUEST_ID
+        .scope(id, async {
+            if let Some(proxy) = proxy.filter(|_| Proxy::handles(req.uri().path())) {
+                return proxy.forward(req, peer).await;
+            }
+            req.extensions_mut().insert(RemoteAddr(peer));
+            tower_call(&mut svc, req).await.map(|b| b.map_err(box_error).boxed())
+        })
+        .await;
+    if let Ok(value) = header {
         resp.headers_mut().insert("x-request-id", value);
     }
     Ok(resp)
 }
 
-/// The caller's `X-Request-Id` when it is a sane token, else a fresh one;
-/// it names the request in every log line and comes back in the answer.
-fn request_id(headers: &http::HeaderMap) -> String {
-    headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        })
-        .map_or_else(|| format!("{:016x}", rand::random::<u64>()), str::to_owned)
+/// The id of a request: the caller's `X-Request-Id` when it is a sane
+/// token, else a fresh random one. It comes back in the answer and names
+/// the request in its log lines ([`current_request_id`]).
+#[derive(Debug, Clone)]
+pub enum RequestId {
+    Given(Arc<str>),
+    Made(u64),
+}
+
+impl RequestId {
+    fn of(headers: &http::HeaderMap) -> Self {
+        headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| {
+                !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            })
+            .map_or_else(|| RequestId::Made(rand::random()), |v| RequestId::Given(v.into()))
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RequestId::Given(s) => f.write_str(s),
+            RequestId::Made(n) => write!(f, "{n:016x}"),
+        }
+    }
+}
+
+tokio::task_local! {
+    /// The request being answered by this task. A task-local rather than a
+    /// tracing span: a span per request cost a fifth of the throughput of
+    /// the hot reads, and only the few requests that log need the id.
+    static REQUEST_ID: RequestId;
+}
+
+/// The id of the request this code answers, for log lines ("-" outside one).
+#[must_use]
+pub fn current_request_id() -> String {
+    REQUEST_ID.try_with(ToString::to_string).unwrap_or_else(|_| "-".to_string())
 }
 
 async fn tower_call<S>(svc: &mut S, req: hyper::Request<hyper::body::Incoming>) -> S::Response

@@ -97,6 +97,7 @@ pub fn routes(
         }
         tracing::info!(
             target: "messenger_chat::access",
+            request_id = %crate::server::current_request_id(),
             method = %info.method(),
             path = info.path(),
             status = info.status().as_u16(),

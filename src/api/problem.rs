@@ -21,7 +21,7 @@ pub fn problem(err: &Error) -> Response {
     let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let detail = match err {
         Error::Internal(why) => {
-            tracing::error!(error = %why, "internal error");
+            tracing::error!(request_id = %crate::server::current_request_id(), error = %why, "internal error");
             "the service failed to handle this request; it has been logged".to_string()
         }
         other => other.to_string(),

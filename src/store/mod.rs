@@ -77,6 +77,7 @@ impl Store {
             let t = &w.txn;
             t.open_table(ROOMID_ROOM)?;
             t.open_table(ORGIDROOMID_JSON)?;
+            t.open_table(ORGIDROOMID)?;
             t.open_table(ORGID_DEFAULTROOMID)?;
             t.open_table(ORGIDEVENTID_ROOMID)?;
             t.open_table(MATRIXROOMID_ROOMID)?;
@@ -202,7 +203,7 @@ pub trait Read {
 
     /// Room ids of an organization in id order: `offset` skipped, at most `limit`.
     fn org_room_ids(&self, org: OrgId, offset: usize, limit: usize) -> Result<Vec<RoomId>, StoreError> {
-        let t = self.table(ORGIDROOMID_JSON)?;
+        let t = self.table(ORGIDROOMID)?;
         let mut ids = Vec::with_capacity(limit.min(64));
         for entry in t.range((org, 0u64)..=(org, u64::MAX))?.skip(offset).take(limit) {
             ids.push(entry?.0.value().1);
@@ -212,9 +213,18 @@ pub trait Read {
 
     /// The API JSON of an organization's rooms in id order: `offset` skipped, at most `limit`.
     fn org_rooms_json(&self, org: OrgId, offset: usize, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        // A deep offset is skipped over the key-only index, then the page is read.
+        let first = if offset == 0 {
+            Some(0)
+        } else {
+            let keys = self.table(ORGIDROOMID)?;
+            let found = keys.range((org, 0u64)..=(org, u64::MAX))?.nth(offset).transpose()?;
+            found.map(|(k, _)| k.value().1)
+        };
+        let Some(first) = first else { return Ok(Vec::new()) };
         let t = self.table(ORGIDROOMID_JSON)?;
         let mut out = Vec::with_capacity(limit.min(64));
-        for entry in t.range((org, 0u64)..=(org, u64::MAX))?.skip(offset).take(limit) {
+        for entry in t.range((org, first)..=(org, u64::MAX))?.take(limit) {
             out.push(entry?.1.value().to_vec());
         }
         Ok(out)
@@ -394,6 +404,7 @@ impl Writer {
         self.txn.open_table(ROOMID_ROOM)?.insert(room.id, codec::encode(room).as_slice())?;
         self.txn.open_table(ORGIDROOMID_JSON)?.insert((room.org_id, room.id), room.to_json().as_slice())?;
         if previous.is_none() {
+            self.txn.open_table(ORGIDROOMID)?.insert((room.org_id, room.id), ())?;
             let mut counts = self.txn.open_table(ORGID_ROOMCOUNT)?;
             let n = counts.get(room.org_id)?.map_or(0, |v| v.value());
             counts.insert(room.org_id, n + 1)?;
@@ -446,6 +457,7 @@ impl Writer {
     pub fn delete_room(&mut self, room: &Room) -> Result<(), StoreError> {
         self.txn.open_table(ROOMID_ROOM)?.remove(room.id)?;
         self.txn.open_table(ORGIDROOMID_JSON)?.remove((room.org_id, room.id))?;
+        self.txn.open_table(ORGIDROOMID)?.remove((room.org_id, room.id))?;
         self.txn.open_table(ROOMID_AVATAR)?.remove(room.id)?;
         let mut counts = self.txn.open_table(ORGID_ROOMCOUNT)?;
         let n = counts.get(room.org_id)?.map_or(0, |v| v.value());
@@ -603,6 +615,14 @@ mod tests {
         let r = store.read().unwrap();
         assert_eq!(r.org_room_ids(10, 0, 50).unwrap(), vec![1, 3, 5]);
         assert_eq!(r.org_room_ids(10, 1, 1).unwrap(), vec![3]);
+        let page: Vec<u64> = r
+            .org_rooms_json(10, 1, 5)
+            .unwrap()
+            .iter()
+            .map(|j| serde_json::from_slice::<serde_json::Value>(j).unwrap()["roomID"].as_u64().unwrap())
+            .collect();
+        assert_eq!(page, vec![3, 5]);
+        assert!(r.org_rooms_json(10, 3, 5).unwrap().is_empty());
         assert_eq!(r.room_count(10).unwrap(), 3);
         assert_eq!(r.user_room_ids(2).unwrap(), vec![1, 2, 3, 4, 5]);
         drop(r);

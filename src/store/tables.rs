@@ -5,6 +5,9 @@ use redb::TableDefinition;
 
 /// room id → encoded `Room`.
 pub const ROOMID_ROOM: TableDefinition<u64, &[u8]> = TableDefinition::new("roomid_room");
+/// (organization id, room id) → (): the same keys as `orgidroomid_json` without
+/// the values, so skipping a deep `offset` walks small pages.
+pub const ORGIDROOMID: TableDefinition<(i64, u64), ()> = TableDefinition::new("orgidroomid");
 /// (organization id, room id) → the room's API JSON: an organization's rooms
 /// in id order, so a page of GetRooms is one range scan with nothing to decode.
 pub const ORGIDROOMID_JSON: TableDefinition<(i64, u64), &[u8]> = TableDefinition::new("orgidroomid_json");
