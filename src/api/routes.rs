@@ -39,18 +39,16 @@ pub const ROUTES: &[(&str, &str)] = &[
 /// parameter (`/v1/chatrooms/event` is not `/v1/chatrooms/{roomID}`).
 #[must_use]
 pub fn route_of(method: &str, path: &str) -> Option<usize> {
-    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    // Runs for every request: compares segment by segment without allocating.
+    let path = path.trim_end_matches('/');
+    let depth = path.split('/').count();
     let mut best: Option<(usize, usize)> = None;
     for (i, (m, template)) in ROUTES.iter().enumerate() {
-        if *m != method {
-            continue;
-        }
-        let parts: Vec<&str> = template.split('/').collect();
-        if parts.len() != segments.len() {
+        if *m != method || template.split('/').count() != depth {
             continue;
         }
         let mut literal = 0;
-        let fits = parts.iter().zip(&segments).all(|(t, s)| {
+        let fits = template.split('/').zip(path.split('/')).all(|(t, s)| {
             if t.starts_with('{') {
                 !s.is_empty()
             } else {
