@@ -137,7 +137,7 @@ pub fn run_admin(config: Config, command: Command, config_path: Option<&Path>) -
         Command::CheckConfig => Ok(format!(
             "configuration OK ({})\n{}",
             config_path.map_or("built-in defaults and environment".to_string(), |p| p.display().to_string()),
-            toml_of(&config)
+            shown_config(&config)
         )),
         Command::Token(TokenCommand::NewApi) => {
             let token = new_token(API_TOKEN_PREFIX);
@@ -279,6 +279,11 @@ fn progress_bar(what: &'static str) -> impl FnMut(u64, u64) {
     }
 }
 
-fn toml_of(config: &Config) -> String {
-    serde_json::to_string_pretty(config).unwrap_or_default()
+/// The effective configuration as JSON, with the inline shared secret hidden.
+fn shown_config(config: &Config) -> String {
+    let mut shown = config.clone();
+    if !shown.matrix.registration_shared_secret.is_empty() {
+        shown.matrix.registration_shared_secret = "(hidden)".into();
+    }
+    serde_json::to_string_pretty(&shown).unwrap_or_default()
 }
