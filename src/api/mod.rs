@@ -2,6 +2,7 @@
 //! rules live in `domain`.
 
 pub mod admin;
+pub mod export;
 pub mod extract;
 pub mod limits;
 pub mod meta;
@@ -121,7 +122,9 @@ pub fn routes(
         .unify()
         .or(user::routes(state.clone()))
         .unify()
-        .or(admin::routes(state))
+        .or(admin::routes(state.clone()))
+        .unify()
+        .or(export::routes(state))
         .unify()
         .recover(problem::recover)
         .unify()
