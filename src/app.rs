@@ -1,5 +1,6 @@
 //! `serve`: config → database → secrets → TLS listener → serve until SIGTERM.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use crate::proxy::Proxy;
 use crate::reconciler::{Homeserver, Reconciler};
 use crate::secrets::ServerKey;
 use crate::server::{self, TlsFiles, TlsState};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "messenger-chat.redb";
@@ -24,14 +25,32 @@ pub const KEY_FILE: &str = "secret.key";
 /// # Errors
 /// A line naming what could not be opened.
 pub fn open_domain(config: Config) -> Result<Domain, String> {
-    let dir = config.data_dir();
-    crate::secrets::create_private_dir(&dir)
-        .map_err(|e| format!("cannot create data directory {}: {e}", dir.display()))?;
-    let cache = usize::try_from(config.storage.cache_mib.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX);
-    let db_path = dir.join(DB_FILE);
-    let store = Store::open(&db_path, cache).map_err(|e| format!("cannot open {}: {e}", db_path.display()))?;
-    let key = ServerKey::load_or_create(&dir.join(KEY_FILE))?;
+    let store = open_store(&config).map_err(|e| e.to_string())?;
+    let key = ServerKey::load_or_create(&config.data_dir().join(KEY_FILE))?;
     Domain::new(store, Arc::new(config), key, Arc::new(SystemClock)).map_err(|e| e.to_string())
+}
+
+/// Why the database of a configuration cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot create data directory {}: {source}", .dir.display())]
+    DataDir { dir: PathBuf, source: std::io::Error },
+    #[error("cannot open {}: {source}", .path.display())]
+    Store { path: PathBuf, source: StoreError },
+}
+
+/// Opens (or creates) the database of a configuration, without the server
+/// key: what `export` needs. [`StoreError::InUse`] in `OpenError::Store`
+/// means a running service holds it.
+///
+/// # Errors
+/// The data directory cannot be created, or the database cannot be opened.
+pub fn open_store(config: &Config) -> Result<Store, OpenError> {
+    let dir = config.data_dir();
+    crate::secrets::create_private_dir(&dir).map_err(|source| OpenError::DataDir { dir: dir.clone(), source })?;
+    let cache = usize::try_from(config.storage.cache_mib.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX);
+    let path = dir.join(DB_FILE);
+    Store::open(&path, cache).map_err(|source| OpenError::Store { path, source })
 }
 
 /// Runs the service until SIGTERM or SIGINT.

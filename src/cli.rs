@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::domain::Principal;
 use crate::model::OrgRole;
 use crate::secrets::{API_TOKEN_PREFIX, new_token, token_hash};
+use crate::store::StoreError;
 
 #[derive(Debug, Parser)]
 #[command(name = "messenger-chat", version, about = "Chatrooms of a mobile messenger, on a Matrix homeserver")]
@@ -46,7 +47,7 @@ pub enum Command {
     /// App users.
     #[command(subcommand)]
     User(UserCommand),
-    /// Write every record as JSON Lines.
+    /// Write every record as JSON Lines (service stopped; while it runs, use GET /v1/export).
     Export {
         /// File to write; standard output when absent.
         #[arg(long)]
@@ -151,6 +152,7 @@ pub fn run_admin(config: Config, command: Command, config_path: Option<&Path>) -
             std::io::stdin().read_line(&mut line).map_err(|e| e.to_string())?;
             Ok(hex::encode(token_hash(line.trim())))
         }
+        Command::Export { out } => export(&config, out.as_deref()),
         other => {
             let d = crate::app::open_domain(config)?;
             let p = Principal::Api;
@@ -208,24 +210,6 @@ pub fn run_admin(config: Config, command: Command, config_path: Option<&Path>) -
                     let (u, created) = d.put_user(p, id, &display_name).map_err(show)?;
                     Ok(format!("{} user {}: {}", if created { "created" } else { "updated" }, u.id, u.display_name))
                 }
-                Command::Export { out } => {
-                    let bar = progress_bar("export");
-                    let n = match out {
-                        Some(path) => {
-                            let file = std::fs::File::create(&path)
-                                .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-                            let mut w = std::io::BufWriter::new(file);
-                            d.store.export(&mut w, bar).map_err(|e| e.to_string())?
-                        }
-                        None => {
-                            let mut w = std::io::BufWriter::new(std::io::stdout().lock());
-                            d.store.export(&mut w, bar).map_err(|e| e.to_string())?
-                        }
-                    };
-                    // The summary goes to stderr: stdout may be the dump itself.
-                    eprintln!("exported {n} records");
-                    Ok(String::new())
-                }
                 Command::Import { file, force } => {
                     let f = std::fs::File::open(&file).map_err(|e| format!("cannot open {}: {e}", file.display()))?;
                     let n = d
@@ -241,6 +225,72 @@ pub fn run_admin(config: Config, command: Command, config_path: Option<&Path>) -
                 _ => unreachable!("handled above"),
             }
         }
+    }
+}
+
+/// `export`: the dump to a file or standard output. A running service holds
+/// the database; then the answer is how to back up through it instead.
+fn export(config: &Config, out: Option<&Path>) -> Result<String, String> {
+    let store = match crate::app::open_store(config) {
+        Ok(store) => store,
+        Err(crate::app::OpenError::Store { source: StoreError::InUse, .. }) => return Err(backup_hint(config, out)),
+        Err(e) => return Err(e.to_string()),
+    };
+    let bar = progress_bar("export");
+    let n = match out {
+        Some(path) => {
+            let file = std::fs::File::create(path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+            let mut w = std::io::BufWriter::new(file);
+            store.export(&mut w, bar).map_err(|e| e.to_string())?
+        }
+        None => {
+            let mut w = std::io::BufWriter::new(std::io::stdout().lock());
+            store.export(&mut w, bar).map_err(|e| e.to_string())?
+        }
+    };
+    // The summary goes to stderr: stdout may be the dump itself.
+    eprintln!("exported {n} records");
+    Ok(String::new())
+}
+
+/// What to run instead of `export` while the service runs: the exact
+/// request for `GET /v1/export` on this configuration's listener, and the
+/// key file to keep with it.
+fn backup_hint(config: &Config, out: Option<&Path>) -> String {
+    let dir = std::fs::canonicalize(config.data_dir()).unwrap_or_else(|_| config.data_dir());
+    let addr = config.listen_addr();
+    let host = match addr.ip() {
+        ip if ip.is_unspecified() => "localhost".to_string(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    let (url, ca) = if config.server.plain_http {
+        (format!("http://{host}:{}/v1/export", addr.port()), String::new())
+    } else if config.tls.cert_file.is_empty() {
+        // The self-signed certificate names localhost and the loopback addresses.
+        let cert = dir.join("tls").join("cert.pem");
+        (format!("https://{host}:{}/v1/export", addr.port()), format!(" --cacert {}", shell_quote(&cert)))
+    } else {
+        (format!("https://<the host name in {}>:{}/v1/export", config.tls.cert_file, addr.port()), String::new())
+    };
+    let file = out.map_or_else(|| "backup.jsonl".to_string(), shell_quote);
+    let key = shell_quote(&dir.join(crate::app::KEY_FILE));
+    format!(
+        "the database is held by the running service, so export cannot open it.\n\
+         Back up while it serves, with an API token in API_TOKEN:\n\
+         \n  curl -fsS{ca} -H \"Authorization: Bearer $API_TOKEN\" -o {file} {url}\n  cp {key} backup-secret.key\n\n\
+         Keep the key file with the dump: without it every Matrix password changes. \
+         (Or stop the service and run export again.)"
+    )
+}
+
+/// `path` as one word for a POSIX shell.
+fn shell_quote(path: &Path) -> String {
+    let s = path.display().to_string();
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-+=:,@".contains(&b)) {
+        s
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
     }
 }
 
@@ -286,4 +336,43 @@ fn shown_config(config: &Config) -> String {
         shown.matrix.registration_shared_secret = "(hidden)".into();
     }
     serde_json::to_string_pretty(&shown).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hint(edit: impl FnOnce(&mut Config)) -> String {
+        let mut config = Config::default();
+        config.storage.data_dir = "/srv/mc data".into();
+        edit(&mut config);
+        backup_hint(&config, None)
+    }
+
+    #[test]
+    fn the_backup_hint_fits_the_listener() {
+        let h = hint(|_| {});
+        assert!(h.contains("--cacert '/srv/mc data/tls/cert.pem'"), "{h}");
+        assert!(h.contains("-o backup.jsonl https://localhost:8443/v1/export"), "{h}");
+        assert!(h.contains("cp '/srv/mc data/secret.key' backup-secret.key"), "{h}");
+        let h = hint(|c| {
+            c.server.listen = "127.0.0.1:9000".into();
+            c.server.plain_http = true;
+        });
+        assert!(h.contains("http://127.0.0.1:9000/v1/export") && !h.contains("--cacert"), "{h}");
+        let h = hint(|c| {
+            c.server.listen = "[::1]:443".into();
+            c.tls.cert_file = "/etc/ssl/chat.pem".into();
+            c.tls.key_file = "/etc/ssl/chat.key".into();
+        });
+        assert!(h.contains("https://<the host name in /etc/ssl/chat.pem>:443/v1/export"), "{h}");
+        assert!(!h.contains("--cacert"), "{h}");
+    }
+
+    #[test]
+    fn paths_are_quoted_for_the_shell() {
+        assert_eq!(shell_quote(Path::new("/var/lib/messenger-chat/secret.key")), "/var/lib/messenger-chat/secret.key");
+        assert_eq!(shell_quote(Path::new("it's here")), "'it'\\''s here'");
+        assert_eq!(shell_quote(Path::new("$HOME")), "'$HOME'");
+    }
 }
