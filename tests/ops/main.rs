@@ -1,9 +1,12 @@
 //! Operating the service: certificate reload on SIGHUP, graceful stop on
-//! SIGTERM under load, and export / import through the command line.
+//! SIGTERM under load, export / import through the command line, and
+//! backups of a running service (`backup`).
 
 #[path = "../api/common/mod.rs"]
-#[expect(dead_code, unused_imports, reason = "the shared harness serves several test targets")]
+#[expect(dead_code, reason = "the shared harness serves several test targets")]
 mod common;
+
+mod backup;
 
 use std::path::Path;
 use std::process::Command;
