@@ -1,5 +1,6 @@
 //! `serve`: config → database → secrets → TLS listener → serve until SIGTERM.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -7,6 +8,7 @@ use tokio::net::TcpListener;
 
 use crate::api::{self, AppState};
 use crate::config::Config;
+use crate::domain::api_tokens::{ApiTokenSource, ApiTokenStatus, FIRST_START_NAME, FirstStartToken};
 use crate::domain::{Domain, SystemClock};
 use crate::proxy::Proxy;
 use crate::reconciler::{Homeserver, Reconciler};
@@ -34,11 +36,12 @@ pub fn open_domain(config: Config) -> Result<Domain, String> {
     Domain::new(store, Arc::new(config), key, Arc::new(SystemClock)).map_err(|e| e.to_string())
 }
 
-/// Runs the service until SIGTERM or SIGINT.
+/// Runs the service until SIGTERM or SIGINT. `config_path`: the file given
+/// with `--config`, for the commands the first start prints.
 ///
 /// # Errors
 /// A line saying why it cannot start.
-pub async fn serve(config: Config) -> Result<(), String> {
+pub async fn serve(config: Config, config_path: Option<&Path>) -> Result<(), String> {
     let plain = config.server.plain_http;
     let addr = config.listen_addr();
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
@@ -50,8 +53,9 @@ pub async fn serve(config: Config) -> Result<(), String> {
     };
     let domain = Arc::new(tokio::task::block_in_place(|| open_domain(config))?);
     if let Some(token) = tokio::task::block_in_place(|| domain.ensure_api_token()).map_err(|e| e.to_string())? {
-        println!("messenger-chat: API token (shown once, keep it now): {token}");
+        announce_first_token(&domain, &token, config_path);
     }
+    warn_about_api_tokens(&domain);
     let proxy = if domain.config.proxy.enabled {
         Some(Arc::new(Proxy::new(&domain.config.matrix.homeserver_url)?))
     } else {
@@ -83,6 +87,51 @@ pub async fn serve(config: Config) -> Result<(), String> {
     server::serve(listener, tls, routes, proxy, shutdown_signal(), grace).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Tells the operator, once, the token the first start made: where it
+/// went (only its hash, in the database) and how to list and revoke it.
+fn announce_first_token(domain: &Domain, token: &FirstStartToken, config_path: Option<&Path>) {
+    let cli = match config_path {
+        Some(p) => format!("messenger-chat --config {}", p.display()),
+        None => "messenger-chat".to_string(),
+    };
+    let db = domain.config.data_dir().join(DB_FILE);
+    println!("messenger-chat: API token (shown once, keep it now): {}", token.secret);
+    println!(
+        "messenger-chat: only its SHA-256 is kept, in the database {}, as token {} named \"{FIRST_START_NAME}\"",
+        db.display(),
+        token.id
+    );
+    println!(
+        "messenger-chat: list tokens with `{cli} token list-api`; revoke this one with `{cli} token revoke-api {}` (stop the service first)",
+        token.id
+    );
+    println!(
+        "messenger-chat: it is refused once auth.api_token_hashes lists other tokens (`{cli} token new-api` makes one)"
+    );
+}
+
+/// Logs what an operator should fix about the API tokens: config entries
+/// revoked but still listed, a first-start token the config now overrides.
+fn warn_about_api_tokens(domain: &Domain) {
+    let tokens = match domain.store.read().map_err(crate::error::Error::from).and_then(|r| domain.api_tokens(&r)) {
+        Ok(t) => t,
+        Err(e) => return tracing::warn!(error = %e, "cannot list the API tokens"),
+    };
+    for t in tokens {
+        match (&t.source, t.status) {
+            (ApiTokenSource::Config { index }, ApiTokenStatus::Revoked) => tracing::warn!(
+                id = %t.id, name = %t.name,
+                "auth.api_token_hashes[{index}] is revoked and refused; remove it from the config"
+            ),
+            (ApiTokenSource::Database, ApiTokenStatus::NotListed) => tracing::info!(
+                id = %t.id, name = %t.name,
+                "a stored API token is refused: auth.api_token_hashes is set and does not list it"
+            ),
+            _ => {}
+        }
+    }
 }
 
 /// Deletes rooms whose scheduled deletion has come; checks every second, so

@@ -107,11 +107,13 @@ impl Default for StorageConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// SHA-256 hashes (hex) of the API tokens that may do everything.
+    /// SHA-256 hashes (hex) of the API tokens that may do everything, each
+    /// as a string or as `{ hash = "…", name = "…" }`.
     /// `messenger-chat token hash` prints the hash of a token. When this list
     /// is empty, the first start creates one token, prints it once and keeps
-    /// only its hash in the database.
-    pub api_token_hashes: Vec<String>,
+    /// only its hash in the database; once it lists any hash, only the listed
+    /// tokens are accepted.
+    pub api_token_hashes: Vec<ApiTokenHash>,
     /// Longest lifetime of a personal access token, in days.
     pub pat_max_days: u32,
     /// Lifetime of a personal access token when the request names none.
@@ -121,6 +123,69 @@ pub struct AuthConfig {
 impl Default for AuthConfig {
     fn default() -> Self {
         Self { api_token_hashes: Vec::new(), pat_max_days: 365, pat_default_days: 90 }
+    }
+}
+
+/// One entry of `auth.api_token_hashes`: the hash of an API token, and the
+/// name operators know it by (empty when the entry is a bare string).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiTokenHash {
+    /// 64 hex characters: the SHA-256 of the token.
+    pub hash: String,
+    /// Shown by `messenger-chat token list-api`; empty: unnamed.
+    pub name: String,
+}
+
+impl ApiTokenHash {
+    /// The name to show for entry `index` of the list.
+    #[must_use]
+    pub fn shown_name(&self, index: usize) -> String {
+        if self.name.is_empty() { format!("auth.api_token_hashes[{index}]") } else { self.name.clone() }
+    }
+}
+
+/// A bare string stays a bare string, so `check-config` shows the file's form.
+impl Serialize for ApiTokenHash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        if self.name.is_empty() {
+            return s.serialize_str(&self.hash);
+        }
+        let mut map = s.serialize_map(Some(2))?;
+        map.serialize_entry("hash", &self.hash)?;
+        map.serialize_entry("name", &self.name)?;
+        map.end()
+    }
+}
+
+/// Accepts `"<hash>"` (the original form) or `{ hash = "<hash>", name = "…" }`.
+impl<'de> Deserialize<'de> for ApiTokenHash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Entry;
+        impl<'de> serde::de::Visitor<'de> for Entry {
+            type Value = ApiTokenHash;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a hex SHA-256 string, or a table { hash = \"…\", name = \"…\" }")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ApiTokenHash, E> {
+                Ok(ApiTokenHash { hash: v.to_string(), name: String::new() })
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<ApiTokenHash, A::Error> {
+                #[derive(Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct Named {
+                    hash: String,
+                    #[serde(default)]
+                    name: String,
+                }
+                let n = Named::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(ApiTokenHash { hash: n.hash, name: n.name })
+            }
+        }
+        d.deserialize_any(Entry)
     }
 }
 
@@ -301,10 +366,16 @@ impl Config {
             return bad("storage.data_dir", "must not be empty".into());
         }
         for (i, h) in self.auth.api_token_hashes.iter().enumerate() {
-            if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+            if h.hash.len() != 64 || !h.hash.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return bad(
                     &format!("auth.api_token_hashes[{i}]"),
                     "must be the 64-character hex SHA-256 printed by `messenger-chat token hash`".into(),
+                );
+            }
+            if h.name.chars().count() > 255 || h.name.chars().any(char::is_control) {
+                return bad(
+                    &format!("auth.api_token_hashes[{i}].name"),
+                    "must be at most 255 printable characters".into(),
                 );
             }
         }
@@ -419,6 +490,25 @@ mod tests {
         std::fs::write(&file, "[rooms]\nmax_avatar_bytes = \"big\"\n").unwrap();
         let err = Config::load(Some(&file)).unwrap_err().0;
         assert!(err.contains("rooms.max_avatar_bytes"), "{err}");
+    }
+
+    #[test]
+    fn api_token_hashes_take_both_forms() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        let hash = "ab".repeat(32);
+        std::fs::write(
+            &file,
+            format!("[auth]\napi_token_hashes = [\"{hash}\", {{ hash = \"{hash}\", name = \"backend\" }}]\n"),
+        )
+        .unwrap();
+        let c = Config::load(Some(&file)).unwrap();
+        assert_eq!(c.auth.api_token_hashes[0], ApiTokenHash { hash: hash.clone(), name: String::new() });
+        assert_eq!(c.auth.api_token_hashes[1], ApiTokenHash { hash: hash.clone(), name: "backend".into() });
+        assert_eq!(c.auth.api_token_hashes[0].shown_name(0), "auth.api_token_hashes[0]");
+        std::fs::write(&file, format!("[auth]\napi_token_hashes = [{{ hash = \"{hash}\", nmae = \"x\" }}]\n")).unwrap();
+        let err = Config::load(Some(&file)).unwrap_err().0;
+        assert!(err.contains("auth.api_token_hashes") && err.contains("nmae"), "{err}");
     }
 
     #[test]

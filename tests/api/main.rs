@@ -8,6 +8,7 @@
 mod common;
 
 mod admin;
+mod api_tokens;
 mod auth;
 mod matrix;
 mod openapi;

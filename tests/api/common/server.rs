@@ -104,6 +104,37 @@ impl TestServer {
         &self.data_dir
     }
 
+    /// The server's working directory: a `config.toml` written here is read on the next start.
+    #[allow(dead_code, reason = "used by some of the test targets that share the harness")]
+    pub fn work_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs an administration command of the binary (`messenger-chat ARGS`)
+    /// with the server's settings and working directory; the server must
+    /// be stopped (it holds the database exclusively). Returns the exit
+    /// status's success, stdout and stderr.
+    #[allow(dead_code, reason = "used by some of the test targets that share the harness")]
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        assert!(self.child.is_none(), "stop the server before running `messenger-chat {}`", args.join(" "));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_messenger-chat"));
+        cmd.args(args).current_dir(self.dir.path()).stdin(Stdio::null());
+        for (key, _) in std::env::vars() {
+            if key.starts_with("MESSENGER_CHAT_") {
+                cmd.env_remove(key);
+            }
+        }
+        for (k, v) in base_env(&self.data_dir).into_iter().chain(self.extra_env.clone()) {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("run the messenger-chat binary");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// What the server logged to stderr so far (all starts).
     pub fn stderr(&self) -> String {
         let mut all = String::new();
