@@ -7,13 +7,14 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::api::{self, AppState};
+use crate::client_addr::TrustedProxies;
 use crate::config::Config;
 use crate::domain::api_tokens::{ApiTokenSource, ApiTokenStatus, FIRST_START_NAME, FirstStartToken};
 use crate::domain::{Domain, SystemClock};
 use crate::proxy::Proxy;
 use crate::reconciler::{Homeserver, Reconciler};
 use crate::secrets::ServerKey;
-use crate::server::{self, TlsFiles, TlsState};
+use crate::server::{self, Front, TlsFiles, TlsState};
 use crate::store::Store;
 
 /// File name of the database inside the data directory.
@@ -56,11 +57,11 @@ pub async fn serve(config: Config, config_path: Option<&Path>) -> Result<(), Str
         announce_first_token(&domain, &token, config_path);
     }
     warn_about_api_tokens(&domain);
-    let proxy = if domain.config.proxy.enabled {
-        Some(Arc::new(Proxy::new(&domain.config.matrix.homeserver_url)?))
-    } else {
-        None
-    };
+    let front = Arc::new(Front {
+        proxy: if domain.config.proxy.enabled { Some(Proxy::new(&domain.config)?) } else { None },
+        trusted: TrustedProxies::parse(&domain.config.server.trusted_proxies)
+            .map_err(|e| format!("config key server.trusted_proxies: {e}"))?,
+    });
     let listener = TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
     let host = if bound.ip().is_unspecified() { "localhost".to_string() } else { bound.ip().to_string() };
@@ -84,7 +85,7 @@ pub async fn serve(config: Config, config_path: Option<&Path>) -> Result<(), Str
     let routes = api::routes(state);
     spawn_reload_on_hangup(tls.clone());
     notify_systemd(&[sd_notify::NotifyState::Ready]);
-    server::serve(listener, tls, routes, proxy, shutdown_signal(), grace).await;
+    server::serve(listener, tls, routes, front, shutdown_signal(), grace).await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -64,6 +64,11 @@ pub struct ServerConfig {
     pub max_body_bytes: u64,
     /// How long in-flight requests may run after SIGTERM before the process exits.
     pub shutdown_grace_secs: u64,
+    /// Reverse proxies (IP addresses or CIDR blocks) whose `X-Forwarded-For`
+    /// names the client. From any other peer the header is ignored and the
+    /// peer itself is the client (for the homeserver's login limits, the
+    /// proxy's `X-Forwarded-For`, and the service's own limits).
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -73,6 +78,7 @@ impl Default for ServerConfig {
             plain_http: false,
             max_body_bytes: 24 * 1024 * 1024,
             shutdown_grace_secs: 10,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -271,11 +277,16 @@ impl MatrixConfig {
     }
 }
 
-/// `[proxy]`: pass `/_matrix/…` through to the homeserver.
+/// `[proxy]`: pass `/_matrix/client/…` and `/_matrix/media/…` through to
+/// the homeserver, and answer `/.well-known/matrix/client` with the service's own URL.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyConfig {
     pub enabled: bool,
+    /// The service's own public URL as the app reaches it
+    /// (`https://chat.example.org`), named by `/.well-known/matrix/client`.
+    /// Empty: the scheme and `Host` of each request.
+    pub public_url: String,
 }
 
 /// `[log]`: what the service writes to stderr.
@@ -356,6 +367,9 @@ impl Config {
                 format!("plain HTTP is only allowed on a loopback address, not {}", addr.ip()),
             );
         }
+        if let Err(why) = crate::client_addr::TrustedProxies::parse(&self.server.trusted_proxies) {
+            return bad("server.trusted_proxies", why);
+        }
         if self.server.max_body_bytes < 1024 {
             return bad("server.max_body_bytes", "must be at least 1024".into());
         }
@@ -400,6 +414,15 @@ impl Config {
         if !self.matrix.homeserver_url.starts_with("http://") && !self.matrix.homeserver_url.starts_with("https://") {
             return bad("matrix.homeserver_url", "must start with http:// or https://".into());
         }
+        if !self.proxy.public_url.is_empty() && !is_origin(&self.proxy.public_url) {
+            return bad(
+                "proxy.public_url",
+                format!(
+                    "{:?} must be an http(s) URL of a host without a path, such as https://chat.example.org",
+                    self.proxy.public_url
+                ),
+            );
+        }
         if self.matrix.server_name.is_empty() {
             return bad("matrix.server_name", "must not be empty".into());
         }
@@ -432,6 +455,15 @@ impl Config {
     pub fn data_dir(&self) -> PathBuf {
         PathBuf::from(&self.storage.data_dir)
     }
+}
+
+/// `scheme://host[:port]` with an http(s) scheme and nothing after the authority but `/`.
+fn is_origin(url: &str) -> bool {
+    let Ok(uri) = url.parse::<http::Uri>() else { return false };
+    matches!(uri.scheme_str(), Some("http" | "https"))
+        && uri.authority().is_some_and(|a| !a.host().is_empty() && !a.as_str().contains('@'))
+        && matches!(uri.path(), "" | "/")
+        && uri.query().is_none()
 }
 
 fn valid_localpart(s: &str) -> bool {
@@ -509,6 +541,24 @@ mod tests {
         std::fs::write(&file, format!("[auth]\napi_token_hashes = [{{ hash = \"{hash}\", nmae = \"x\" }}]\n")).unwrap();
         let err = Config::load(Some(&file)).unwrap_err().0;
         assert!(err.contains("auth.api_token_hashes") && err.contains("nmae"), "{err}");
+    }
+
+    #[test]
+    fn proxy_keys_are_checked() {
+        let mut c = Config::default();
+        c.server.trusted_proxies = vec!["10.0.0.0/8".into(), "::1".into()];
+        c.validate().unwrap();
+        c.server.trusted_proxies = vec!["10.0.0.0/40".into()];
+        assert!(c.validate().unwrap_err().0.contains("server.trusted_proxies"));
+        let mut c = Config::default();
+        for good in ["https://chat.example.org", "https://chat.example.org:8443/", "http://127.0.0.1:8080"] {
+            c.proxy.public_url = good.into();
+            c.validate().unwrap();
+        }
+        for bad in ["chat.example.org", "https://chat.example.org/app", "ftp://x", "https://u@x"] {
+            c.proxy.public_url = bad.into();
+            assert!(c.validate().unwrap_err().0.contains("proxy.public_url"), "{bad}");
+        }
     }
 
     #[test]

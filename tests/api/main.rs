@@ -13,6 +13,7 @@ mod auth;
 mod matrix;
 mod openapi;
 mod persistence;
+mod proxy;
 mod roles;
 mod rooms;
 mod service;
