@@ -63,6 +63,17 @@ pub async fn serve(config: Config, config_path: Option<&Path>) -> Result<(), Str
             .map_err(|e| format!("config key server.trusted_proxies: {e}"))?,
     });
     let listener = TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let metrics_listener = match domain.config.server.metrics_listen.as_str() {
+        "" => None,
+        m => {
+            let listener = TcpListener::bind(m)
+                .await
+                .map_err(|e| format!("cannot listen on {m} (server.metrics_listen; empty turns it off): {e}"))?;
+            let bound = listener.local_addr().map_err(|e| e.to_string())?;
+            println!("messenger-chat: metrics and readiness for operators on http://{bound} (/metrics, /readyz)");
+            Some(listener)
+        }
+    };
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
     let host = if bound.ip().is_unspecified() { "localhost".to_string() } else { bound.ip().to_string() };
     let host = if bound.is_ipv6() && host != "localhost" { format!("[{host}]") } else { host };
@@ -82,10 +93,25 @@ pub async fn serve(config: Config, config_path: Option<&Path>) -> Result<(), Str
     }
     tokio::spawn(delete_scheduled_rooms(domain.clone()));
     let state = AppState::new(domain, hs);
+    api::meta::spawn_homeserver_check(&state);
+    // The operators' listener stops when the public one has stopped.
+    let (stop_operators, operators_stopped) = tokio::sync::watch::channel(());
+    let operators = metrics_listener.map(|listener| {
+        let routes = api::meta::operator_routes(state.clone());
+        let mut stopped = operators_stopped;
+        let stop = async move {
+            let _ = stopped.changed().await;
+        };
+        tokio::spawn(server::serve(listener, None, routes, Arc::new(Front::default()), stop, grace))
+    });
     let routes = api::routes(state);
     spawn_reload_on_hangup(tls.clone());
     notify_systemd(&[sd_notify::NotifyState::Ready]);
     server::serve(listener, tls, routes, front, shutdown_signal(), grace).await;
+    drop(stop_operators);
+    if let Some(task) = operators {
+        let _ = task.await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

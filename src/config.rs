@@ -69,6 +69,10 @@ pub struct ServerConfig {
     /// peer itself is the client (for the homeserver's login limits, the
     /// proxy's `X-Forwarded-For`, and the service's own limits).
     pub trusted_proxies: Vec<String>,
+    /// Address of the operators' plain-HTTP listener for `/metrics` and the
+    /// detailed `/readyz`; empty turns it off. Loopback by default: it has no
+    /// TLS and no token.
+    pub metrics_listen: String,
 }
 
 impl Default for ServerConfig {
@@ -79,6 +83,7 @@ impl Default for ServerConfig {
             max_body_bytes: 24 * 1024 * 1024,
             shutdown_grace_secs: 10,
             trusted_proxies: Vec::new(),
+            metrics_listen: "127.0.0.1:8444".into(),
         }
     }
 }
@@ -370,6 +375,15 @@ impl Config {
         if let Err(why) = crate::client_addr::TrustedProxies::parse(&self.server.trusted_proxies) {
             return bad("server.trusted_proxies", why);
         }
+        if !self.server.metrics_listen.is_empty() && self.server.metrics_listen.parse::<SocketAddr>().is_err() {
+            return bad(
+                "server.metrics_listen",
+                format!(
+                    "{:?} is not an address:port such as 127.0.0.1:8444 (empty turns the listener off)",
+                    self.server.metrics_listen
+                ),
+            );
+        }
         if self.server.max_body_bytes < 1024 {
             return bad("server.max_body_bytes", "must be at least 1024".into());
         }
@@ -544,12 +558,17 @@ mod tests {
     }
 
     #[test]
-    fn proxy_keys_are_checked() {
+    fn proxy_and_listener_keys_are_checked() {
         let mut c = Config::default();
         c.server.trusted_proxies = vec!["10.0.0.0/8".into(), "::1".into()];
         c.validate().unwrap();
         c.server.trusted_proxies = vec!["10.0.0.0/40".into()];
         assert!(c.validate().unwrap_err().0.contains("server.trusted_proxies"));
+        let mut c = Config::default();
+        c.server.metrics_listen = String::new();
+        c.validate().unwrap();
+        c.server.metrics_listen = "9100".into();
+        assert!(c.validate().unwrap_err().0.contains("server.metrics_listen"));
         let mut c = Config::default();
         for good in ["https://chat.example.org", "https://chat.example.org:8443/", "http://127.0.0.1:8080"] {
             c.proxy.public_url = good.into();

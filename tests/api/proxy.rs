@@ -274,3 +274,20 @@ async fn the_well_known_document_names_the_service_itself() {
     let off = TestServer::start();
     off.raw("GET", "/.well-known/matrix/client", &[], b"").await.expect_problem(404);
 }
+
+/// `/readyz` answers from the homeserver check a background task repeats:
+/// twenty probes do not become twenty calls to the homeserver.
+#[tokio::test]
+async fn readiness_probes_do_not_reach_the_homeserver() {
+    let upstream = Upstream::start().await;
+    let srv = TestServer::start_with(&[
+        ("MESSENGER_CHAT_MATRIX__HOMESERVER_URL", &upstream.url),
+        ("MESSENGER_CHAT_MATRIX__REGISTRATION_SHARED_SECRET", "test-secret"),
+    ]);
+    for _ in 0..20 {
+        let ready = srv.raw("GET", "/readyz", &[], b"").await;
+        assert_eq!(ready.expect(200), &json!({"status": "ready"}));
+    }
+    let checks = upstream.on("/_matrix/client/versions").len();
+    assert!((1..20).contains(&checks), "20 probes made {checks} homeserver checks");
+}

@@ -24,6 +24,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 fn base_env(data_dir: &Path) -> Vec<(String, String)> {
     [
         ("MESSENGER_CHAT_SERVER__LISTEN", "127.0.0.1:0".to_string()),
+        // Servers run side by side: each operators' listener on a port of its own.
+        ("MESSENGER_CHAT_SERVER__METRICS_LISTEN", "127.0.0.1:0".to_string()),
         ("MESSENGER_CHAT_STORAGE__DATA_DIR", data_dir.display().to_string()),
         ("MESSENGER_CHAT_SECURITY__ARGON2_MEMORY_KIB", "64".to_string()),
         ("MESSENGER_CHAT_SECURITY__ARGON2_ITERATIONS", "1".to_string()),
@@ -53,6 +55,8 @@ pub struct TestServer {
     pub api_token: String,
     /// Every stdout line of the latest start, up to and including `listening on`.
     pub stdout_lines: Vec<String>,
+    /// `http://127.0.0.1:PORT` of the operators' listener (`server.metrics_listen`), empty when off.
+    pub metrics_url: String,
     client: Option<Client>,
 }
 
@@ -76,6 +80,7 @@ impl TestServer {
             url: String::new(),
             api_token: String::new(),
             stdout_lines: Vec::new(),
+            metrics_url: String::new(),
             client: None,
         };
         server.spawn();
@@ -182,6 +187,7 @@ impl TestServer {
         });
         self.child = Some(child);
         self.stdout_lines.clear();
+        self.metrics_url.clear();
         let deadline = Instant::now() + START_TIMEOUT;
         let url = loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -190,6 +196,10 @@ impl TestServer {
                     self.stdout_lines.push(line.clone());
                     if line.contains("API token") {
                         self.api_token = last_word(&line);
+                    }
+                    if line.contains("for operators on") {
+                        let url = line.split_whitespace().find(|w| w.starts_with("http://"));
+                        self.metrics_url = url.unwrap_or_default().to_string();
                     }
                     if line.contains("listening on") {
                         break last_word(&line);
