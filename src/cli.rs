@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::Config;
 use crate::domain::Principal;
+use crate::domain::api_tokens::{ApiTokenInfo, ApiTokenSource, ApiTokenStatus};
 use crate::model::OrgRole;
 use crate::secrets::{API_TOKEN_PREFIX, new_token, token_hash};
 use crate::store::StoreError;
@@ -65,8 +66,19 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Create a new API token: prints the token and the hash to put in auth.api_token_hashes.
-    NewApi,
+    /// Create a new API token: prints the token and the entry to put in auth.api_token_hashes.
+    NewApi {
+        /// The name `token list-api` shows for it.
+        #[arg(long, default_value = "backend")]
+        name: String,
+    },
+    /// List the API tokens (config and first start): id, name, source, status; never a secret.
+    ListApi,
+    /// Revoke an API token by the id `token list-api` shows: it gets 401 from the next start.
+    RevokeApi {
+        /// The token's id (12 hex digits) or its full hash.
+        id: String,
+    },
     /// Print the SHA-256 (for auth.api_token_hashes) of a token read from standard input.
     Hash,
     /// Issue a personal access token for a user (shown once).
@@ -140,11 +152,12 @@ pub fn run_admin(config: Config, command: Command, config_path: Option<&Path>) -
             config_path.map_or("built-in defaults and environment".to_string(), |p| p.display().to_string()),
             shown_config(&config)
         )),
-        Command::Token(TokenCommand::NewApi) => {
+        Command::Token(TokenCommand::NewApi { name }) => {
+            let name = crate::domain::name("name", &name).map_err(|e| e.to_string())?;
             let token = new_token(API_TOKEN_PREFIX);
             Ok(format!(
-                "token (shown once): {token}\nadd to [auth] api_token_hashes: \"{}\"",
-                hex::encode(token_hash(&token))
+                "token (shown once): {token}\nadd to [auth] api_token_hashes: {}",
+                api_token_entry(&hex::encode(token_hash(&token)), &name)
             ))
         }
         Command::Token(TokenCommand::Hash) => {
@@ -178,6 +191,29 @@ pub fn run_admin(config: Config, command: Command, config_path: Option<&Path>) -
                         })
                         .collect::<Vec<_>>()
                         .join("\n"))
+                }
+                Command::Token(TokenCommand::ListApi) => {
+                    let r = d.store.read().map_err(|e| e.to_string())?;
+                    let tokens = d.api_tokens(&r).map_err(show)?;
+                    let mut lines = vec!["id\tname\tsource\tstatus".to_string()];
+                    lines.extend(tokens.iter().map(|t| format!("{}\t{}\t{}\t{}", t.id, t.name, source(t), status(t))));
+                    Ok(lines.join("\n"))
+                }
+                Command::Token(TokenCommand::RevokeApi { id }) => {
+                    let t = d.revoke_api_token(&id).map_err(show)?;
+                    let mut out =
+                        format!("revoked API token {} ({}): it gets 401 once the service starts again", t.id, t.name);
+                    if let ApiTokenSource::Config { index } = t.source {
+                        let file = config_path.map_or_else(
+                            || "the configuration (MESSENGER_CHAT_AUTH__API_TOKEN_HASHES or ./config.toml)".to_string(),
+                            |p| p.display().to_string(),
+                        );
+                        out.push_str(&format!(
+                            "\nalso remove its entry from {file}: auth.api_token_hashes[{index}], the hash starting {}",
+                            t.id
+                        ));
+                    }
+                    Ok(out)
                 }
                 Command::Token(TokenCommand::Revoke { user, id }) => {
                     d.revoke_token(p, user, id).map_err(show)?;
@@ -303,7 +339,8 @@ fn init(out: &Path, force: bool) -> Result<String, String> {
     }
     let token = new_token(API_TOKEN_PREFIX);
     let hash = hex::encode(token_hash(&token));
-    let text = TEMPLATE.replacen("api_token_hashes = []", &format!("api_token_hashes = [\"{hash}\"]"), 1);
+    let entry = api_token_entry(&hash, "init");
+    let text = TEMPLATE.replacen("api_token_hashes = []", &format!("api_token_hashes = [{entry}]"), 1);
     if text == TEMPLATE {
         return Err("the config template has no api_token_hashes line".into());
     }
@@ -311,6 +348,27 @@ fn init(out: &Path, force: bool) -> Result<String, String> {
     crate::secrets::write_private_file(out, text.as_bytes())
         .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
     Ok(format!("wrote {}\nAPI token (shown once, keep it now): {token}", out.display()))
+}
+
+/// An `auth.api_token_hashes` entry in TOML (names are checked printable by the caller).
+fn api_token_entry(hash: &str, name: &str) -> String {
+    let quoted = serde_json::to_string(name).unwrap_or_else(|_| "\"\"".into());
+    format!("{{ hash = \"{hash}\", name = {quoted} }}")
+}
+
+fn source(t: &ApiTokenInfo) -> String {
+    match t.source {
+        ApiTokenSource::Config { index } => format!("config auth.api_token_hashes[{index}]"),
+        ApiTokenSource::Database => "database".to_string(),
+    }
+}
+
+fn status(t: &ApiTokenInfo) -> &'static str {
+    match t.status {
+        ApiTokenStatus::Active => "active",
+        ApiTokenStatus::Revoked => "revoked",
+        ApiTokenStatus::NotListed => "not accepted: auth.api_token_hashes does not list it",
+    }
 }
 
 /// A progress line on a terminal (stderr), nothing elsewhere.

@@ -38,6 +38,8 @@ pub struct State {
     pub hs: Option<Arc<Homeserver>>,
     pub login_limit: Arc<limits::RateLimiter>,
     pub token_limit: Arc<limits::RateLimiter>,
+    /// The latest homeserver check, for `/readyz`.
+    pub readiness: Arc<meta::Readiness>,
 }
 
 impl AppState {
@@ -51,7 +53,15 @@ impl AppState {
             l.token_issue_burst,
             Duration::from_secs(l.token_issue_refill_secs),
         ));
-        AppState(Arc::new(State { domain, metrics: Arc::new(meta::Metrics::default()), hs, login_limit, token_limit }))
+        let readiness = Arc::new(meta::Readiness::new(hs.is_some()));
+        AppState(Arc::new(State {
+            domain,
+            metrics: Arc::new(meta::Metrics::default()),
+            hs,
+            login_limit,
+            token_limit,
+            readiness,
+        }))
     }
 
     /// Waits (at most `matrix.sync_wait`) for a changed room to reach the

@@ -8,10 +8,12 @@
 mod common;
 
 mod admin;
+mod api_tokens;
 mod auth;
 mod matrix;
 mod openapi;
 mod persistence;
+mod proxy;
 mod roles;
 mod rooms;
 mod service;
