@@ -305,3 +305,28 @@ async fn a_second_default_room_is_409_and_changes_nothing() {
     assert_eq!(list["total"], 1);
     assert_eq!(stable(&list["entries"][0]), stable(&first), "the first default room is untouched");
 }
+
+#[tokio::test]
+async fn whole_numbers_written_as_floats_are_integers() {
+    // JSON (Schema) has one number type: 11.0 is the integer 11, as the
+    // OpenAPI document's `integer` promises. A fraction stays a wrong type.
+    let srv = TestServer::start();
+    let w = World::new(&srv).await;
+    let body = json!({"name": "Floats", "organizationID": 1.0, "admins": [11.0], "assignedUsers": [1.7e1],
+                      "avatar": [71.0, 73, 70, 56, 57, 97], "scheduledDeletion": 4.1e9});
+    let room = srv.post("/v1/chatrooms", &w.api, Some(body)).await.expect(201).clone();
+    assert_eq!(room["organizationID"], 1);
+    assert_eq!(room["admins"], json!([11]));
+    assert_eq!(room["assignedUsers"], json!([17]));
+    assert_eq!(room["scheduledDeletion"], "2099-12-03T16:53:20Z");
+    let event = json!({"name": "Party", "organizationID": 1, "eventID": 9.0});
+    assert_eq!(srv.post("/v1/chatrooms/event", &w.api, Some(event)).await.expect(201)["eventID"], 9);
+    let token = srv.post("/v1/users/13/tokens", &w.api, Some(json!({"expiresInDays": 2.0}))).await;
+    token.expect(201);
+    for fraction in
+        [json!({"name": "X", "organizationID": 1.5}), json!({"name": "X", "organizationID": 1, "admins": [11.5]})]
+    {
+        let detail = srv.post("/v1/chatrooms", &w.api, Some(fraction)).await.expect_problem(400);
+        assert!(detail.contains("integer"), "{detail}");
+    }
+}
