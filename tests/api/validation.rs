@@ -330,3 +330,23 @@ async fn whole_numbers_written_as_floats_are_integers() {
         assert!(detail.contains("integer"), "{detail}");
     }
 }
+
+#[tokio::test]
+async fn a_deletion_time_after_the_year_9999_is_422() {
+    // Rooms are answered with the time in RFC 3339, which has four-digit years.
+    let srv = TestServer::start();
+    let w = World::new(&srv).await;
+    for when in [json!(253_402_300_800_i64), json!(9_223_372_036_854_775_806_i64)] {
+        let resp = srv.post("/v1/chatrooms", &w.api, Some(create(&json!({"scheduledDeletion": when})))).await;
+        let detail = resp.expect_problem(422);
+        assert!(detail.contains("9999-12-31T23:59:59Z"), "{detail}");
+    }
+    assert_eq!(srv.rooms(1).await["total"], 0, "nothing was created");
+    let last = create(&json!({"scheduledDeletion": 253_402_300_799_i64}));
+    let room = srv.post("/v1/chatrooms", &w.api, Some(last)).await.expect(201).clone();
+    assert_eq!(room["scheduledDeletion"], "9999-12-31T23:59:59Z");
+    let path = format!("/v1/chatrooms/{}", room["roomID"]);
+    let later = json!({"scheduledDeletion": 253_402_300_800_i64});
+    srv.patch(&path, &w.api, Some(later)).await.expect_problem(422);
+    assert_eq!(srv.room(room["roomID"].as_i64().unwrap()).await["scheduledDeletion"], "9999-12-31T23:59:59Z");
+}
