@@ -350,3 +350,20 @@ async fn a_deletion_time_after_the_year_9999_is_422() {
     srv.patch(&path, &w.api, Some(later)).await.expect_problem(422);
     assert_eq!(srv.room(room["roomID"].as_i64().unwrap()).await["scheduledDeletion"], "9999-12-31T23:59:59Z");
 }
+
+#[tokio::test]
+async fn a_device_id_counts_characters_not_bytes() {
+    // 255 characters of two bytes each are within "1 to 255 characters";
+    // without a homeserver the login then stops at 503, not at validation.
+    let srv = TestServer::start();
+    let w = World::new(&srv).await;
+    let wide = "é".repeat(255);
+    let resp = srv.post("/v1/user/login", &w.member.token, Some(json!({"deviceID": wide}))).await;
+    resp.expect_problem(503);
+    let long = "é".repeat(256);
+    let detail = srv.post("/v1/user/login", &w.member.token, Some(json!({"deviceID": long}))).await.expect_problem(422);
+    assert!(detail.contains("255"), "{detail}");
+    for bad in ["", "PHONE\n1"] {
+        srv.post("/v1/user/login", &w.member.token, Some(json!({"deviceID": bad}))).await.expect_problem(422);
+    }
+}
