@@ -367,3 +367,20 @@ async fn a_device_id_counts_characters_not_bytes() {
         srv.post("/v1/user/login", &w.member.token, Some(json!({"deviceID": bad}))).await.expect_problem(422);
     }
 }
+
+#[tokio::test]
+async fn a_body_must_be_a_json_object() {
+    // serde would fill a body from an array of its fields in order; no client means that.
+    let srv = TestServer::start();
+    let w = World::new(&srv).await;
+    let before = srv.get("/v1/users/13/tokens", &w.api).await.expect(200).clone();
+    for body in [&b"[null, null]"[..], b"[\"phone\", 30]", b"  [1]", b"\"phone\"", b"30", b"true"] {
+        let resp = srv.raw_api("POST", "/v1/users/13/tokens", Some("application/json"), body).await;
+        let detail = resp.expect_problem(400);
+        assert!(detail.contains("JSON object"), "{detail}");
+    }
+    let room = br#"["Board", 1]"#;
+    srv.raw_api("POST", "/v1/chatrooms", Some("application/json"), room).await.expect_problem(400);
+    assert_eq!(srv.get("/v1/users/13/tokens", &w.api).await.expect(200), &before, "no token was issued");
+    assert_eq!(srv.rooms(1).await["total"], 0, "nothing was created");
+}
