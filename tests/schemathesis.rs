@@ -276,7 +276,7 @@ async fn the_server_does_what_its_openapi_document_says() {
     assert!(
         status.success() && failures == 0 && errors == 0,
         "schemathesis found the server and its OpenAPI document disagreeing ({failures} failures, {errors} errors, \
-         exit {status}):\n{}",
+         {status}):\n{}",
         report()
     );
     let cases = cases.unwrap_or_else(|| panic!("schemathesis printed no `N generated` count:\n{}", report()));
