@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # `cargo test` against a real, fresh Synapse: installs the pinned Synapse
-# (reused when present), starts it in a new temporary directory, runs the
-# tests with SYNAPSE_URL, SYNAPSE_SHARED_SECRET_FILE, SYNAPSE_DIR and
-# SYNAPSE_SCRIPT exported (tests that simulate an outage run
-# "$SYNAPSE_SCRIPT stop|start $SYNAPSE_DIR"), and stops Synapse whatever the
-# outcome. Arguments go to `cargo test`.
+# and schemathesis (reused when present), starts Synapse in a new temporary
+# directory, runs the tests with SYNAPSE_URL, SYNAPSE_SHARED_SECRET_FILE,
+# SYNAPSE_DIR, SYNAPSE_SCRIPT and SCHEMATHESIS exported (tests that simulate
+# an outage run "$SYNAPSE_SCRIPT stop|start $SYNAPSE_DIR"; tests/schemathesis.rs
+# runs "$SCHEMATHESIS"), and stops Synapse whatever the outcome. Arguments go
+# to `cargo test`.
 #
 #   scripts/test-with-synapse.sh                 every test
 #   scripts/test-with-synapse.sh --test matrix_client
@@ -14,6 +15,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SYNAPSE="$ROOT/scripts/synapse.sh"
 
 "$SYNAPSE" install
+SCHEMATHESIS="$("$ROOT/scripts/schemathesis.sh" install | sed -n 's/^SCHEMATHESIS=//p')"
+export SCHEMATHESIS
 dir="$(mktemp -d -t messenger-chat-synapse.XXXXXX)"
 
 cleanup() {

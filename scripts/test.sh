@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of messenger-chat: formatting, lints, unit tests and the
 # black-box tests against the real binary, real HTTPS, a real redb file and
-# a real Synapse. Installs what it needs (Synapse from PyPI into
+# a real Synapse, and schemathesis against the running binary's OpenAPI
+# document. Installs what it needs (Synapse and schemathesis from PyPI into
 # .venv-synapse/, Debian packages with apt-get) on a fresh machine.
 # Reads no standard input; CI (.ci/run) runs exactly this.
 set -euo pipefail

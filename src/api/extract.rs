@@ -100,6 +100,12 @@ where
 /// # Errors
 /// 400 for broken JSON, a wrong type, a missing or unknown field.
 pub fn json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    // Every body is an object; serde would also fill a struct from an array
+    // of its fields in order (`[null, null]`), which no client means.
+    let first = bytes.iter().find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    if first.is_some_and(|b| matches!(b, b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n')) {
+        return Err(Error::BadRequest("the body must be a JSON object, such as {\"name\": \"Board\"}".into()));
+    }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -196,6 +202,10 @@ mod tests {
         assert!(e.contains("nmae"), "{e}");
         let e = json::<Body>(b"{").unwrap_err().to_string();
         assert!(e.contains("not valid JSON"), "{e}");
+        for other in [&b"[1]"[..], b" [null]", b"\"x\"", b"7", b"null", b"true"] {
+            let e = json::<Body>(other).unwrap_err().to_string();
+            assert!(e.contains("must be a JSON object"), "{e}");
+        }
     }
 
     #[test]

@@ -127,7 +127,9 @@ pub fn routes(
         );
     });
     // The hot reads first: every miss before the matching route costs a path comparison.
-    rooms::routes(state.clone())
+    shadowed()
+        .or(rooms::routes(state.clone()))
+        .unify()
         .or(meta::routes(state.clone()))
         .unify()
         .or(user::routes(state.clone()))
@@ -139,6 +141,21 @@ pub fn routes(
         .recover(problem::recover)
         .unify()
         .with(log)
+}
+
+/// 405 for a method that only a parameter route would take at a literal
+/// path (`PATCH /v1/chatrooms/event`): `event` and `default` are paths of
+/// their own there, never room ids. Everything else passes on untouched.
+fn shadowed() -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    warp::method().and(warp::path::full()).and_then(|method: http::Method, path: warp::path::FullPath| async move {
+        if routes::shadowed(method.as_str(), path.as_str()) {
+            Ok(problem::problem(&Error::MethodNotAllowed(
+                "this path does not answer this method; see /openapi.json for its methods".into(),
+            )))
+        } else {
+            Err(warp::reject::not_found())
+        }
+    })
 }
 
 /// A JSON answer.

@@ -37,31 +37,50 @@ pub const ROUTES: &[(&str, &str)] = &[
 
 /// The index in [`ROUTES`] of the route that answers `method` `path`, for
 /// metrics; `None` for paths no route answers. A literal segment beats a
-/// parameter (`/v1/chatrooms/event` is not `/v1/chatrooms/{roomID}`).
+/// parameter, whatever the method: `/v1/chatrooms/event` is that path, not
+/// `/v1/chatrooms/{roomID}` with a room named `event`, so `PATCH` there has
+/// no route (405) rather than reaching the room route.
 #[must_use]
 pub fn route_of(method: &str, path: &str) -> Option<usize> {
     // Runs for every request: compares segment by segment without allocating.
     let path = path.trim_end_matches('/');
-    let depth = path.split('/').count();
+    let mut most_literal = 0;
     let mut best: Option<(usize, usize)> = None;
     for (i, (m, template)) in ROUTES.iter().enumerate() {
-        if *m != method || template.split('/').count() != depth {
-            continue;
-        }
-        let mut literal = 0;
-        let fits = template.split('/').zip(path.split('/')).all(|(t, s)| {
-            if t.starts_with('{') {
-                !s.is_empty()
-            } else {
-                literal += 1;
-                t == s
-            }
-        });
-        if fits && best.is_none_or(|(_, l)| literal > l) {
+        let Some(literal) = fit(template, path) else { continue };
+        most_literal = most_literal.max(literal);
+        if *m == method && best.is_none_or(|(_, l)| literal > l) {
             best = Some((i, literal));
         }
     }
-    best.map(|(i, _)| i)
+    best.filter(|(_, l)| *l == most_literal).map(|(i, _)| i)
+}
+
+/// Whether a route of `method` with a parameter would take `path` but a
+/// more literal route of another method names it (`PATCH
+/// /v1/chatrooms/event`): such a request is answered 405, as [`route_of`]
+/// counts it.
+#[must_use]
+pub fn shadowed(method: &str, path: &str) -> bool {
+    let trimmed = path.trim_end_matches('/');
+    route_of(method, path).is_none() && ROUTES.iter().any(|(m, t)| *m == method && fit(t, trimmed).is_some())
+}
+
+/// The number of literal segments of `template` when it fits `path`.
+fn fit(template: &str, path: &str) -> Option<usize> {
+    if template.split('/').count() != path.split('/').count() {
+        return None;
+    }
+    let mut literal = 0;
+    let fits = template.split('/').zip(path.split('/')).all(|(t, s)| {
+        if t.starts_with('{') {
+            !s.is_empty()
+        } else {
+            literal += 1;
+            t == s
+        }
+    });
+    fits.then_some(literal)
 }
 
 #[cfg(test)]
@@ -77,5 +96,20 @@ mod tests {
         assert_eq!(at("POST", "/v1/chatrooms/5/users"), Some("/v1/chatrooms/{roomID}/users"));
         assert_eq!(at("GET", "/v1/nothing"), None);
         assert_eq!(at("PUT", "/healthz"), None);
+        // The literal path wins over the room route for every method.
+        assert_eq!(at("PATCH", "/v1/chatrooms/event"), None);
+        assert_eq!(at("GET", "/v1/chatrooms/default"), None);
+        assert_eq!(at("DELETE", "/v1/chatrooms/7"), Some("/v1/chatrooms/{roomID}"));
+    }
+
+    #[test]
+    fn literal_paths_shadow_the_room_route() {
+        assert!(shadowed("PATCH", "/v1/chatrooms/event"));
+        assert!(shadowed("DELETE", "/v1/chatrooms/event"));
+        assert!(shadowed("GET", "/v1/chatrooms/default"));
+        assert!(!shadowed("GET", "/v1/chatrooms/event"), "GET has its own route there");
+        assert!(!shadowed("PATCH", "/v1/chatrooms/7"));
+        assert!(!shadowed("PUT", "/v1/chatrooms/event"), "no PUT route would take it anyway");
+        assert!(!shadowed("GET", "/v1/nothing"));
     }
 }

@@ -79,7 +79,7 @@ async fn login(
             state.login_limit.check(user, std::time::Instant::now())?;
             let b: LoginBody = if body.is_empty() { LoginBody::default() } else { extract::json(&body)? };
             if let Some(d) = &b.device_id
-                && (d.is_empty() || d.len() > 255 || d.chars().any(char::is_control))
+                && (d.is_empty() || d.chars().count() > 255 || d.chars().any(char::is_control))
             {
                 return Err(Error::Invalid("deviceID must be 1 to 255 printable characters".into()));
             }

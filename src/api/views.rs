@@ -12,15 +12,15 @@ pub use crate::model::rfc3339;
 #[serde(deny_unknown_fields)]
 pub struct CreateRoomBody {
     pub name: Option<String>,
-    #[serde(rename = "organizationID")]
+    #[serde(rename = "organizationID", deserialize_with = "int")]
     pub organization_id: i64,
-    #[serde(rename = "eventID")]
+    #[serde(default, rename = "eventID", deserialize_with = "optional_int")]
     pub event_id: Option<i64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "ints")]
     pub admins: Vec<i64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "ints")]
     pub moderators: Vec<i64>,
-    #[serde(default, rename = "assignedUsers")]
+    #[serde(default, rename = "assignedUsers", deserialize_with = "ints")]
     pub assigned_users: Vec<i64>,
     #[serde(default, rename = "automationEnabled")]
     pub automation_enabled: bool,
@@ -34,7 +34,7 @@ pub struct CreateRoomBody {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateDefaultBody {
-    #[serde(rename = "organizationID")]
+    #[serde(rename = "organizationID", deserialize_with = "int")]
     pub organization_id: i64,
     #[serde(default, rename = "automationEnabled")]
     pub automation_enabled: bool,
@@ -57,11 +57,11 @@ pub struct UpdateRoomBody {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UsersBody {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "ints")]
     pub admins: Vec<i64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "ints")]
     pub moderators: Vec<i64>,
-    #[serde(default, rename = "assignedUsers")]
+    #[serde(default, rename = "assignedUsers", deserialize_with = "ints")]
     pub assigned_users: Vec<i64>,
 }
 
@@ -96,7 +96,7 @@ pub struct UserBody {
 #[serde(deny_unknown_fields)]
 pub struct TokenBody {
     pub name: Option<String>,
-    #[serde(rename = "expiresInDays")]
+    #[serde(default, rename = "expiresInDays", deserialize_with = "optional_int")]
     pub expires_in_days: Option<i64>,
 }
 
@@ -165,7 +165,7 @@ impl<'de> Visitor<'de> for AvatarVisitor {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
-        while let Some(v) = seq.next_element::<i64>()? {
+        while let Some(Int(v)) = seq.next_element::<Int>()? {
             let b = u8::try_from(v).map_err(|_| {
                 de::Error::custom(format!("avatar holds {v}: every element must be a byte value 0-255"))
             })?;
@@ -173,6 +173,59 @@ impl<'de> Visitor<'de> for AvatarVisitor {
         }
         Ok(Some(out))
     }
+}
+
+/// An integer as JSON Schema counts them: `7`, and also `7.0` or `7e0`,
+/// which some encoders write for a whole number held as a float (read as
+/// the nearest double, exactly: serde_json's `float_roundtrip`). A fraction
+/// or a value outside i64 is a wrong type (400).
+struct Int(i64);
+
+impl<'de> Deserialize<'de> for Int {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(IntVisitor).map(Int)
+    }
+}
+
+struct IntVisitor;
+
+impl Visitor<'_> for IntVisitor {
+    type Value = i64;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an integer")
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<i64, E> {
+        Ok(v)
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<i64, E> {
+        i64::try_from(v).map_err(|_| E::invalid_value(de::Unexpected::Unsigned(v), &"a 64-bit signed integer"))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<i64, E> {
+        // 2^63 is exactly representable; i64::MAX is not, so the bound is exclusive.
+        const TWO_POW_63: f64 = 9_223_372_036_854_775_808.0;
+        if v.fract() == 0.0 && (-TWO_POW_63..TWO_POW_63).contains(&v) {
+            #[expect(clippy::cast_possible_truncation, reason = "whole and within i64, checked above")]
+            return Ok(v as i64);
+        }
+        Err(E::invalid_type(de::Unexpected::Float(v), &self))
+    }
+}
+
+fn int<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    Int::deserialize(d).map(|Int(v)| v)
+}
+
+/// An optional integer: absent or `null` is `None`.
+fn optional_int<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    Option::<Int>::deserialize(d).map(|v| v.map(|Int(v)| v))
+}
+
+fn ints<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<i64>, D::Error> {
+    Vec::<Int>::deserialize(d).map(|v| v.into_iter().map(|Int(v)| v).collect())
 }
 
 /// A deletion time: null, an RFC 3339 time, or Unix seconds.
@@ -209,6 +262,10 @@ impl Visitor<'_> for TimeVisitor {
         i64::try_from(v).map(Some).map_err(|_| E::custom("scheduledDeletion is out of range"))
     }
 
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        IntVisitor.visit_f64(v).map(Some)
+    }
+
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
         time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
             .map(|t| Some(t.unix_timestamp()))
@@ -233,6 +290,31 @@ mod tests {
         assert_eq!(p.avatar, Some(None));
         let p: UpdateRoomBody = serde_json::from_str(r"{}").unwrap();
         assert_eq!(p.avatar, None);
+    }
+
+    #[test]
+    fn whole_floats_are_integers() {
+        let b: CreateRoomBody =
+            serde_json::from_str(r#"{"organizationID":1.0,"eventID":5e0,"admins":[2.0,3],"avatar":[137.0,80]}"#)
+                .unwrap();
+        assert_eq!((b.organization_id, b.event_id, b.admins), (1, Some(5), vec![2, 3]));
+        assert_eq!(b.avatar.unwrap(), vec![137, 80]);
+        let b: CreateRoomBody = serde_json::from_str(r#"{"organizationID":1,"scheduledDeletion":1.9e9}"#).unwrap();
+        assert_eq!(b.scheduled_deletion, Some(1_900_000_000));
+        // Read exactly (serde_json's float_roundtrip), not one unit in the last place off.
+        let b: UsersBody = serde_json::from_str(r#"{"admins":[3927630646516730.0]}"#).unwrap();
+        assert_eq!(b.admins, vec![3_927_630_646_516_730]);
+        let t: TokenBody = serde_json::from_str(r#"{"expiresInDays":30.0}"#).unwrap();
+        assert_eq!(t.expires_in_days, Some(30));
+        let t: TokenBody = serde_json::from_str(r#"{"expiresInDays":null}"#).unwrap();
+        assert_eq!(t.expires_in_days, None);
+        for bad in
+            [r#"{"organizationID":1.5}"#, r#"{"organizationID":9223372036854775808}"#, r#"{"organizationID":1e19}"#]
+        {
+            let e = serde_json::from_str::<CreateRoomBody>(bad).unwrap_err().to_string();
+            assert!(e.contains("integer"), "{bad}: {e}");
+        }
+        assert!(serde_json::from_str::<UsersBody>(r#"{"admins":[1.25]}"#).is_err());
     }
 
     #[test]

@@ -490,10 +490,17 @@ impl Domain {
             Some(t) if t <= now => {
                 Err(Error::Invalid("scheduledDeletion lies in the past: give a future time, or null for none".into()))
             }
+            // Rooms are answered with the time in RFC 3339, whose years have four digits.
+            Some(t) if t > LAST_DELETION_TIME => Err(Error::Invalid(
+                "scheduledDeletion lies after 9999-12-31T23:59:59Z: give an earlier time, or null for none".into(),
+            )),
             _ => Ok(()),
         }
     }
 }
+
+/// 9999-12-31T23:59:59Z in Unix seconds: the last time RFC 3339 can write.
+const LAST_DELETION_TIME: i64 = 253_402_300_799;
 
 fn no_room(room: &RoomRef) -> Error {
     Error::NotFound(format!("no chatroom {room}"))

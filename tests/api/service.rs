@@ -188,3 +188,27 @@ async fn the_matrix_proxy_is_off_unless_enabled() {
     resp.expect_problem(resp.status);
     on.raw("GET", "/healthz", &[], b"").await.expect(200);
 }
+
+#[tokio::test]
+async fn event_and_default_are_paths_not_room_ids() {
+    // `/v1/chatrooms/event` and `/v1/chatrooms/default` are routes of their
+    // own; a method they do not answer is 405, not a room named "event".
+    let srv = TestServer::start();
+    let w = crate::common::World::new(&srv).await;
+    let room = w.room(&srv, "Board").await;
+    for (method, path) in [
+        ("PATCH", "/v1/chatrooms/event"),
+        ("DELETE", "/v1/chatrooms/event"),
+        ("GET", "/v1/chatrooms/default"),
+        ("PATCH", "/v1/chatrooms/default"),
+        ("DELETE", "/v1/chatrooms/default"),
+    ] {
+        let detail = srv.request(method, path, &w.api, Some(&json!({"name": "X"}))).await.expect_problem(405);
+        assert!(detail.contains("/openapi.json"), "{method} {path}: {detail}");
+    }
+    // Their own methods and the room routes answer as before.
+    srv.get("/v1/chatrooms/event?organization_id=1&event_id=5", &w.api).await.expect_problem(404);
+    srv.post("/v1/chatrooms/default", &w.api, Some(json!({"organizationID": 1}))).await.expect(201);
+    srv.patch(&format!("/v1/chatrooms/{room}"), &w.api, Some(json!({"name": "Renamed"}))).await.expect(200);
+    srv.get("/v1/chatrooms/abc", &w.api).await.expect_problem(400);
+}

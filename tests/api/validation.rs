@@ -305,3 +305,82 @@ async fn a_second_default_room_is_409_and_changes_nothing() {
     assert_eq!(list["total"], 1);
     assert_eq!(stable(&list["entries"][0]), stable(&first), "the first default room is untouched");
 }
+
+#[tokio::test]
+async fn whole_numbers_written_as_floats_are_integers() {
+    // JSON (Schema) has one number type: 11.0 is the integer 11, as the
+    // OpenAPI document's `integer` promises. A fraction stays a wrong type.
+    let srv = TestServer::start();
+    let w = World::new(&srv).await;
+    let body = json!({"name": "Floats", "organizationID": 1.0, "admins": [11.0], "assignedUsers": [1.7e1],
+                      "avatar": [71.0, 73, 70, 56, 57, 97], "scheduledDeletion": 4.1e9});
+    let room = srv.post("/v1/chatrooms", &w.api, Some(body)).await.expect(201).clone();
+    assert_eq!(room["organizationID"], 1);
+    assert_eq!(room["admins"], json!([11]));
+    assert_eq!(room["assignedUsers"], json!([17]));
+    assert_eq!(room["scheduledDeletion"], "2099-12-03T16:53:20Z");
+    let event = json!({"name": "Party", "organizationID": 1, "eventID": 9.0});
+    assert_eq!(srv.post("/v1/chatrooms/event", &w.api, Some(event)).await.expect(201)["eventID"], 9);
+    let token = srv.post("/v1/users/13/tokens", &w.api, Some(json!({"expiresInDays": 2.0}))).await;
+    token.expect(201);
+    for fraction in
+        [json!({"name": "X", "organizationID": 1.5}), json!({"name": "X", "organizationID": 1, "admins": [11.5]})]
+    {
+        let detail = srv.post("/v1/chatrooms", &w.api, Some(fraction)).await.expect_problem(400);
+        assert!(detail.contains("integer"), "{detail}");
+    }
+}
+
+#[tokio::test]
+async fn a_deletion_time_after_the_year_9999_is_422() {
+    // Rooms are answered with the time in RFC 3339, which has four-digit years.
+    let srv = TestServer::start();
+    let w = World::new(&srv).await;
+    for when in [json!(253_402_300_800_i64), json!(9_223_372_036_854_775_806_i64)] {
+        let resp = srv.post("/v1/chatrooms", &w.api, Some(create(&json!({"scheduledDeletion": when})))).await;
+        let detail = resp.expect_problem(422);
+        assert!(detail.contains("9999-12-31T23:59:59Z"), "{detail}");
+    }
+    assert_eq!(srv.rooms(1).await["total"], 0, "nothing was created");
+    let last = create(&json!({"scheduledDeletion": 253_402_300_799_i64}));
+    let room = srv.post("/v1/chatrooms", &w.api, Some(last)).await.expect(201).clone();
+    assert_eq!(room["scheduledDeletion"], "9999-12-31T23:59:59Z");
+    let path = format!("/v1/chatrooms/{}", room["roomID"]);
+    let later = json!({"scheduledDeletion": 253_402_300_800_i64});
+    srv.patch(&path, &w.api, Some(later)).await.expect_problem(422);
+    assert_eq!(srv.room(room["roomID"].as_i64().unwrap()).await["scheduledDeletion"], "9999-12-31T23:59:59Z");
+}
+
+#[tokio::test]
+async fn a_device_id_counts_characters_not_bytes() {
+    // 255 characters of two bytes each are within "1 to 255 characters";
+    // without a homeserver the login then stops at 503, not at validation.
+    let srv = TestServer::start();
+    let w = World::new(&srv).await;
+    let wide = "é".repeat(255);
+    let resp = srv.post("/v1/user/login", &w.member.token, Some(json!({"deviceID": wide}))).await;
+    resp.expect_problem(503);
+    let long = "é".repeat(256);
+    let detail = srv.post("/v1/user/login", &w.member.token, Some(json!({"deviceID": long}))).await.expect_problem(422);
+    assert!(detail.contains("255"), "{detail}");
+    for bad in ["", "PHONE\n1"] {
+        srv.post("/v1/user/login", &w.member.token, Some(json!({"deviceID": bad}))).await.expect_problem(422);
+    }
+}
+
+#[tokio::test]
+async fn a_body_must_be_a_json_object() {
+    // serde would fill a body from an array of its fields in order; no client means that.
+    let srv = TestServer::start();
+    let w = World::new(&srv).await;
+    let before = srv.get("/v1/users/13/tokens", &w.api).await.expect(200).clone();
+    for body in [&b"[null, null]"[..], b"[\"phone\", 30]", b"  [1]", b"\"phone\"", b"30", b"true"] {
+        let resp = srv.raw_api("POST", "/v1/users/13/tokens", Some("application/json"), body).await;
+        let detail = resp.expect_problem(400);
+        assert!(detail.contains("JSON object"), "{detail}");
+    }
+    let room = br#"["Board", 1]"#;
+    srv.raw_api("POST", "/v1/chatrooms", Some("application/json"), room).await.expect_problem(400);
+    assert_eq!(srv.get("/v1/users/13/tokens", &w.api).await.expect(200), &before, "no token was issued");
+    assert_eq!(srv.rooms(1).await["total"], 0, "nothing was created");
+}
