@@ -137,7 +137,7 @@ mod tests {
     use super::*;
 
     fn cheap() -> SecurityConfig {
-        SecurityConfig { argon2_memory_kib: 64, argon2_iterations: 1, argon2_parallelism: 1 }
+        SecurityConfig { argon2_memory_kib: 64, argon2_iterations: 1, ..SecurityConfig::default() }
     }
 
     #[test]
