@@ -1,0 +1,133 @@
+//! What one request may cost, and whose allowance a call uses: lists are
+//! capped and refused before any work on them when the caller may not change
+//! the room, password derivations are bounded (503 with Retry-After beyond
+//! the queue), and rate limits count per caller and user, after authorization.
+
+use serde_json::json;
+
+use crate::common::{TestServer, World, ids, stable};
+
+/// `n` consecutive user ids from `from`.
+fn run(from: i64, n: i64) -> Vec<i64> {
+    (from..from + n).collect()
+}
+
+/// A JSON body with `token`, sent as is.
+async fn send_json(srv: &TestServer, method: &str, path: &str, token: &str, body: &str) -> crate::common::Resp {
+    let auth = format!("Bearer {token}");
+    let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+    srv.raw(method, path, &headers, body.as_bytes()).await
+}
+
+#[tokio::test]
+async fn lists_above_the_cap_are_refused_and_a_list_at_the_cap_passes() {
+    let srv = TestServer::start();
+    let w = World::new(&srv).await;
+
+    // 1,001 users over the three lists of a new room: refused, naming the key.
+    let over = json!({"name": "Big", "organizationID": 1, "admins": run(1000, 1),
+        "moderators": run(2000, 500), "assignedUsers": run(3000, 500)});
+    let detail = srv.post("/v1/chatrooms", &w.api, Some(over)).await.expect_problem(422);
+    assert!(detail.contains("rooms.max_users_per_request") && detail.contains("1001"), "{detail}");
+    // The lists count together even where they name the same users.
+    let same = json!({"name": "Big", "organizationID": 1, "admins": run(1000, 600), "assignedUsers": run(1000, 401)});
+    srv.post("/v1/chatrooms", &w.api, Some(same)).await.expect_problem(422);
+    assert_eq!(srv.rooms(1).await["total"], 0, "nothing was created");
+
+    // Exactly 1,000: created with all of them (and the creating room admin is not counted).
+    let at = json!({"name": "Big", "organizationID": 1, "admins": run(1000, 100),
+        "moderators": run(2000, 400), "assignedUsers": run(3000, 500)});
+    let created = srv.post("/v1/chatrooms", &w.owner.token, Some(at)).await.expect(201).clone();
+    let mut admins = run(1000, 100);
+    admins.insert(0, w.owner.id);
+    assert_eq!(ids(&created["admins"]), admins);
+    assert_eq!(ids(&created["moderators"]), run(2000, 400));
+    assert_eq!(ids(&created["assignedUsers"]), run(3000, 500));
+    let room = created["roomID"].as_i64().expect("a roomID");
+
+    // Adding and removing: the same cap.
+    let users = format!("/v1/chatrooms/{room}/users");
+    let before = srv.room(room).await;
+    for method in ["POST", "DELETE"] {
+        let body = json!({"assignedUsers": run(5000, 1001)});
+        let detail = srv.request(method, &users, &w.api, Some(&body)).await.expect_problem(422);
+        assert!(detail.contains("rooms.max_users_per_request"), "{method}: {detail}");
+        let body = json!({"moderators": run(6000, 1), "assignedUsers": run(5000, 1000)});
+        srv.request(method, &users, &w.owner.token, Some(&body)).await.expect_problem(422);
+    }
+    assert_eq!(stable(&srv.room(room).await), stable(&before), "refused lists change nothing");
+
+    let added = srv.post(&users, &w.api, Some(json!({"assignedUsers": run(5000, 1000)}))).await;
+    let assigned = ids(&added.expect(200)["assignedUsers"]);
+    assert_eq!(assigned.len(), 1500);
+    assert_eq!(assigned[500..], run(5000, 1000)[..]);
+    let removed = srv.delete(&users, &w.api, Some(json!({"assignedUsers": run(5000, 1000)}))).await;
+    assert_eq!(ids(&removed.expect(200)["assignedUsers"]), run(3000, 500));
+}
+
+#[tokio::test]
+async fn the_cap_is_the_configured_one() {
+    let srv = TestServer::start_with(&[("MESSENGER_CHAT_ROOMS__MAX_USERS_PER_REQUEST", "3")]);
+    let w = World::new(&srv).await;
+    let room = w.room(&srv, "Board").await;
+    let users = format!("/v1/chatrooms/{room}/users");
+    let detail = srv.post(&users, &w.api, Some(json!({"admins": [31], "assignedUsers": [32, 33, 34]}))).await;
+    assert!(detail.expect_problem(422).contains("at most 3"));
+    let added = srv.post(&users, &w.api, Some(json!({"admins": [31], "assignedUsers": [32, 33]}))).await;
+    assert_eq!(ids(&added.expect(200)["assignedUsers"]), vec![17, 32, 33]);
+}
+
+#[tokio::test]
+async fn a_caller_who_may_not_change_the_room_is_refused_before_the_lists_are_read() {
+    let srv = TestServer::start();
+    let w = World::new(&srv).await;
+    let room = w.room(&srv, "Board").await;
+    let before = srv.room(room).await;
+    // Two million ids, each of which would be refused (not positive, repeated,
+    // two thousand times the cap): the caller's answer must come first.
+    let list = vec!["-1"; 2_000_000].join(",");
+    let users_body = format!("{{\"assignedUsers\": [{list}]}}");
+    let users = format!("/v1/chatrooms/{room}/users");
+    for method in ["POST", "DELETE"] {
+        for (who, token) in [("outsider", &w.outsider.token), ("member", &w.member.token)] {
+            let resp = send_json(&srv, method, &users, token, &users_body).await;
+            let detail = resp.expect_problem(403);
+            assert!(!detail.contains("max_users_per_request"), "{method} by the {who}: {detail}");
+        }
+        for token in [&w.outsider.token, &w.api] {
+            send_json(&srv, method, "/v1/chatrooms/9999/users", token, &users_body).await.expect_problem(404);
+        }
+        // Allowed to change the room: then the list itself is refused.
+        let detail = send_json(&srv, method, &users, &w.api, &users_body).await.expect_problem(422);
+        assert!(detail.contains("rooms.max_users_per_request"), "{detail}");
+    }
+    let create = |org: i64| format!("{{\"name\": \"Big\", \"organizationID\": {org}, \"assignedUsers\": [{list}]}}");
+    for token in [&w.outsider.token, &w.member.token, &w.other_owner.token] {
+        send_json(&srv, "POST", "/v1/chatrooms", token, &create(1)).await.expect_problem(403);
+    }
+    send_json(&srv, "POST", "/v1/chatrooms", &w.api, &create(99)).await.expect_problem(404);
+    send_json(&srv, "POST", "/v1/chatrooms", &w.api, &create(1)).await.expect_problem(422);
+    assert_eq!(stable(&srv.room(room).await), stable(&before), "nothing changed");
+    assert_eq!(srv.rooms(1).await["total"], 1, "nothing was created");
+}
+
+#[tokio::test]
+async fn the_same_user_twice_in_one_list_is_refused_for_every_caller() {
+    let srv = TestServer::start();
+    let w = World::new(&srv).await;
+    let room = w.room(&srv, "Board").await;
+    let before = srv.room(room).await;
+    let users = format!("/v1/chatrooms/{room}/users");
+    // A moderator may change assignedUsers, so the list is looked at: one repeat in 1,000.
+    let mut list = run(100, 999);
+    list.push(600);
+    for token in [&w.room_mod.token, &w.room_admin.token, &w.api] {
+        let detail = srv.post(&users, token, Some(json!({"assignedUsers": list}))).await.expect_problem(422);
+        assert!(detail.contains("assignedUsers names user 600 twice"), "{detail}");
+        srv.delete(&users, token, Some(json!({"assignedUsers": [17, 17]}))).await.expect_problem(422);
+    }
+    let create = json!({"name": "Dup", "organizationID": 1, "moderators": [16, 3, 16]});
+    let detail = srv.post("/v1/chatrooms", &w.owner.token, Some(create)).await.expect_problem(422);
+    assert!(detail.contains("moderators names user 16 twice"), "{detail}");
+    assert_eq!(stable(&srv.room(room).await), stable(&before));
+}
