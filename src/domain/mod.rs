@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod passwords;
 pub mod rooms;
 
 use std::sync::Arc;
@@ -51,6 +52,8 @@ pub struct Domain {
     api_hashes: Vec<[u8; 32]>,
     /// Woken after every commit that added outbox entries.
     pub outbox_changed: Arc<Notify>,
+    /// Where Matrix passwords are derived, a bounded number at a time.
+    derivations: passwords::Derivations,
 }
 
 impl Domain {
@@ -67,7 +70,9 @@ impl Domain {
                     .map_err(|_| Error::Internal("auth.api_token_hashes: not 32 bytes".into()))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Domain { store, config, key, clock, api_hashes, outbox_changed: Arc::new(Notify::new()) })
+        let derivations =
+            passwords::Derivations::new(config.security.derivations_at_once(), config.security.derivations_waiting());
+        Ok(Domain { store, config, key, clock, api_hashes, outbox_changed: Arc::new(Notify::new()), derivations })
     }
 
     /// One write transaction with the domain's error type.

@@ -29,7 +29,7 @@ impl Reconciler {
         let hs = self.hs.clone();
         let client = &hs.client;
         for user in room.members() {
-            self.hs.ensure_account(user).await?;
+            self.hs.ensure_account(user, None).await?;
         }
         let avatar_url = self.ensure_avatar(&room).await?;
         let levels: BTreeMap<String, i64> = room

@@ -3,7 +3,7 @@
 //! the room, password derivations are bounded (503 with Retry-After beyond
 //! the queue), and rate limits count per caller and user, after authorization.
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::common::{TestServer, World, ids, stable};
 
@@ -130,4 +130,50 @@ async fn the_same_user_twice_in_one_list_is_refused_for_every_caller() {
     let detail = srv.post("/v1/chatrooms", &w.owner.token, Some(create)).await.expect_problem(422);
     assert!(detail.contains("moderators names user 16 twice"), "{detail}");
     assert_eq!(stable(&srv.room(room).await), stable(&before));
+}
+
+#[tokio::test]
+async fn derivations_beyond_the_slots_and_the_queue_get_503_with_retry_after() {
+    // One derivation at a time, one waiting, each long enough (64 MiB, 3
+    // passes) that a burst of requests finds both taken.
+    let srv = TestServer::start_with(&[
+        ("MESSENGER_CHAT_SECURITY__ARGON2_CONCURRENCY", "1"),
+        ("MESSENGER_CHAT_SECURITY__ARGON2_QUEUE", "1"),
+        ("MESSENGER_CHAT_SECURITY__ARGON2_MEMORY_KIB", "65536"),
+        ("MESSENGER_CHAT_SECURITY__ARGON2_ITERATIONS", "3"),
+        ("MESSENGER_CHAT_LIMITS__CREDENTIALS_BURST", "1000"),
+    ]);
+    let w = World::new(&srv).await;
+    let users = [w.owner.id, w.admin.id, w.member.id, w.outsider.id, w.room_admin.id, w.room_mod.id, w.assigned.id];
+    let paths: Vec<String> =
+        (0..32).map(|n| format!("/v1/user/credentials?user_id={}", users[n % users.len()])).collect();
+    let answers = futures_util::future::join_all(paths.iter().map(|p| srv.get(p, &w.api))).await;
+
+    let mut ok = 0;
+    let mut busy = 0;
+    let mut seen: std::collections::HashMap<String, Value> = std::collections::HashMap::new();
+    for resp in &answers {
+        match resp.status {
+            200 => {
+                ok += 1;
+                seen.insert(resp.request.clone(), resp.body.clone());
+            }
+            503 => {
+                busy += 1;
+                let detail = resp.expect_problem(503);
+                assert!(detail.contains("retry"), "{detail}");
+                assert_eq!(resp.header("retry-after"), "1", "{}: 503 without Retry-After", resp.request);
+            }
+            other => panic!("{} answered {other} (expected 200 or 503): {}", resp.request, resp.text),
+        }
+    }
+    assert!(busy > 0, "none of {} concurrent derivations was refused ({ok} answered 200)", answers.len());
+    assert!(ok > 0, "every concurrent derivation was refused");
+    // Once the crowd is gone, each is answered, with what the lucky ones got.
+    for path in &paths {
+        let again = srv.get(path, &w.api).await.expect(200).clone();
+        if let Some(earlier) = seen.get(&format!("GET {path}")) {
+            assert_eq!(&again, earlier, "{path}");
+        }
+    }
 }
