@@ -37,6 +37,7 @@ pub struct State {
     pub hs: Option<Arc<Homeserver>>,
     pub login_limit: Arc<limits::RateLimiter>,
     pub token_limit: Arc<limits::RateLimiter>,
+    pub credentials_limit: Arc<limits::RateLimiter>,
 }
 
 impl AppState {
@@ -50,7 +51,19 @@ impl AppState {
             l.token_issue_burst,
             Duration::from_secs(l.token_issue_refill_secs),
         ));
-        AppState(Arc::new(State { domain, metrics: Arc::new(meta::Metrics::default()), hs, login_limit, token_limit }))
+        let credentials_limit = Arc::new(limits::RateLimiter::new(
+            "credentials",
+            l.credentials_burst,
+            Duration::from_secs(l.credentials_refill_secs),
+        ));
+        AppState(Arc::new(State {
+            domain,
+            metrics: Arc::new(meta::Metrics::default()),
+            hs,
+            login_limit,
+            token_limit,
+            credentials_limit,
+        }))
     }
 
     /// Waits (at most `matrix.sync_wait`) for a changed room to reach the

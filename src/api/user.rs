@@ -41,13 +41,15 @@ fn user_id_param(query: &str) -> Result<Option<i64>> {
 }
 
 /// GET /v1/user/credentials — a PAT for its own user; an API token with `?user_id=`.
-/// The derivation is refused with 503 when too many are under way.
+/// Rate-limited per caller and user; the derivation is refused with 503 when
+/// too many are under way.
 async fn credentials(state: AppState, token: Option<String>, query: String) -> Response {
     answer(
         async {
             let (r, p) = state.caller(token.as_deref())?;
             let user = state.domain.acting_user(&r, p, user_id_param(&query)?)?;
             drop(r);
+            state.credentials_limit.check((p, user), std::time::Instant::now())?;
             let (username, password) = state.domain.credentials(user, Wait::Bounded).await?;
             if let Some(hs) = &state.hs {
                 // The credentials are only useful once the account exists.
@@ -77,7 +79,7 @@ async fn login(
             let (r, p) = state.caller(token.as_deref())?;
             let user = state.domain.acting_user(&r, p, user_id_param(&query)?)?;
             drop(r);
-            state.login_limit.check(user, std::time::Instant::now())?;
+            state.login_limit.check((p, user), std::time::Instant::now())?;
             let b: LoginBody = if body.is_empty() { LoginBody::default() } else { extract::json(&body)? };
             if let Some(d) = &b.device_id
                 && (d.is_empty() || d.len() > 255 || d.chars().any(char::is_control))

@@ -34,7 +34,7 @@ impl Clock for SystemClock {
 }
 
 /// Who is calling.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Principal {
     /// An API token: may do everything.
     Api,

@@ -132,6 +132,85 @@ async fn the_same_user_twice_in_one_list_is_refused_for_every_caller() {
     assert_eq!(stable(&srv.room(room).await), stable(&before));
 }
 
+/// Every limit counted once per call, with no refill during the test.
+fn slow_refill() -> [(&'static str, &'static str); 3] {
+    [
+        ("MESSENGER_CHAT_LIMITS__TOKEN_ISSUE_REFILL_SECS", "600"),
+        ("MESSENGER_CHAT_LIMITS__CREDENTIALS_REFILL_SECS", "600"),
+        ("MESSENGER_CHAT_LIMITS__LOGIN_REFILL_SECS", "600"),
+    ]
+}
+
+#[track_caller]
+fn expect_rate_limited(resp: &crate::common::Resp) {
+    resp.expect_problem(429);
+    let secs: u64 = resp.header("retry-after").parse().unwrap_or_else(|_| {
+        panic!("{}: 429 without a Retry-After in seconds: {:?}", resp.request, resp.header("retry-after"))
+    });
+    assert!((1..=600).contains(&secs), "{}: Retry-After {secs}", resp.request);
+}
+
+#[tokio::test]
+async fn a_member_cannot_use_up_the_api_tokens_token_issue_allowance() {
+    let srv = TestServer::start_with(&slow_refill());
+    let w = World::new(&srv).await;
+    let path = format!("/v1/users/{}/tokens", w.owner.id);
+    let body = json!({"name": "phone"});
+    for _ in 0..20 {
+        srv.post(&path, &w.member.token, Some(body.clone())).await.expect_problem(403);
+        srv.post(&path, &w.owner.token, Some(body.clone())).await.expect_problem(403);
+    }
+    // World issued one token for the owner; a burst of 10 leaves 9.
+    for n in 0..9 {
+        let issued = srv.post(&path, &w.api, Some(body.clone())).await;
+        assert_eq!(issued.status, 201, "issue {n}: {}", issued.text);
+    }
+    expect_rate_limited(&srv.post(&path, &w.api, Some(body.clone())).await);
+    // Another user's allowance is their own.
+    srv.post(&format!("/v1/users/{}/tokens", w.admin.id), &w.api, Some(body)).await.expect(201);
+}
+
+#[tokio::test]
+async fn a_users_own_calls_do_not_use_up_the_api_tokens_allowance_for_them() {
+    let srv = TestServer::start_with(&slow_refill());
+    let w = World::new(&srv).await;
+    let mine = "/v1/user/credentials";
+    let for_member = format!("/v1/user/credentials?user_id={}", w.member.id);
+    let first = srv.get(mine, &w.member.token).await.expect(200).clone();
+    for _ in 1..10 {
+        assert_eq!(srv.get(mine, &w.member.token).await.expect(200), &first);
+    }
+    expect_rate_limited(&srv.get(mine, &w.member.token).await);
+    // The backend still gets the member's credentials, ten times, then it is limited too.
+    for _ in 0..10 {
+        assert_eq!(srv.get(&for_member, &w.api).await.expect(200), &first);
+    }
+    expect_rate_limited(&srv.get(&for_member, &w.api).await);
+    // … and neither touched the others' allowances.
+    srv.get(mine, &w.owner.token).await.expect(200);
+    srv.get(&format!("/v1/user/credentials?user_id={}", w.owner.id), &w.api).await.expect(200);
+
+    // Login: the member's own ten attempts (503: no homeserver here) use up
+    // their bucket, not the API token's for them.
+    let device = json!({"deviceID": "PHONE"});
+    for _ in 0..10 {
+        srv.post("/v1/user/login", &w.member.token, Some(device.clone())).await.expect_problem(503);
+    }
+    expect_rate_limited(&srv.post("/v1/user/login", &w.member.token, Some(device.clone())).await);
+    let login_for_member = format!("/v1/user/login?user_id={}", w.member.id);
+    srv.post(&login_for_member, &w.api, Some(device.clone())).await.expect_problem(503);
+    // Refused calls (a PAT naming another user) take nothing: the owner,
+    // who used one call above, still has nine of their own.
+    let someone_else = format!("/v1/user/credentials?user_id={}", w.admin.id);
+    for _ in 0..20 {
+        srv.get(&someone_else, &w.owner.token).await.expect_problem(403);
+    }
+    for _ in 0..9 {
+        srv.get(mine, &w.owner.token).await.expect(200);
+    }
+    expect_rate_limited(&srv.get(mine, &w.owner.token).await);
+}
+
 #[tokio::test]
 async fn derivations_beyond_the_slots_and_the_queue_get_503_with_retry_after() {
     // One derivation at a time, one waiting, each long enough (64 MiB, 3
