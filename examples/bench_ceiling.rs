@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use messenger_chat::server::{TlsFiles, TlsState, serve};
+use messenger_chat::server::{Front, TlsFiles, TlsState, serve};
 use tokio::signal::unix::{SignalKind, signal};
 use warp::Filter;
 use warp::path::FullPath;
@@ -66,6 +66,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             _ = tokio::signal::ctrl_c() => {}
         }
     };
-    serve(listener, Some(tls), filter, None, shutdown, Duration::from_secs(1)).await;
+    serve(listener, Some(tls), filter, Arc::new(Front::default()), shutdown, Duration::from_secs(1)).await;
     Ok(())
 }

@@ -153,7 +153,8 @@ check "config: the rest is the shipped config.toml" \
 token="$(sed -n '/shown once/{n;s/^ *//;p;}' "$out1")"
 check "a fresh install prints the API token once" [ -n "$token" ]
 hash="$(printf '%s\n' "$token" | "$bin" token hash)" || hash=""
-check "the token's hash is the config's api_token_hashes" has_line "$C" "api_token_hashes = [\"$hash\"]"
+check "the token's hash is the config's api_token_hashes" \
+    has_line "$C" "api_token_hashes = [{ hash = \"$hash\", name = \"init\" }]"
 check "the installed config validates" run_logged "$work/check-config.out" "$B" --config "$C" check-config
 check "no systemctl in a DESTDIR install" grep -q 'staged install' "$out1"
 

@@ -1,18 +1,21 @@
 //! `serve`: config → database → secrets → TLS listener → serve until SIGTERM.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 
 use crate::api::{self, AppState};
+use crate::client_addr::TrustedProxies;
 use crate::config::Config;
+use crate::domain::api_tokens::{ApiTokenSource, ApiTokenStatus, FIRST_START_NAME, FirstStartToken};
 use crate::domain::{Domain, SystemClock};
 use crate::proxy::Proxy;
 use crate::reconciler::{Homeserver, Reconciler};
 use crate::secrets::ServerKey;
-use crate::server::{self, TlsFiles, TlsState};
-use crate::store::Store;
+use crate::server::{self, Front, TlsFiles, TlsState};
+use crate::store::{Store, StoreError};
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "messenger-chat.redb";
@@ -24,21 +27,40 @@ pub const KEY_FILE: &str = "secret.key";
 /// # Errors
 /// A line naming what could not be opened.
 pub fn open_domain(config: Config) -> Result<Domain, String> {
-    let dir = config.data_dir();
-    crate::secrets::create_private_dir(&dir)
-        .map_err(|e| format!("cannot create data directory {}: {e}", dir.display()))?;
-    let cache = usize::try_from(config.storage.cache_mib.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX);
-    let db_path = dir.join(DB_FILE);
-    let store = Store::open(&db_path, cache).map_err(|e| format!("cannot open {}: {e}", db_path.display()))?;
-    let key = ServerKey::load_or_create(&dir.join(KEY_FILE))?;
+    let store = open_store(&config).map_err(|e| e.to_string())?;
+    let key = ServerKey::load_or_create(&config.data_dir().join(KEY_FILE))?;
     Domain::new(store, Arc::new(config), key, Arc::new(SystemClock)).map_err(|e| e.to_string())
 }
 
-/// Runs the service until SIGTERM or SIGINT.
+/// Why the database of a configuration cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot create data directory {}: {source}", .dir.display())]
+    DataDir { dir: PathBuf, source: std::io::Error },
+    #[error("cannot open {}: {source}", .path.display())]
+    Store { path: PathBuf, source: StoreError },
+}
+
+/// Opens (or creates) the database of a configuration, without the server
+/// key: what `export` needs. [`StoreError::InUse`] in `OpenError::Store`
+/// means a running service holds it.
+///
+/// # Errors
+/// The data directory cannot be created, or the database cannot be opened.
+pub fn open_store(config: &Config) -> Result<Store, OpenError> {
+    let dir = config.data_dir();
+    crate::secrets::create_private_dir(&dir).map_err(|source| OpenError::DataDir { dir: dir.clone(), source })?;
+    let cache = usize::try_from(config.storage.cache_mib.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX);
+    let path = dir.join(DB_FILE);
+    Store::open(&path, cache).map_err(|source| OpenError::Store { path, source })
+}
+
+/// Runs the service until SIGTERM or SIGINT. `config_path`: the file given
+/// with `--config`, for the commands the first start prints.
 ///
 /// # Errors
 /// A line saying why it cannot start.
-pub async fn serve(config: Config) -> Result<(), String> {
+pub async fn serve(config: Config, config_path: Option<&Path>) -> Result<(), String> {
     let plain = config.server.plain_http;
     let addr = config.listen_addr();
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
@@ -50,14 +72,26 @@ pub async fn serve(config: Config) -> Result<(), String> {
     };
     let domain = Arc::new(tokio::task::block_in_place(|| open_domain(config))?);
     if let Some(token) = tokio::task::block_in_place(|| domain.ensure_api_token()).map_err(|e| e.to_string())? {
-        println!("messenger-chat: API token (shown once, keep it now): {token}");
+        announce_first_token(&domain, &token, config_path);
     }
-    let proxy = if domain.config.proxy.enabled {
-        Some(Arc::new(Proxy::new(&domain.config.matrix.homeserver_url)?))
-    } else {
-        None
-    };
+    warn_about_api_tokens(&domain);
+    let front = Arc::new(Front {
+        proxy: if domain.config.proxy.enabled { Some(Proxy::new(&domain.config)?) } else { None },
+        trusted: TrustedProxies::parse(&domain.config.server.trusted_proxies)
+            .map_err(|e| format!("config key server.trusted_proxies: {e}"))?,
+    });
     let listener = TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let metrics_listener = match domain.config.server.metrics_listen.as_str() {
+        "" => None,
+        m => {
+            let listener = TcpListener::bind(m)
+                .await
+                .map_err(|e| format!("cannot listen on {m} (server.metrics_listen; empty turns it off): {e}"))?;
+            let bound = listener.local_addr().map_err(|e| e.to_string())?;
+            println!("messenger-chat: metrics and readiness for operators on http://{bound} (/metrics, /readyz)");
+            Some(listener)
+        }
+    };
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
     let host = if bound.ip().is_unspecified() { "localhost".to_string() } else { bound.ip().to_string() };
     let host = if bound.is_ipv6() && host != "localhost" { format!("[{host}]") } else { host };
@@ -77,12 +111,72 @@ pub async fn serve(config: Config) -> Result<(), String> {
     }
     tokio::spawn(delete_scheduled_rooms(domain.clone()));
     let state = AppState::new(domain, hs);
+    api::meta::spawn_homeserver_check(&state);
+    // The operators' listener stops when the public one has stopped.
+    let (stop_operators, operators_stopped) = tokio::sync::watch::channel(());
+    let operators = metrics_listener.map(|listener| {
+        let routes = api::meta::operator_routes(state.clone());
+        let mut stopped = operators_stopped;
+        let stop = async move {
+            let _ = stopped.changed().await;
+        };
+        tokio::spawn(server::serve(listener, None, routes, Arc::new(Front::default()), stop, grace))
+    });
     let routes = api::routes(state);
     spawn_reload_on_hangup(tls.clone());
     notify_systemd(&[sd_notify::NotifyState::Ready]);
-    server::serve(listener, tls, routes, proxy, shutdown_signal(), grace).await;
+    server::serve(listener, tls, routes, front, shutdown_signal(), grace).await;
+    drop(stop_operators);
+    if let Some(task) = operators {
+        let _ = task.await;
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Tells the operator, once, the token the first start made: where it
+/// went (only its hash, in the database) and how to list and revoke it.
+fn announce_first_token(domain: &Domain, token: &FirstStartToken, config_path: Option<&Path>) {
+    let cli = match config_path {
+        Some(p) => format!("messenger-chat --config {}", p.display()),
+        None => "messenger-chat".to_string(),
+    };
+    let db = domain.config.data_dir().join(DB_FILE);
+    println!("messenger-chat: API token (shown once, keep it now): {}", token.secret);
+    println!(
+        "messenger-chat: only its SHA-256 is kept, in the database {}, as token {} named \"{FIRST_START_NAME}\"",
+        db.display(),
+        token.id
+    );
+    println!(
+        "messenger-chat: list tokens with `{cli} token list-api`; revoke this one with `{cli} token revoke-api {}` (stop the service first)",
+        token.id
+    );
+    println!(
+        "messenger-chat: it is refused once auth.api_token_hashes lists other tokens (`{cli} token new-api` makes one)"
+    );
+}
+
+/// Logs what an operator should fix about the API tokens: config entries
+/// revoked but still listed, a first-start token the config now overrides.
+fn warn_about_api_tokens(domain: &Domain) {
+    let tokens = match domain.store.read().map_err(crate::error::Error::from).and_then(|r| domain.api_tokens(&r)) {
+        Ok(t) => t,
+        Err(e) => return tracing::warn!(error = %e, "cannot list the API tokens"),
+    };
+    for t in tokens {
+        match (&t.source, t.status) {
+            (ApiTokenSource::Config { index }, ApiTokenStatus::Revoked) => tracing::warn!(
+                id = %t.id, name = %t.name,
+                "auth.api_token_hashes[{index}] is revoked and refused; remove it from the config"
+            ),
+            (ApiTokenSource::Database, ApiTokenStatus::NotListed) => tracing::info!(
+                id = %t.id, name = %t.name,
+                "a stored API token is refused: auth.api_token_hashes is set and does not list it"
+            ),
+            _ => {}
+        }
+    }
 }
 
 /// Deletes rooms whose scheduled deletion has come; checks every second, so

@@ -9,8 +9,10 @@ use clap::{Parser, Subcommand};
 
 use crate::config::Config;
 use crate::domain::Principal;
+use crate::domain::api_tokens::{ApiTokenInfo, ApiTokenSource, ApiTokenStatus};
 use crate::model::OrgRole;
 use crate::secrets::{API_TOKEN_PREFIX, new_token, token_hash};
+use crate::store::StoreError;
 
 #[derive(Debug, Parser)]
 #[command(name = "messenger-chat", version, about = "Chatrooms of a mobile messenger, on a Matrix homeserver")]
@@ -46,7 +48,7 @@ pub enum Command {
     /// App users.
     #[command(subcommand)]
     User(UserCommand),
-    /// Write every record as JSON Lines.
+    /// Write every record as JSON Lines (service stopped; while it runs, use GET /v1/export).
     Export {
         /// File to write; standard output when absent.
         #[arg(long)]
@@ -64,8 +66,19 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
-    /// Create a new API token: prints the token and the hash to put in auth.api_token_hashes.
-    NewApi,
+    /// Create a new API token: prints the token and the entry to put in auth.api_token_hashes.
+    NewApi {
+        /// The name `token list-api` shows for it.
+        #[arg(long, default_value = "backend")]
+        name: String,
+    },
+    /// List the API tokens (config and first start): id, name, source, status; never a secret.
+    ListApi,
+    /// Revoke an API token by the id `token list-api` shows: it gets 401 from the next start.
+    RevokeApi {
+        /// The token's id (12 hex digits) or its full hash.
+        id: String,
+    },
     /// Print the SHA-256 (for auth.api_token_hashes) of a token read from standard input.
     Hash,
     /// Issue a personal access token for a user (shown once).
@@ -139,11 +152,12 @@ pub fn run_admin(config: Config, command: Command, config_path: Option<&Path>) -
             config_path.map_or("built-in defaults and environment".to_string(), |p| p.display().to_string()),
             shown_config(&config)
         )),
-        Command::Token(TokenCommand::NewApi) => {
+        Command::Token(TokenCommand::NewApi { name }) => {
+            let name = crate::domain::name("name", &name).map_err(|e| e.to_string())?;
             let token = new_token(API_TOKEN_PREFIX);
             Ok(format!(
-                "token (shown once): {token}\nadd to [auth] api_token_hashes: \"{}\"",
-                hex::encode(token_hash(&token))
+                "token (shown once): {token}\nadd to [auth] api_token_hashes: {}",
+                api_token_entry(&hex::encode(token_hash(&token)), &name)
             ))
         }
         Command::Token(TokenCommand::Hash) => {
@@ -151,6 +165,7 @@ pub fn run_admin(config: Config, command: Command, config_path: Option<&Path>) -
             std::io::stdin().read_line(&mut line).map_err(|e| e.to_string())?;
             Ok(hex::encode(token_hash(line.trim())))
         }
+        Command::Export { out } => export(&config, out.as_deref()),
         other => {
             let d = crate::app::open_domain(config)?;
             let p = Principal::Api;
@@ -176,6 +191,29 @@ pub fn run_admin(config: Config, command: Command, config_path: Option<&Path>) -
                         })
                         .collect::<Vec<_>>()
                         .join("\n"))
+                }
+                Command::Token(TokenCommand::ListApi) => {
+                    let r = d.store.read().map_err(|e| e.to_string())?;
+                    let tokens = d.api_tokens(&r).map_err(show)?;
+                    let mut lines = vec!["id\tname\tsource\tstatus".to_string()];
+                    lines.extend(tokens.iter().map(|t| format!("{}\t{}\t{}\t{}", t.id, t.name, source(t), status(t))));
+                    Ok(lines.join("\n"))
+                }
+                Command::Token(TokenCommand::RevokeApi { id }) => {
+                    let t = d.revoke_api_token(&id).map_err(show)?;
+                    let mut out =
+                        format!("revoked API token {} ({}): it gets 401 once the service starts again", t.id, t.name);
+                    if let ApiTokenSource::Config { index } = t.source {
+                        let file = config_path.map_or_else(
+                            || "the configuration (MESSENGER_CHAT_AUTH__API_TOKEN_HASHES or ./config.toml)".to_string(),
+                            |p| p.display().to_string(),
+                        );
+                        out.push_str(&format!(
+                            "\nalso remove its entry from {file}: auth.api_token_hashes[{index}], the hash starting {}",
+                            t.id
+                        ));
+                    }
+                    Ok(out)
                 }
                 Command::Token(TokenCommand::Revoke { user, id }) => {
                     d.revoke_token(p, user, id).map_err(show)?;
@@ -208,24 +246,6 @@ pub fn run_admin(config: Config, command: Command, config_path: Option<&Path>) -
                     let (u, created) = d.put_user(p, id, &display_name).map_err(show)?;
                     Ok(format!("{} user {}: {}", if created { "created" } else { "updated" }, u.id, u.display_name))
                 }
-                Command::Export { out } => {
-                    let bar = progress_bar("export");
-                    let n = match out {
-                        Some(path) => {
-                            let file = std::fs::File::create(&path)
-                                .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-                            let mut w = std::io::BufWriter::new(file);
-                            d.store.export(&mut w, bar).map_err(|e| e.to_string())?
-                        }
-                        None => {
-                            let mut w = std::io::BufWriter::new(std::io::stdout().lock());
-                            d.store.export(&mut w, bar).map_err(|e| e.to_string())?
-                        }
-                    };
-                    // The summary goes to stderr: stdout may be the dump itself.
-                    eprintln!("exported {n} records");
-                    Ok(String::new())
-                }
                 Command::Import { file, force } => {
                     let f = std::fs::File::open(&file).map_err(|e| format!("cannot open {}: {e}", file.display()))?;
                     let n = d
@@ -244,6 +264,72 @@ pub fn run_admin(config: Config, command: Command, config_path: Option<&Path>) -
     }
 }
 
+/// `export`: the dump to a file or standard output. A running service holds
+/// the database; then the answer is how to back up through it instead.
+fn export(config: &Config, out: Option<&Path>) -> Result<String, String> {
+    let store = match crate::app::open_store(config) {
+        Ok(store) => store,
+        Err(crate::app::OpenError::Store { source: StoreError::InUse, .. }) => return Err(backup_hint(config, out)),
+        Err(e) => return Err(e.to_string()),
+    };
+    let bar = progress_bar("export");
+    let n = match out {
+        Some(path) => {
+            let file = std::fs::File::create(path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+            let mut w = std::io::BufWriter::new(file);
+            store.export(&mut w, bar).map_err(|e| e.to_string())?
+        }
+        None => {
+            let mut w = std::io::BufWriter::new(std::io::stdout().lock());
+            store.export(&mut w, bar).map_err(|e| e.to_string())?
+        }
+    };
+    // The summary goes to stderr: stdout may be the dump itself.
+    eprintln!("exported {n} records");
+    Ok(String::new())
+}
+
+/// What to run instead of `export` while the service runs: the exact
+/// request for `GET /v1/export` on this configuration's listener, and the
+/// key file to keep with it.
+fn backup_hint(config: &Config, out: Option<&Path>) -> String {
+    let dir = std::fs::canonicalize(config.data_dir()).unwrap_or_else(|_| config.data_dir());
+    let addr = config.listen_addr();
+    let host = match addr.ip() {
+        ip if ip.is_unspecified() => "localhost".to_string(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    let (url, ca) = if config.server.plain_http {
+        (format!("http://{host}:{}/v1/export", addr.port()), String::new())
+    } else if config.tls.cert_file.is_empty() {
+        // The self-signed certificate names localhost and the loopback addresses.
+        let cert = dir.join("tls").join("cert.pem");
+        (format!("https://{host}:{}/v1/export", addr.port()), format!(" --cacert {}", shell_quote(&cert)))
+    } else {
+        (format!("https://<the host name in {}>:{}/v1/export", config.tls.cert_file, addr.port()), String::new())
+    };
+    let file = out.map_or_else(|| "backup.jsonl".to_string(), shell_quote);
+    let key = shell_quote(&dir.join(crate::app::KEY_FILE));
+    format!(
+        "the database is held by the running service, so export cannot open it.\n\
+         Back up while it serves, with an API token in API_TOKEN:\n\
+         \n  curl -fsS{ca} -H \"Authorization: Bearer $API_TOKEN\" -o {file} {url}\n  cp {key} backup-secret.key\n\n\
+         Keep the key file with the dump: without it every Matrix password changes. \
+         (Or stop the service and run export again.)"
+    )
+}
+
+/// `path` as one word for a POSIX shell.
+fn shell_quote(path: &Path) -> String {
+    let s = path.display().to_string();
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-+=:,@".contains(&b)) {
+        s
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
 /// The shipped, documented config file.
 const TEMPLATE: &str = include_str!("../config.toml");
 
@@ -253,7 +339,8 @@ fn init(out: &Path, force: bool) -> Result<String, String> {
     }
     let token = new_token(API_TOKEN_PREFIX);
     let hash = hex::encode(token_hash(&token));
-    let text = TEMPLATE.replacen("api_token_hashes = []", &format!("api_token_hashes = [\"{hash}\"]"), 1);
+    let entry = api_token_entry(&hash, "init");
+    let text = TEMPLATE.replacen("api_token_hashes = []", &format!("api_token_hashes = [{entry}]"), 1);
     if text == TEMPLATE {
         return Err("the config template has no api_token_hashes line".into());
     }
@@ -261,6 +348,27 @@ fn init(out: &Path, force: bool) -> Result<String, String> {
     crate::secrets::write_private_file(out, text.as_bytes())
         .map_err(|e| format!("cannot write {}: {e}", out.display()))?;
     Ok(format!("wrote {}\nAPI token (shown once, keep it now): {token}", out.display()))
+}
+
+/// An `auth.api_token_hashes` entry in TOML (names are checked printable by the caller).
+fn api_token_entry(hash: &str, name: &str) -> String {
+    let quoted = serde_json::to_string(name).unwrap_or_else(|_| "\"\"".into());
+    format!("{{ hash = \"{hash}\", name = {quoted} }}")
+}
+
+fn source(t: &ApiTokenInfo) -> String {
+    match t.source {
+        ApiTokenSource::Config { index } => format!("config auth.api_token_hashes[{index}]"),
+        ApiTokenSource::Database => "database".to_string(),
+    }
+}
+
+fn status(t: &ApiTokenInfo) -> &'static str {
+    match t.status {
+        ApiTokenStatus::Active => "active",
+        ApiTokenStatus::Revoked => "revoked",
+        ApiTokenStatus::NotListed => "not accepted: auth.api_token_hashes does not list it",
+    }
 }
 
 /// A progress line on a terminal (stderr), nothing elsewhere.
@@ -286,4 +394,43 @@ fn shown_config(config: &Config) -> String {
         shown.matrix.registration_shared_secret = "(hidden)".into();
     }
     serde_json::to_string_pretty(&shown).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hint(edit: impl FnOnce(&mut Config)) -> String {
+        let mut config = Config::default();
+        config.storage.data_dir = "/srv/mc data".into();
+        edit(&mut config);
+        backup_hint(&config, None)
+    }
+
+    #[test]
+    fn the_backup_hint_fits_the_listener() {
+        let h = hint(|_| {});
+        assert!(h.contains("--cacert '/srv/mc data/tls/cert.pem'"), "{h}");
+        assert!(h.contains("-o backup.jsonl https://localhost:8443/v1/export"), "{h}");
+        assert!(h.contains("cp '/srv/mc data/secret.key' backup-secret.key"), "{h}");
+        let h = hint(|c| {
+            c.server.listen = "127.0.0.1:9000".into();
+            c.server.plain_http = true;
+        });
+        assert!(h.contains("http://127.0.0.1:9000/v1/export") && !h.contains("--cacert"), "{h}");
+        let h = hint(|c| {
+            c.server.listen = "[::1]:443".into();
+            c.tls.cert_file = "/etc/ssl/chat.pem".into();
+            c.tls.key_file = "/etc/ssl/chat.key".into();
+        });
+        assert!(h.contains("https://<the host name in /etc/ssl/chat.pem>:443/v1/export"), "{h}");
+        assert!(!h.contains("--cacert"), "{h}");
+    }
+
+    #[test]
+    fn paths_are_quoted_for_the_shell() {
+        assert_eq!(shell_quote(Path::new("/var/lib/messenger-chat/secret.key")), "/var/lib/messenger-chat/secret.key");
+        assert_eq!(shell_quote(Path::new("it's here")), "'it'\\''s here'");
+        assert_eq!(shell_quote(Path::new("$HOME")), "'$HOME'");
+    }
 }

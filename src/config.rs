@@ -75,6 +75,15 @@ pub struct ServerConfig {
     pub max_body_bytes: u64,
     /// How long in-flight requests may run after SIGTERM before the process exits.
     pub shutdown_grace_secs: u64,
+    /// Reverse proxies (IP addresses or CIDR blocks) whose `X-Forwarded-For`
+    /// names the client. From any other peer the header is ignored and the
+    /// peer itself is the client (for the homeserver's login limits, the
+    /// proxy's `X-Forwarded-For`, and the service's own limits).
+    pub trusted_proxies: Vec<String>,
+    /// Address of the operators' plain-HTTP listener for `/metrics` and the
+    /// detailed `/readyz`; empty turns it off. Loopback by default: it has no
+    /// TLS and no token.
+    pub metrics_listen: String,
 }
 
 impl Default for ServerConfig {
@@ -84,6 +93,8 @@ impl Default for ServerConfig {
             plain_http: false,
             max_body_bytes: 24 * 1024 * 1024,
             shutdown_grace_secs: 10,
+            trusted_proxies: Vec::new(),
+            metrics_listen: "127.0.0.1:8444".into(),
         }
     }
 }
@@ -118,11 +129,13 @@ impl Default for StorageConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// SHA-256 hashes (hex) of the API tokens that may do everything.
+    /// SHA-256 hashes (hex) of the API tokens that may do everything, each
+    /// as a string or as `{ hash = "…", name = "…" }`.
     /// `messenger-chat token hash` prints the hash of a token. When this list
     /// is empty, the first start creates one token, prints it once and keeps
-    /// only its hash in the database.
-    pub api_token_hashes: Vec<String>,
+    /// only its hash in the database; once it lists any hash, only the listed
+    /// tokens are accepted.
+    pub api_token_hashes: Vec<ApiTokenHash>,
     /// Longest lifetime of a personal access token, in days.
     pub pat_max_days: u32,
     /// Lifetime of a personal access token when the request names none.
@@ -132,6 +145,69 @@ pub struct AuthConfig {
 impl Default for AuthConfig {
     fn default() -> Self {
         Self { api_token_hashes: Vec::new(), pat_max_days: 365, pat_default_days: 90 }
+    }
+}
+
+/// One entry of `auth.api_token_hashes`: the hash of an API token, and the
+/// name operators know it by (empty when the entry is a bare string).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiTokenHash {
+    /// 64 hex characters: the SHA-256 of the token.
+    pub hash: String,
+    /// Shown by `messenger-chat token list-api`; empty: unnamed.
+    pub name: String,
+}
+
+impl ApiTokenHash {
+    /// The name to show for entry `index` of the list.
+    #[must_use]
+    pub fn shown_name(&self, index: usize) -> String {
+        if self.name.is_empty() { format!("auth.api_token_hashes[{index}]") } else { self.name.clone() }
+    }
+}
+
+/// A bare string stays a bare string, so `check-config` shows the file's form.
+impl Serialize for ApiTokenHash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        if self.name.is_empty() {
+            return s.serialize_str(&self.hash);
+        }
+        let mut map = s.serialize_map(Some(2))?;
+        map.serialize_entry("hash", &self.hash)?;
+        map.serialize_entry("name", &self.name)?;
+        map.end()
+    }
+}
+
+/// Accepts `"<hash>"` (the original form) or `{ hash = "<hash>", name = "…" }`.
+impl<'de> Deserialize<'de> for ApiTokenHash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Entry;
+        impl<'de> serde::de::Visitor<'de> for Entry {
+            type Value = ApiTokenHash;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a hex SHA-256 string, or a table { hash = \"…\", name = \"…\" }")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ApiTokenHash, E> {
+                Ok(ApiTokenHash { hash: v.to_string(), name: String::new() })
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<ApiTokenHash, A::Error> {
+                #[derive(Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct Named {
+                    hash: String,
+                    #[serde(default)]
+                    name: String,
+                }
+                let n = Named::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(ApiTokenHash { hash: n.hash, name: n.name })
+            }
+        }
+        d.deserialize_any(Entry)
     }
 }
 
@@ -258,11 +334,16 @@ impl MatrixConfig {
     }
 }
 
-/// `[proxy]`: pass `/_matrix/…` through to the homeserver.
+/// `[proxy]`: pass `/_matrix/client/…` and `/_matrix/media/…` through to
+/// the homeserver, and answer `/.well-known/matrix/client` with the service's own URL.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyConfig {
     pub enabled: bool,
+    /// The service's own public URL as the app reaches it
+    /// (`https://chat.example.org`), named by `/.well-known/matrix/client`.
+    /// Empty: the scheme and `Host` of each request.
+    pub public_url: String,
 }
 
 /// `[log]`: what the service writes to stderr.
@@ -343,6 +424,18 @@ impl Config {
                 format!("plain HTTP is only allowed on a loopback address, not {}", addr.ip()),
             );
         }
+        if let Err(why) = crate::client_addr::TrustedProxies::parse(&self.server.trusted_proxies) {
+            return bad("server.trusted_proxies", why);
+        }
+        if !self.server.metrics_listen.is_empty() && self.server.metrics_listen.parse::<SocketAddr>().is_err() {
+            return bad(
+                "server.metrics_listen",
+                format!(
+                    "{:?} is not an address:port such as 127.0.0.1:8444 (empty turns the listener off)",
+                    self.server.metrics_listen
+                ),
+            );
+        }
         if self.server.max_body_bytes < 1024 {
             return bad("server.max_body_bytes", "must be at least 1024".into());
         }
@@ -353,10 +446,16 @@ impl Config {
             return bad("storage.data_dir", "must not be empty".into());
         }
         for (i, h) in self.auth.api_token_hashes.iter().enumerate() {
-            if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+            if h.hash.len() != 64 || !h.hash.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return bad(
                     &format!("auth.api_token_hashes[{i}]"),
                     "must be the 64-character hex SHA-256 printed by `messenger-chat token hash`".into(),
+                );
+            }
+            if h.name.chars().count() > 255 || h.name.chars().any(char::is_control) {
+                return bad(
+                    &format!("auth.api_token_hashes[{i}].name"),
+                    "must be at most 255 printable characters".into(),
                 );
             }
         }
@@ -389,6 +488,15 @@ impl Config {
         }
         if !self.matrix.homeserver_url.starts_with("http://") && !self.matrix.homeserver_url.starts_with("https://") {
             return bad("matrix.homeserver_url", "must start with http:// or https://".into());
+        }
+        if !self.proxy.public_url.is_empty() && !is_origin(&self.proxy.public_url) {
+            return bad(
+                "proxy.public_url",
+                format!(
+                    "{:?} must be an http(s) URL of a host without a path, such as https://chat.example.org",
+                    self.proxy.public_url
+                ),
+            );
         }
         if self.matrix.server_name.is_empty() {
             return bad("matrix.server_name", "must not be empty".into());
@@ -431,6 +539,15 @@ impl Config {
     pub fn data_dir(&self) -> PathBuf {
         PathBuf::from(&self.storage.data_dir)
     }
+}
+
+/// `scheme://host[:port]` with an http(s) scheme and nothing after the authority but `/`.
+fn is_origin(url: &str) -> bool {
+    let Ok(uri) = url.parse::<http::Uri>() else { return false };
+    matches!(uri.scheme_str(), Some("http" | "https"))
+        && uri.authority().is_some_and(|a| !a.host().is_empty() && !a.as_str().contains('@'))
+        && matches!(uri.path(), "" | "/")
+        && uri.query().is_none()
 }
 
 fn valid_localpart(s: &str) -> bool {
@@ -516,6 +633,48 @@ mod tests {
         assert_eq!((c.security.derivations_at_once(), c.security.derivations_waiting()), (3, 6));
         c.security.argon2_queue = 1;
         assert_eq!(c.security.derivations_waiting(), 1);
+    }
+
+    #[test]
+    fn api_token_hashes_take_both_forms() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        let hash = "ab".repeat(32);
+        std::fs::write(
+            &file,
+            format!("[auth]\napi_token_hashes = [\"{hash}\", {{ hash = \"{hash}\", name = \"backend\" }}]\n"),
+        )
+        .unwrap();
+        let c = Config::load(Some(&file)).unwrap();
+        assert_eq!(c.auth.api_token_hashes[0], ApiTokenHash { hash: hash.clone(), name: String::new() });
+        assert_eq!(c.auth.api_token_hashes[1], ApiTokenHash { hash: hash.clone(), name: "backend".into() });
+        assert_eq!(c.auth.api_token_hashes[0].shown_name(0), "auth.api_token_hashes[0]");
+        std::fs::write(&file, format!("[auth]\napi_token_hashes = [{{ hash = \"{hash}\", nmae = \"x\" }}]\n")).unwrap();
+        let err = Config::load(Some(&file)).unwrap_err().0;
+        assert!(err.contains("auth.api_token_hashes") && err.contains("nmae"), "{err}");
+    }
+
+    #[test]
+    fn proxy_and_listener_keys_are_checked() {
+        let mut c = Config::default();
+        c.server.trusted_proxies = vec!["10.0.0.0/8".into(), "::1".into()];
+        c.validate().unwrap();
+        c.server.trusted_proxies = vec!["10.0.0.0/40".into()];
+        assert!(c.validate().unwrap_err().0.contains("server.trusted_proxies"));
+        let mut c = Config::default();
+        c.server.metrics_listen = String::new();
+        c.validate().unwrap();
+        c.server.metrics_listen = "9100".into();
+        assert!(c.validate().unwrap_err().0.contains("server.metrics_listen"));
+        let mut c = Config::default();
+        for good in ["https://chat.example.org", "https://chat.example.org:8443/", "http://127.0.0.1:8080"] {
+            c.proxy.public_url = good.into();
+            c.validate().unwrap();
+        }
+        for bad in ["chat.example.org", "https://chat.example.org/app", "ftp://x", "https://u@x"] {
+            c.proxy.public_url = bad.into();
+            assert!(c.validate().unwrap_err().0.contains("proxy.public_url"), "{bad}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod app;
 pub mod cli;
+pub mod client_addr;
 pub mod config;
 pub mod domain;
 pub mod error;

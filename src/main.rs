@@ -19,7 +19,7 @@ fn main() -> std::process::ExitCode {
                 .enable_all()
                 .build()
                 .map_err(|e| e.to_string())
-                .and_then(|rt| rt.block_on(messenger_chat::app::serve(config)))
+                .and_then(|rt| rt.block_on(messenger_chat::app::serve(config, cli.config.as_deref())))
         }
         other => messenger_chat::cli::run_admin(config, other, cli.config.as_deref()).map(|out| {
             if !out.is_empty() {

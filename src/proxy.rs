@@ -1,8 +1,14 @@
-//! The pass-through proxy: with `proxy.enabled`, `/_matrix/…` and
-//! `/.well-known/matrix/client` go to the homeserver, bodies streamed both
-//! ways, so the app needs one HTTPS host.
-
-use std::net::SocketAddr;
+//! The pass-through proxy: with `proxy.enabled`, `/_matrix/client/…` and
+//! `/_matrix/media/…` go to the homeserver, bodies streamed both ways, so
+//! the app needs one HTTPS host; `/.well-known/matrix/client` is answered
+//! here and names that host.
+//!
+//! Only an allow-list reaches the homeserver: federation, `/_synapse/…`
+//! (the admin API) and anything else under `/_matrix` get 404 here. A path
+//! that could mean something else after normalization (dot-segments,
+//! encoded separators, empty segments) is refused with 400, never
+//! normalized and passed on, since the homeserver or a proxy behind it may
+//! normalize differently and land outside the allow-list.
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
@@ -14,7 +20,12 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 
+use crate::api::problem::problem;
+use crate::client_addr::ClientAddr;
+use crate::config::Config;
+use crate::error::Error;
 use crate::matrix::client::{https_connector, pooled_client};
+use crate::secrets::{API_TOKEN_PREFIX, PAT_PREFIX};
 
 /// Boxed error of a streamed body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -37,35 +48,72 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
 ];
 
+/// The path the service answers itself.
+const WELL_KNOWN: &str = "/.well-known/matrix/client";
+
+/// The path prefixes passed on to the homeserver.
+const ALLOWED: [&str; 2] = ["/_matrix/client/", "/_matrix/media/"];
+
 pub struct Proxy {
     client: Client<HttpsConnector<HttpConnector>, AnyBody>,
     /// Scheme and authority of the homeserver.
     base: Uri,
+    /// `proxy.public_url` without a trailing `/`; `None`: from each request.
+    public_url: Option<String>,
 }
 
 impl Proxy {
-    /// A proxy to the homeserver at `homeserver_url`.
+    /// A proxy to `matrix.homeserver_url`, naming `proxy.public_url` in the well-known answer.
     ///
     /// # Errors
     /// The URL is not an absolute http(s) URL, or TLS cannot be set up.
-    pub fn new(homeserver_url: &str) -> Result<Self, String> {
+    pub fn new(config: &Config) -> Result<Self, String> {
+        let homeserver_url = &config.matrix.homeserver_url;
         let base: Uri = homeserver_url.parse().map_err(|e| format!("matrix.homeserver_url {homeserver_url:?}: {e}"))?;
         if base.scheme().is_none() || base.authority().is_none() {
             return Err(format!("matrix.homeserver_url {homeserver_url:?} must be an absolute http(s) URL"));
         }
-        Ok(Proxy { client: pooled_client(https_connector().map_err(|e| e.to_string())?), base })
+        let public = config.proxy.public_url.trim_end_matches('/');
+        Ok(Proxy {
+            client: pooled_client(https_connector().map_err(|e| e.to_string())?),
+            base,
+            public_url: (!public.is_empty()).then(|| public.to_string()),
+        })
     }
 
-    /// Whether a request path is the homeserver's.
+    /// Whether the proxy answers a request path rather than the API: all
+    /// of the homeserver's namespaces, so that none of them can fall through
+    /// to anything but a refusal or the allow-list.
     #[must_use]
-    pub fn handles(path: &str) -> bool {
-        path.starts_with("/_matrix/") || path == "/.well-known/matrix/client"
+    pub fn claims(path: &str) -> bool {
+        path.starts_with("/_matrix") || path.starts_with("/_synapse") || path == WELL_KNOWN
     }
 
-    /// Passes one request on and streams the answer back. The peer's
-    /// address replaces any `X-Forwarded-For` it sent, so the homeserver's
-    /// per-address limits see the app and cannot be fooled by it.
-    pub async fn forward(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<AnyBody> {
+    /// Answers one request of a path [`Proxy::claims`]: the well-known
+    /// document, a refusal, or the homeserver's answer streamed back.
+    pub async fn answer(&self, req: Request<Incoming>, client: ClientAddr) -> Response<AnyBody> {
+        let path = req.uri().path();
+        if path == WELL_KNOWN {
+            return self.well_known(&req, client);
+        }
+        let refusal = match unsafe_path(path) {
+            Some(why) => Some(Error::BadRequest(why)),
+            None if !ALLOWED.iter().any(|p| path.starts_with(p)) => Some(Error::NotFound(
+                "only /_matrix/client/… and /_matrix/media/… reach the homeserver through this service".into(),
+            )),
+            None => None,
+        };
+        match refusal {
+            Some(e) => refuse(&req, &e),
+            None => self.forward(req, client).await,
+        }
+    }
+
+    /// Passes one request on and streams the answer back. What the client
+    /// said about itself or carried for the service (its token, cookies,
+    /// forwarding headers) stays here; the homeserver's per-address limits
+    /// see the client's address as the service computed it.
+    async fn forward(&self, req: Request<Incoming>, client: ClientAddr) -> Response<AnyBody> {
         let (mut parts, body) = req.into_parts();
         let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let uri = Uri::builder()
@@ -78,9 +126,9 @@ impl Proxy {
             Err(e) => return bad_gateway(&format!("cannot build the homeserver URL: {e}")),
         };
         strip_hop_by_hop(&mut parts.headers);
-        parts.headers.remove(header::HOST);
-        parts.headers.insert("x-forwarded-for", HeaderValue::from_str(&peer.ip().to_string()).expect("an IP is ASCII"));
-        parts.headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        strip_client_claims(&mut parts.headers);
+        parts.headers.insert("x-forwarded-for", HeaderValue::from_str(&client.ip.to_string()).expect("an IP is ASCII"));
+        parts.headers.insert("x-forwarded-proto", HeaderValue::from_static(client.proto()));
         parts.uri = uri;
         parts.version = http::Version::HTTP_11;
         let req = Request::from_parts(parts, body.map_err(box_error).boxed());
@@ -96,6 +144,126 @@ impl Proxy {
             }
         }
     }
+
+    /// GET /.well-known/matrix/client — anyone: the app's homeserver is
+    /// this service (client discovery, Matrix spec), with the CORS header
+    /// the spec asks for so web clients can read it.
+    fn well_known(&self, req: &Request<Incoming>, client: ClientAddr) -> Response<AnyBody> {
+        const METHODS: &str = "GET, HEAD, OPTIONS";
+        let mut resp = match *req.method() {
+            http::Method::GET | http::Method::HEAD => {
+                let base = match &self.public_url {
+                    Some(url) => url.clone(),
+                    None => match request_host(req) {
+                        Some(host) => format!("{}://{host}", client.proto()),
+                        None => {
+                            return refuse(
+                                req,
+                                &Error::BadRequest("send a Host header (or the operator sets proxy.public_url)".into()),
+                            );
+                        }
+                    },
+                };
+                let body = serde_json::json!({"m.homeserver": {"base_url": base}}).to_string();
+                let mut resp = Response::new(full(Bytes::from(body)));
+                resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                resp
+            }
+            http::Method::OPTIONS => {
+                let mut resp = Response::new(full(Bytes::new()));
+                *resp.status_mut() = StatusCode::NO_CONTENT;
+                let h = resp.headers_mut();
+                h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static(METHODS));
+                h.insert(
+                    header::ACCESS_CONTROL_ALLOW_HEADERS,
+                    HeaderValue::from_static("X-Requested-With, Content-Type, Authorization"),
+                );
+                resp
+            }
+            _ => {
+                let mut resp = refuse(req, &Error::MethodNotAllowed(format!("{WELL_KNOWN} answers {METHODS}")));
+                resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(METHODS));
+                resp
+            }
+        };
+        resp.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+        resp
+    }
+}
+
+/// Why a path may not be passed on, if it may not: a dot-segment, an
+/// empty segment, a `\`, or an encoded `/`, `.` or `\`. A trailing `/` is
+/// allowed: it is how a client names an empty state key.
+fn unsafe_path(path: &str) -> Option<String> {
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let last = segments.len().saturating_sub(1);
+    for (i, segment) in segments.iter().enumerate() {
+        if *segment == "." || *segment == ".." {
+            return Some("the path has a dot-segment (/./ or /../); send the path without it".into());
+        }
+        if segment.is_empty() && i != last {
+            return Some("the path has an empty segment (//); send the path without it".into());
+        }
+        if segment.contains('\\') {
+            return Some("the path has a backslash; send the path without it".into());
+        }
+        let bytes = segment.as_bytes();
+        for w in bytes.windows(3) {
+            if w[0] == b'%' && matches!((w[1], w[2].to_ascii_uppercase()), (b'2', b'F' | b'E') | (b'5', b'C')) {
+                return Some("the path has an encoded /, . or \\ (%2F, %2E, %5C); these are refused".into());
+            }
+        }
+    }
+    None
+}
+
+/// Headers that describe the client or carry its credentials for this
+/// service: the homeserver hears about the client only from us.
+fn strip_client_claims(headers: &mut http::HeaderMap) {
+    for name in ["api-token", "cookie", "forwarded", "x-real-ip", "host"] {
+        headers.remove(name);
+    }
+    let forwarded: Vec<HeaderName> =
+        headers.keys().filter(|k| k.as_str().starts_with("x-forwarded-")).cloned().collect();
+    for name in forwarded {
+        headers.remove(name);
+    }
+    // A Matrix client sends the homeserver's access token here; one of this
+    // service's own tokens sent by mistake must not reach the homeserver.
+    let ours = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).is_some_and(|v| {
+        let token = v.trim().get(7..).unwrap_or_default().trim_start();
+        token.starts_with(API_TOKEN_PREFIX) || token.starts_with(PAT_PREFIX)
+    });
+    if ours {
+        headers.remove(header::AUTHORIZATION);
+    }
+}
+
+/// The host the client addressed: `Host` on HTTP/1.1, the authority on HTTP/2.
+fn request_host(req: &Request<Incoming>) -> Option<String> {
+    let raw = match req.headers().get(header::HOST).and_then(|v| v.to_str().ok()) {
+        Some(h) => h.to_string(),
+        None => req.uri().authority()?.as_str().to_string(),
+    };
+    let authority: http::uri::Authority = raw.parse().ok()?;
+    (!authority.host().is_empty() && !authority.as_str().contains('@')).then(|| authority.as_str().to_string())
+}
+
+/// A refusal as problem+json. On HTTP/1 a request body may still be
+/// unread: the connection is closed after the answer, so the body's bytes
+/// are never taken for the next request.
+fn refuse(req: &Request<Incoming>, err: &Error) -> Response<AnyBody> {
+    let mut resp = problem(err).map(|b| b.map_err(box_error).boxed());
+    let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
+        || req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim() != "0");
+    if has_body && req.version() < http::Version::HTTP_2 {
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+fn full(bytes: Bytes) -> AnyBody {
+    http_body_util::Full::new(bytes).map_err(|never| match never {}).boxed()
 }
 
 fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
@@ -113,10 +281,61 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
 }
 
 fn bad_gateway(detail: &str) -> Response<AnyBody> {
-    let body = serde_json::json!({"type": "about:blank", "title": "Bad Gateway", "status": 502, "detail": detail});
-    let mut resp =
-        Response::new(http_body_util::Full::new(Bytes::from(body.to_string())).map_err(|never| match never {}).boxed());
-    *resp.status_mut() = StatusCode::BAD_GATEWAY;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
-    resp
+    problem(&Error::BadGateway(detail.to_string())).map(|b| b.map_err(box_error).boxed())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_that_could_be_normalized_are_refused() {
+        for bad in [
+            "/_matrix/../_synapse/admin/v1/register",
+            "/_matrix/client/./v3/login",
+            "/_matrix/client/..",
+            "/_matrix/%2e%2e/_synapse/admin/v1/users",
+            "/_matrix/client/%2E%2E/x",
+            "/_matrix//_synapse/admin",
+            "/_matrix/client/v3%2F..%2F..%2F_synapse",
+            "/_matrix/client/v3%2f",
+            "/_matrix/client/%5c_synapse",
+            "/_matrix/client/%5C",
+            "/_matrix/client/a\\b",
+            "/_matrix/client/v3//x/",
+        ] {
+            assert!(unsafe_path(bad).is_some(), "{bad} passed");
+        }
+        for good in [
+            "/_matrix/client/versions",
+            "/_matrix/client/v3/rooms/%21abc%3Aexample.org/state/m.room.name/",
+            "/_matrix/media/v3/download/example.org/abc",
+            "/_matrix/client/v3/rooms/!r:example.org/send/m.room.message/txn1",
+        ] {
+            assert_eq!(unsafe_path(good), None, "{good}");
+        }
+    }
+
+    #[test]
+    fn what_the_client_says_of_itself_is_dropped() {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in [
+            ("api-token", "mcp_x"),
+            ("cookie", "a=b"),
+            ("forwarded", "for=1.2.3.4"),
+            ("x-real-ip", "1.2.3.4"),
+            ("x-forwarded-host", "evil"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("authorization", "Bearer mcp_secret"),
+            ("content-type", "application/json"),
+        ] {
+            h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        strip_client_claims(&mut h);
+        assert_eq!(h.keys().map(HeaderName::as_str).collect::<Vec<_>>(), vec!["content-type"]);
+        let mut h = http::HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer syt_matrix_token"));
+        strip_client_claims(&mut h);
+        assert!(h.contains_key(header::AUTHORIZATION), "a Matrix access token passes");
+    }
 }

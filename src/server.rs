@@ -24,12 +24,19 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use warp::Filter;
 
+use crate::client_addr::TrustedProxies;
 use crate::config::Config;
 use crate::proxy::{AnyBody, Proxy, box_error};
 
-/// The address of the peer, put into every request's extensions.
-#[derive(Debug, Clone, Copy)]
-pub struct RemoteAddr(pub SocketAddr);
+/// What happens to a request before the API sees it: its client address
+/// is computed (and put into its extensions as a
+/// [`ClientAddr`](crate::client_addr::ClientAddr)), and the proxy takes the
+/// homeserver's paths when it is on.
+#[derive(Default)]
+pub struct Front {
+    pub proxy: Option<Proxy>,
+    pub trusted: TrustedProxies,
+}
 
 /// Why TLS cannot be set up.
 #[derive(Debug, thiserror::Error)]
@@ -146,7 +153,7 @@ pub async fn serve<F, R>(
     listener: TcpListener,
     tls: Option<Arc<TlsState>>,
     filter: F,
-    proxy: Option<Arc<Proxy>>,
+    front: Arc<Front>,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) where
@@ -171,9 +178,10 @@ pub async fn serve<F, R>(
         };
         let _ = tcp.set_nodelay(true);
         let svc = warp::service(filter.clone());
-        let proxy = proxy.clone();
+        let front = front.clone();
+        let https = tls.is_some();
         let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-            handle(svc.clone(), proxy.clone(), req, peer)
+            handle(svc.clone(), front.clone(), req, peer, https)
         });
         let builder = builder.clone();
         let watcher = graceful.watcher();
@@ -214,12 +222,13 @@ pub async fn serve<F, R>(
     }
 }
 
-/// One request: to the homeserver when the proxy takes its path, else to the API.
+/// One request: to the proxy when it claims the path, else to the API.
 async fn handle<S, B>(
     mut svc: S,
-    proxy: Option<Arc<Proxy>>,
+    front: Arc<Front>,
     mut req: hyper::Request<hyper::body::Incoming>,
     peer: SocketAddr,
+    https: bool,
 ) -> Result<hyper::Response<AnyBody>, Infallible>
 where
     S: tower_service::Service<hyper::Request<hyper::body::Incoming>, Response = hyper::Response<B>, Error = Infallible>,
@@ -230,10 +239,11 @@ where
     let header = http::HeaderValue::from_str(&id.to_string());
     let mut resp = REQUEST_ID
         .scope(id, async {
-            if let Some(proxy) = proxy.filter(|_| Proxy::handles(req.uri().path())) {
-                return proxy.forward(req, peer).await;
+            let client = front.trusted.client_of(peer, req.headers(), https);
+            if let Some(proxy) = front.proxy.as_ref().filter(|_| Proxy::claims(req.uri().path())) {
+                return proxy.answer(req, client).await;
             }
-            req.extensions_mut().insert(RemoteAddr(peer));
+            req.extensions_mut().insert(client);
             tower_call(&mut svc, req).await.map(|b| b.map_err(box_error).boxed())
         })
         .await;

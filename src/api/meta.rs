@@ -1,18 +1,88 @@
 //! Outside /v1: health, readiness, metrics, the OpenAPI document and its page.
+//!
+//! `/metrics` and the details of `/readyz` (outbox depth, the homeserver's
+//! error) are for operators: on the public listener they need an API token;
+//! the operators' listener (`server.metrics_listen`, loopback) serves them
+//! without one. Readiness comes from a homeserver check a background task
+//! repeats, so probing `/readyz` never turns into calls to the homeserver.
 
+use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::StatusCode;
+use tokio::sync::watch;
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
+use super::extract::token;
 use super::routes::ROUTES;
 use super::{AppState, answer, json, with_state};
+use crate::domain::Principal;
 use crate::error::Error;
 use crate::store::Read;
+
+/// How often the background task asks the homeserver whether it answers.
+const HOMESERVER_CHECK_EVERY: Duration = Duration::from_secs(5);
+/// How long one check waits for the homeserver's answer.
+const HOMESERVER_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The homeserver as the latest check saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HomeserverHealth {
+    NotConfigured,
+    Answers,
+    /// Why it does not answer (for operators only).
+    Fails(String),
+}
+
+/// The latest homeserver check, shared by every `/readyz`.
+pub struct Readiness {
+    tx: watch::Sender<Option<HomeserverHealth>>,
+}
+
+impl Readiness {
+    /// Unchecked when a homeserver is configured; settled otherwise.
+    #[must_use]
+    pub fn new(configured: bool) -> Self {
+        let first = if configured { None } else { Some(HomeserverHealth::NotConfigured) };
+        Readiness { tx: watch::Sender::new(first) }
+    }
+
+    /// The latest result; a request before the first check waits for it
+    /// (bounded) rather than call the homeserver itself.
+    async fn current(&self) -> Option<HomeserverHealth> {
+        let mut rx = self.tx.subscribe();
+        let wait = HOMESERVER_CHECK_TIMEOUT + Duration::from_secs(1);
+        match tokio::time::timeout(wait, rx.wait_for(Option::is_some)).await {
+            Ok(Ok(seen)) => seen.clone(),
+            _ => None,
+        }
+    }
+}
+
+/// Checks the homeserver now and every [`HOMESERVER_CHECK_EVERY`], for
+/// `/readyz`; a no-op without a homeserver.
+pub fn spawn_homeserver_check(state: &AppState) {
+    let Some(hs) = state.hs.clone() else { return };
+    let readiness = state.readiness.clone();
+    tokio::spawn(async move {
+        loop {
+            let health = match tokio::time::timeout(HOMESERVER_CHECK_TIMEOUT, hs.client.versions()).await {
+                Ok(Ok(_)) => HomeserverHealth::Answers,
+                Ok(Err(e)) => HomeserverHealth::Fails(format!("the homeserver does not answer: {e}")),
+                Err(_) => HomeserverHealth::Fails(format!(
+                    "the homeserver did not answer within {} s",
+                    HOMESERVER_CHECK_TIMEOUT.as_secs()
+                )),
+            };
+            readiness.tx.send_replace(Some(health));
+            tokio::time::sleep(HOMESERVER_CHECK_EVERY).await;
+        }
+    });
+}
 
 /// The OpenAPI 3.1 description of every route (checked against the routes by a test).
 pub const OPENAPI: &str = include_str!("../../assets/openapi.json");
@@ -68,11 +138,14 @@ fn route_label(slot: usize) -> (&'static str, &'static str) {
     ROUTES.get(slot).copied().unwrap_or(("", "unmatched"))
 }
 
+fn healthz() -> BoxedFilter<(Response,)> {
+    warp::path!("healthz").and(warp::get()).map(|| json(StatusCode::OK, &serde_json::json!({"status": "ok"}))).boxed()
+}
+
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
-    let healthz =
-        warp::path!("healthz").and(warp::get()).map(|| json(StatusCode::OK, &serde_json::json!({"status": "ok"})));
-    let readyz = warp::path!("readyz").and(warp::get()).and(with_state(state.clone())).then(readyz);
-    let metrics = warp::path!("metrics").and(warp::get()).and(with_state(state)).map(metrics);
+    let healthz = healthz();
+    let readyz = warp::path!("readyz").and(warp::get()).and(with_state(state.clone())).and(token()).then(public_readyz);
+    let metrics = warp::path!("metrics").and(warp::get()).and(with_state(state)).and(token()).map(public_metrics);
     let openapi = warp::path!("openapi.json").and(warp::get()).map(|| {
         warp::http::Response::builder()
             .header("content-type", "application/json")
@@ -88,28 +161,71 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     healthz.or(readyz).unify().or(metrics).unify().or(openapi).unify().or(docs).unify().boxed()
 }
 
-/// GET /readyz — anyone: 200 when the database answers and the homeserver
-/// (when one is configured) answers too; 503 with the reason otherwise.
-async fn readyz(state: AppState) -> Response {
-    let depth = match state.domain.store.read().and_then(|r| r.outbox_depth()) {
-        Ok(d) => d,
-        Err(e) => return answer(Err(Error::Unavailable(format!("the database is not readable: {e}")))),
-    };
-    let homeserver = match &state.hs {
-        None => "not configured",
-        Some(hs) => match tokio::time::timeout(Duration::from_secs(3), hs.client.versions()).await {
-            Ok(Ok(_)) => "ok",
-            Ok(Err(e)) => return answer(Err(Error::Unavailable(format!("the homeserver does not answer: {e}")))),
-            Err(_) => return answer(Err(Error::Unavailable("the homeserver did not answer within 3 s".into()))),
-        },
-    };
-    json(
-        StatusCode::OK,
-        &serde_json::json!({"status": "ready", "database": "ok", "homeserver": homeserver, "outboxDepth": depth}),
-    )
+/// The operators' listener (`server.metrics_listen`): `/metrics`, the
+/// detailed `/readyz` and `/healthz`, without a token.
+pub fn operator_routes(
+    state: AppState,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
+    let readyz = warp::path!("readyz").and(warp::get()).and(with_state(state.clone())).then(|s| readyz(s, true));
+    let metrics = warp::path!("metrics").and(warp::get()).and(with_state(state)).map(metrics);
+    healthz().or(readyz).unify().or(metrics).unify().recover(super::problem::recover).unify()
 }
 
-/// GET /metrics — anyone on the network that reaches the port: Prometheus text format.
+/// Whether the request's token is an API token (details for operators).
+fn is_operator(state: &AppState, token: Option<&str>) -> bool {
+    token.is_some_and(|t| {
+        state.domain.store.read().is_ok_and(|r| matches!(state.domain.authenticate(&r, t), Ok(Principal::Api)))
+    })
+}
+
+/// GET /readyz — anyone: 200 when the database answers and the homeserver
+/// (when one is configured) answered the latest check; 503 otherwise. The
+/// details (outbox depth, the homeserver's error) only with an API token.
+async fn public_readyz(state: AppState, token: Option<String>) -> Response {
+    let detailed = is_operator(&state, token.as_deref());
+    readyz(state, detailed).await
+}
+
+async fn readyz(state: AppState, detailed: bool) -> Response {
+    let depth = match state.domain.store.read().and_then(|r| r.outbox_depth()) {
+        Ok(d) => d,
+        Err(e) if detailed => return answer(Err(Error::Unavailable(format!("the database is not readable: {e}")))),
+        Err(_) => return answer(Err(not_ready("the database is not readable"))),
+    };
+    let homeserver = match state.readiness.current().await {
+        Some(HomeserverHealth::NotConfigured) => "not configured",
+        Some(HomeserverHealth::Answers) => "ok",
+        Some(HomeserverHealth::Fails(why)) if detailed => return answer(Err(Error::Unavailable(why))),
+        Some(HomeserverHealth::Fails(_)) => return answer(Err(not_ready("the homeserver does not answer"))),
+        None => return answer(Err(not_ready("the homeserver has not been checked yet"))),
+    };
+    let body = if detailed {
+        serde_json::json!({"status": "ready", "database": "ok", "homeserver": homeserver, "outboxDepth": depth})
+    } else {
+        serde_json::json!({"status": "ready"})
+    };
+    json(StatusCode::OK, &body)
+}
+
+fn not_ready(what: &str) -> Error {
+    Error::Unavailable(format!(
+        "not ready: {what}; operators see why on the metrics listener (server.metrics_listen) or with an API token"
+    ))
+}
+
+/// GET /metrics — an API token (the operators' listener needs none): Prometheus text format.
+fn public_metrics(state: AppState, token: Option<String>) -> Response {
+    match state.caller(token.as_deref()) {
+        Ok((_, Principal::Api)) => metrics(state),
+        Ok((_, Principal::User(_))) => answer(Err(Error::Forbidden(
+            "metrics are for operators: send an API token, or read them on the metrics listener (server.metrics_listen)"
+                .into(),
+        ))),
+        Err(e) => answer(Err(e)),
+    }
+}
+
+/// The metrics in Prometheus text format.
 fn metrics(state: AppState) -> Response {
     let m = &state.metrics;
     let mut out = String::new();

@@ -2,6 +2,7 @@
 //! rules live in `domain`.
 
 pub mod admin;
+pub mod export;
 pub mod extract;
 pub mod limits;
 pub mod meta;
@@ -38,6 +39,8 @@ pub struct State {
     pub login_limit: Arc<limits::RateLimiter>,
     pub token_limit: Arc<limits::RateLimiter>,
     pub credentials_limit: Arc<limits::RateLimiter>,
+    /// The latest homeserver check, for `/readyz`.
+    pub readiness: Arc<meta::Readiness>,
 }
 
 impl AppState {
@@ -56,6 +59,7 @@ impl AppState {
             l.credentials_burst,
             Duration::from_secs(l.credentials_refill_secs),
         ));
+        let readiness = Arc::new(meta::Readiness::new(hs.is_some()));
         AppState(Arc::new(State {
             domain,
             metrics: Arc::new(meta::Metrics::default()),
@@ -63,6 +67,7 @@ impl AppState {
             login_limit,
             token_limit,
             credentials_limit,
+            readiness,
         }))
     }
 
@@ -134,7 +139,9 @@ pub fn routes(
         .unify()
         .or(user::routes(state.clone()))
         .unify()
-        .or(admin::routes(state))
+        .or(admin::routes(state.clone()))
+        .unify()
+        .or(export::routes(state))
         .unify()
         .recover(problem::recover)
         .unify()

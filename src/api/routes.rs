@@ -32,6 +32,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/users/{userID}/tokens"),
     ("GET", "/v1/users/{userID}/tokens"),
     ("DELETE", "/v1/users/{userID}/tokens/{tokenID}"),
+    ("GET", "/v1/export"),
 ];
 
 /// The index in [`ROUTES`] of the route that answers `method` `path`, for

@@ -9,11 +9,11 @@ use warp::reply::Response;
 use super::extract::{self, body, int, param, query_pairs, raw_query, token};
 use super::views::LoginBody;
 use super::{AppState, answer, json, with_state};
+use crate::client_addr::ClientAddr;
 use crate::domain::passwords::Wait;
 use crate::error::{Error, Result};
 use crate::matrix::{ErrCode, MatrixError};
 use crate::reconciler::StepError;
-use crate::server::RemoteAddr;
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let max = state.max_body();
@@ -30,7 +30,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(token())
         .and(raw_query())
         .and(body(max, false))
-        .and(warp::ext::optional::<RemoteAddr>())
+        .and(warp::ext::optional::<ClientAddr>())
         .then(login);
     credentials.or(login).unify().boxed()
 }
@@ -65,14 +65,14 @@ async fn credentials(state: AppState, token: Option<String>, query: String) -> R
 
 /// POST /v1/user/login — a PAT for its own user; an API token with `?user_id=`.
 /// Logs the user's Matrix account in with its password, asking for a
-/// refresh token; the app's address goes along so the homeserver's
-/// per-address login limits count the app, not the service.
+/// refresh token; the app's address (the request's [`ClientAddr`]) goes
+/// along so the homeserver's per-address login limits count the app, not the service.
 async fn login(
     state: AppState,
     token: Option<String>,
     query: String,
     body: Bytes,
-    remote: Option<RemoteAddr>,
+    client: Option<ClientAddr>,
 ) -> Response {
     answer(
         async {
@@ -95,7 +95,7 @@ async fn login(
             hs.ensure_account(user, Some(&password)).await.map_err(step_error)?;
             let granted = hs
                 .client
-                .login_user(&hs.matrix_id(user), &password, b.device_id.as_deref(), remote.map(|r| r.0.ip()))
+                .login_user(&hs.matrix_id(user), &password, b.device_id.as_deref(), client.map(|c| c.ip))
                 .await
                 .map_err(matrix_error)?;
             let m = &state.domain.config.matrix;

@@ -2,8 +2,8 @@
 
 use crate::error::{Error, Result};
 use crate::model::{OrgRole, Organization, OutboxOp, Token, TokenKind, User, UserId};
-use crate::secrets::{API_TOKEN_PREFIX, PAT_PREFIX, new_token, token_hash};
-use crate::store::{Read, Writer};
+use crate::secrets::{PAT_PREFIX, new_token, token_hash};
+use crate::store::Read;
 
 use super::rooms::{automate_member, remove_from_rooms, remove_room};
 use super::{Domain, Principal, org_not_found, positive};
@@ -277,33 +277,6 @@ impl Domain {
             Some(_) => Err(Error::NotFound(format!("user {id} is deactivated"))),
             None => Err(no_user(id)),
         }
-    }
-
-    /// Creates the first API token when the config names none and the
-    /// database holds none: returns its secret, to be shown once.
-    ///
-    /// # Errors
-    /// Storage failures.
-    pub fn ensure_api_token(&self) -> Result<Option<String>> {
-        if !self.config.auth.api_token_hashes.is_empty() || self.store.read()?.has_stored_api_token()? {
-            return Ok(None);
-        }
-        let secret = new_token(API_TOKEN_PREFIX);
-        let now = self.clock.now();
-        self.write(|w: &mut Writer| {
-            let record = Token {
-                id: w.next_id("token")?,
-                kind: TokenKind::Api,
-                user_id: 0,
-                name: "first start".into(),
-                hash: token_hash(&secret),
-                created_at: now,
-                expires_at: None,
-                revoked: false,
-            };
-            Ok(w.put_token(&record)?)
-        })?;
-        Ok(Some(secret))
     }
 }
 

@@ -16,13 +16,18 @@ impl Domain {
         let hash = token_hash(token);
         if token.starts_with(API_TOKEN_PREFIX) {
             // Compare against every configured hash so the time does not tell which matched.
-            let configured = self.api_hashes.iter().fold(false, |acc, h| acc | hashes_equal(h, &hash));
-            if configured {
-                return Ok(Principal::Api);
-            }
-            return match r.token_by_hash(&hash)? {
-                Some(t) if t.kind == TokenKind::Api && hashes_equal(&t.hash, &hash) && !t.revoked => Ok(Principal::Api),
-                _ => Err(Error::Unauthorized("unknown API token".into())),
+            let listed = self.api_hashes.iter().fold(false, |acc, (h, _)| acc | hashes_equal(h, &hash));
+            // The database holds the first-start token and the revocations of config tokens.
+            let stored = r.token_by_hash(&hash)?.filter(|t| t.kind == TokenKind::Api && hashes_equal(&t.hash, &hash));
+            return match stored {
+                Some(t) if t.revoked => Err(Error::Unauthorized("this API token was revoked".into())),
+                _ if listed => Ok(Principal::Api),
+                // The first-start token stands in only while the config lists none.
+                Some(_) if self.api_hashes.is_empty() => Ok(Principal::Api),
+                Some(_) => Err(Error::Unauthorized(
+                    "this API token is no longer accepted: auth.api_token_hashes does not list it".into(),
+                )),
+                None => Err(Error::Unauthorized("unknown API token".into())),
             };
         }
         if token.starts_with(PAT_PREFIX) {

@@ -2,6 +2,7 @@
 //! answer; this layer decides and writes through the store.
 
 pub mod admin;
+pub mod api_tokens;
 pub mod auth;
 pub mod passwords;
 pub mod rooms;
@@ -48,8 +49,8 @@ pub struct Domain {
     pub config: Arc<Config>,
     pub key: ServerKey,
     pub clock: Arc<dyn Clock>,
-    /// SHA-256 of the API tokens named in the config.
-    api_hashes: Vec<[u8; 32]>,
+    /// SHA-256 and shown name of the API tokens named in the config, in its order.
+    api_hashes: Vec<([u8; 32], String)>,
     /// Woken after every commit that added outbox entries.
     pub outbox_changed: Arc<Notify>,
     /// Where Matrix passwords are derived, a bounded number at a time.
@@ -64,10 +65,12 @@ impl Domain {
             .auth
             .api_token_hashes
             .iter()
-            .map(|h| {
-                let bytes = hex::decode(h).map_err(|e| Error::Internal(format!("auth.api_token_hashes: {e}")))?;
-                <[u8; 32]>::try_from(bytes.as_slice())
-                    .map_err(|_| Error::Internal("auth.api_token_hashes: not 32 bytes".into()))
+            .enumerate()
+            .map(|(i, h)| {
+                let bytes = hex::decode(&h.hash).map_err(|e| Error::Internal(format!("auth.api_token_hashes: {e}")))?;
+                let hash = <[u8; 32]>::try_from(bytes.as_slice())
+                    .map_err(|_| Error::Internal("auth.api_token_hashes: not 32 bytes".into()))?;
+                Ok((hash, h.shown_name(i)))
             })
             .collect::<Result<Vec<_>>>()?;
         let derivations =

@@ -312,12 +312,6 @@ pub trait Read {
         Ok(out)
     }
 
-    /// Whether any API token was created by the service itself.
-    fn has_stored_api_token(&self) -> Result<bool, StoreError> {
-        let t = self.table(USERIDTOKENID_TOKENHASH)?;
-        Ok(t.range((0i64, 0u64)..=(0i64, u64::MAX))?.next().is_some())
-    }
-
     /// Rooms whose scheduled deletion is at or before `now`, soonest first.
     fn rooms_due(&self, now: i64, limit: usize) -> Result<Vec<RoomId>, StoreError> {
         let t = self.table(DELETIONTIME_ROOMID)?;

@@ -8,11 +8,13 @@
 mod common;
 
 mod admin;
+mod api_tokens;
 mod auth;
 mod limits;
 mod matrix;
 mod openapi;
 mod persistence;
+mod proxy;
 mod roles;
 mod rooms;
 mod service;

@@ -7,20 +7,56 @@ use serde_json::json;
 
 use crate::common::{Client, Http, TestServer};
 
+/// Prometheus text format with the service's own series.
+#[track_caller]
+fn assert_metrics(metrics: &crate::common::Resp) {
+    metrics.expect(200);
+    assert!(metrics.header("content-type").starts_with("text/plain"), "{:?}", metrics.header("content-type"));
+    assert!(metrics.text.contains("# TYPE"), "Prometheus text format: {}", metrics.text);
+    assert!(metrics.text.contains("messenger_chat_outbox_depth"), "{}", metrics.text);
+}
+
+/// Metrics and the details of readiness are for operators: on the public
+/// listener with an API token only, on the operators' listener without one.
 #[tokio::test]
 async fn health_and_metrics() {
     let srv = TestServer::start();
     srv.raw("GET", "/healthz", &[], b"").await.expect(200);
 
-    let metrics = srv.raw("GET", "/metrics", &[], b"").await;
-    metrics.expect(200);
-    assert!(metrics.header("content-type").starts_with("text/plain"), "{:?}", metrics.header("content-type"));
-    assert!(metrics.text.contains("# TYPE"), "Prometheus text format: {}", metrics.text);
+    srv.raw("GET", "/metrics", &[], b"").await.expect_problem(401);
+    srv.get("/metrics", "mca_not-a-token").await.expect_problem(401);
+    let w = crate::common::World::new(&srv).await;
+    srv.get("/metrics", &w.owner.token).await.expect_problem(403);
+    assert_metrics(&srv.get("/metrics", &srv.api_token).await);
+    assert!(!srv.metrics_url.is_empty(), "the start names the operators' listener: {:?}", srv.stdout_lines);
+    assert_metrics(&srv.operator_get("/metrics").await);
+
+    // Readiness: a plain status for everyone, the details for operators.
+    let plain = srv.raw("GET", "/readyz", &[], b"").await;
+    assert_eq!(plain.expect(200), &json!({"status": "ready"}));
+    assert_eq!(srv.get("/readyz", &w.owner.token).await.expect(200), &json!({"status": "ready"}));
+    for detailed in [srv.get("/readyz", &srv.api_token).await, srv.operator_get("/readyz").await] {
+        let body = detailed.expect(200);
+        assert_eq!(body["homeserver"], "not configured", "{body}");
+        assert!(body["outboxDepth"].is_u64(), "{body}");
+    }
+    srv.operator_get("/healthz").await.expect(200);
+    // The operators' listener serves nothing else.
+    srv.operator_get("/v1/chatrooms?organization_id=1").await.expect_problem(404);
+}
+
+/// `server.metrics_listen = ""` turns the operators' listener off.
+#[tokio::test]
+async fn the_operators_listener_can_be_turned_off() {
+    let srv = TestServer::start_with(&[("MESSENGER_CHAT_SERVER__METRICS_LISTEN", "")]);
+    assert!(srv.metrics_url.is_empty(), "{:?}", srv.stdout_lines);
+    assert_metrics(&srv.get("/metrics", &srv.api_token).await);
 }
 
 /// A homeserver is configured (a registration secret) but nobody listens at
-/// its address: the service serves, but is not ready, and says why; login,
-/// which needs the homeserver now, is 503.
+/// its address: the service serves, but is not ready, and says why (the
+/// homeserver's error only to operators); login, which needs the homeserver
+/// now, is 503.
 #[tokio::test]
 async fn not_ready_while_the_homeserver_does_not_answer() {
     let srv = TestServer::start_with(&[("MESSENGER_CHAT_MATRIX__REGISTRATION_SHARED_SECRET", "test-secret")]);
@@ -28,6 +64,11 @@ async fn not_ready_while_the_homeserver_does_not_answer() {
     let ready = srv.raw("GET", "/readyz", &[], b"").await;
     let reason = ready.expect_problem(503);
     assert!(reason.contains("homeserver"), "/readyz names the reason: {reason}");
+    let detailed = srv.operator_get("/readyz").await.expect_problem(503);
+    let with_token = srv.get("/readyz", &srv.api_token).await.expect_problem(503);
+    assert_eq!(detailed, with_token);
+    assert!(detailed.contains("homeserver") && detailed != reason, "{detailed} / {reason}");
+    assert!(!reason.contains(&detailed), "{reason}");
 
     let w = crate::common::World::new(&srv).await;
     let login = json!({"deviceID": "PHONE1"});

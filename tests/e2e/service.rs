@@ -50,6 +50,7 @@ impl Service {
         let data_dir = dir.path().join("data");
         let env = [
             ("MESSENGER_CHAT_SERVER__LISTEN", "127.0.0.1:0".to_string()),
+            ("MESSENGER_CHAT_SERVER__METRICS_LISTEN", "127.0.0.1:0".to_string()),
             ("MESSENGER_CHAT_STORAGE__DATA_DIR", data_dir.display().to_string()),
             ("MESSENGER_CHAT_SECURITY__ARGON2_MEMORY_KIB", "64".to_string()),
             ("MESSENGER_CHAT_SECURITY__ARGON2_ITERATIONS", "1".to_string()),

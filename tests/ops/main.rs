@@ -1,9 +1,12 @@
 //! Operating the service: certificate reload on SIGHUP, graceful stop on
-//! SIGTERM under load, and export / import through the command line.
+//! SIGTERM under load, export / import through the command line, and
+//! backups of a running service (`backup`).
 
 #[path = "../api/common/mod.rs"]
-#[expect(dead_code, unused_imports, reason = "the shared harness serves several test targets")]
+#[expect(dead_code, reason = "the shared harness serves several test targets")]
 mod common;
+
+mod backup;
 
 use std::path::Path;
 use std::process::Command;
@@ -166,11 +169,7 @@ async fn export_import_export_is_identical() {
         .output()
         .unwrap();
     assert!(!busy.status.success(), "export must refuse a database the service holds");
-    assert!(
-        String::from_utf8_lossy(&busy.stderr).contains("stop it first"),
-        "{}",
-        String::from_utf8_lossy(&busy.stderr)
-    );
+    assert!(String::from_utf8_lossy(&busy.stderr).contains("/v1/export"), "{}", String::from_utf8_lossy(&busy.stderr));
     let creds = srv.get(&format!("/v1/user/credentials?user_id={}", w.member.id), &srv.api_token).await;
     let password = creds.expect(200)["password"].clone();
     assert!(srv.stop(), "the server stops cleanly");

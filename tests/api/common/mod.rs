@@ -73,6 +73,35 @@ impl TestServer {
         self.send(method, path, &headers, body.to_vec()).await
     }
 
+    /// `GET path` on the operators' plain-HTTP listener (`server.metrics_listen`).
+    #[allow(dead_code, reason = "used by some of the test targets that share the harness")]
+    pub async fn operator_get(&self, path: &str) -> Resp {
+        use http_body_util::BodyExt;
+        let authority = self.metrics_url.strip_prefix("http://").expect("the server printed its metrics listener");
+        let request = format!("GET {path} (operators' listener)");
+        let exchange = async {
+            let tcp = tokio::net::TcpStream::connect(authority).await.map_err(|e| format!("connect: {e}"))?;
+            let (mut send, conn) = hyper::client::conn::http1::handshake::<_, http_body_util::Empty<bytes::Bytes>>(
+                hyper_util::rt::TokioIo::new(tcp),
+            )
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+            tokio::spawn(conn);
+            let req = http::Request::get(path).header("host", authority).body(http_body_util::Empty::new());
+            let resp = send.send_request(req.map_err(|e| e.to_string())?).await.map_err(|e| format!("send: {e}"))?;
+            let (parts, body) = resp.into_parts();
+            let bytes = body.collect().await.map_err(|e| format!("read body: {e}"))?.to_bytes();
+            Ok::<_, String>((parts, bytes))
+        };
+        let (parts, bytes) = tokio::time::timeout(std::time::Duration::from_secs(30), exchange)
+            .await
+            .unwrap_or_else(|_| Err("no answer within 30 s".into()))
+            .unwrap_or_else(|e| panic!("{request}: {e}"));
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Resp { request, status: parts.status.as_u16(), headers: parts.headers, text, body }
+    }
+
     /// A room as the API token sees it.
     pub async fn room(&self, room: i64) -> Value {
         self.get(&format!("/v1/chatrooms/{room}"), &self.api_token).await.expect(200).clone()

@@ -24,6 +24,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 fn base_env(data_dir: &Path) -> Vec<(String, String)> {
     [
         ("MESSENGER_CHAT_SERVER__LISTEN", "127.0.0.1:0".to_string()),
+        // Servers run side by side: each operators' listener on a port of its own.
+        ("MESSENGER_CHAT_SERVER__METRICS_LISTEN", "127.0.0.1:0".to_string()),
         ("MESSENGER_CHAT_STORAGE__DATA_DIR", data_dir.display().to_string()),
         ("MESSENGER_CHAT_SECURITY__ARGON2_MEMORY_KIB", "64".to_string()),
         ("MESSENGER_CHAT_SECURITY__ARGON2_ITERATIONS", "1".to_string()),
@@ -53,6 +55,8 @@ pub struct TestServer {
     pub api_token: String,
     /// Every stdout line of the latest start, up to and including `listening on`.
     pub stdout_lines: Vec<String>,
+    /// `http://127.0.0.1:PORT` of the operators' listener (`server.metrics_listen`), empty when off.
+    pub metrics_url: String,
     client: Option<Client>,
 }
 
@@ -76,6 +80,7 @@ impl TestServer {
             url: String::new(),
             api_token: String::new(),
             stdout_lines: Vec::new(),
+            metrics_url: String::new(),
             client: None,
         };
         server.spawn();
@@ -102,6 +107,37 @@ impl TestServer {
     /// The data directory (`storage.data_dir`).
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+
+    /// The server's working directory: a `config.toml` written here is read on the next start.
+    #[allow(dead_code, reason = "used by some of the test targets that share the harness")]
+    pub fn work_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs an administration command of the binary (`messenger-chat ARGS`)
+    /// with the server's settings and working directory; the server must
+    /// be stopped (it holds the database exclusively). Returns the exit
+    /// status's success, stdout and stderr.
+    #[allow(dead_code, reason = "used by some of the test targets that share the harness")]
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        assert!(self.child.is_none(), "stop the server before running `messenger-chat {}`", args.join(" "));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_messenger-chat"));
+        cmd.args(args).current_dir(self.dir.path()).stdin(Stdio::null());
+        for (key, _) in std::env::vars() {
+            if key.starts_with("MESSENGER_CHAT_") {
+                cmd.env_remove(key);
+            }
+        }
+        for (k, v) in base_env(&self.data_dir).into_iter().chain(self.extra_env.clone()) {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("run the messenger-chat binary");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     /// What the server logged to stderr so far (all starts).
@@ -151,6 +187,7 @@ impl TestServer {
         });
         self.child = Some(child);
         self.stdout_lines.clear();
+        self.metrics_url.clear();
         let deadline = Instant::now() + START_TIMEOUT;
         let url = loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -159,6 +196,10 @@ impl TestServer {
                     self.stdout_lines.push(line.clone());
                     if line.contains("API token") {
                         self.api_token = last_word(&line);
+                    }
+                    if line.contains("for operators on") {
+                        let url = line.split_whitespace().find(|w| w.starts_with("http://"));
+                        self.metrics_url = url.unwrap_or_default().to_string();
                     }
                     if line.contains("listening on") {
                         break last_word(&line);
