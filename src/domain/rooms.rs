@@ -36,7 +36,9 @@ const LISTS: [(&str, RoomRole); 3] =
     [("admins", RoomRole::Admin), ("moderators", RoomRole::Moderator), ("assignedUsers", RoomRole::Assigned)];
 
 impl UserLists {
-    fn is_empty(&self) -> bool {
+    /// Whether no list names anyone.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
         self.admins.is_empty() && self.moderators.is_empty() && self.assigned.is_empty()
     }
 
