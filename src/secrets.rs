@@ -120,11 +120,10 @@ impl ServerKey {
     }
 
     /// [`ServerKey::matrix_password`] in `memory`, grown to the size the
-    /// parameters need and kept by the caller for the next derivation: a
-    /// buffer reused by a bounded number of workers keeps the process's
-    /// memory flat, where an allocation per derivation leaves it scattered
-    /// over the allocator's per-thread arenas. Every block is written before
-    /// it is read, so what a previous derivation left there does not matter.
+    /// parameters need, which the caller may hand to the next derivation
+    /// instead of allocating (and faulting in) 19 MiB each time. Every block
+    /// is written before it is read, so what a previous derivation left
+    /// there does not matter.
     ///
     /// # Errors
     /// Argon2 parameters out of range (checked at start-up).

@@ -4,9 +4,9 @@
 //! core for tens of milliseconds. Unbounded, a hundred concurrent
 //! credentials requests took the process to gigabytes; so at most
 //! `security.argon2_concurrency` derivations run at once, each in a buffer
-//! that is kept for the next one, at most `security.argon2_queue` more wait
-//! for a turn, and a request beyond those is answered 503 with `Retry-After`
-//! at once, before it costs anything.
+//! handed on to the next one while more come (and freed when none do), at
+//! most `security.argon2_queue` more wait for a turn, and a request beyond
+//! those is answered 503 with `Retry-After` at once, before it costs anything.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -36,7 +36,8 @@ const RETRY_AFTER_SECS: u64 = 1;
 pub struct Derivations {
     /// One permit per derivation that may run.
     slots: Arc<Semaphore>,
-    /// Argon2 memory of finished derivations, for the next ones (at most one per slot).
+    /// Argon2 memory of finished derivations, for the next ones while
+    /// derivations keep coming (at most one per slot; none when idle).
     buffers: Arc<Mutex<Vec<Vec<argon2::Block>>>>,
     /// Derivations running or waiting for a slot.
     admitted: Arc<AtomicUsize>,
@@ -106,10 +107,20 @@ impl Derivations {
         let buffers = self.buffers.clone();
         // The slot and the admission go with the work: a caller that gives up
         // does not free them before the derivation has really ended.
+        let admitted = self.admitted.clone();
         tokio::task::spawn_blocking(move || {
             let mut memory = buffers.lock().unwrap_or_else(PoisonError::into_inner).pop().unwrap_or_default();
             let result = derive(&mut memory);
-            buffers.lock().unwrap_or_else(PoisonError::into_inner).push(memory);
+            let mut pool = buffers.lock().unwrap_or_else(PoisonError::into_inner);
+            // Kept while others run or wait, for them; the last one out
+            // frees them all, so an idle service holds no Argon2 memory.
+            if admitted.load(Ordering::Acquire) > 1 {
+                pool.push(memory);
+            } else {
+                pool.clear();
+                drop(memory);
+            }
+            drop(pool);
             drop(slot);
             drop(admission);
             result
@@ -190,8 +201,8 @@ mod tests {
         // It got the buffer one of the others left: reused, not allocated anew.
         assert_eq!(background.await.unwrap().unwrap(), 4);
         assert_eq!(d.admitted.load(Ordering::Acquire), 0, "every admission was given back");
+        assert!(d.buffers.lock().unwrap().is_empty(), "the last one out freed the buffers");
         assert_eq!(d.run(Wait::Bounded, |_| Ok(7)).await.unwrap(), 7, "free again once they ended");
-        assert_eq!(d.buffers.lock().unwrap().len(), 1, "one slot, one buffer");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
