@@ -42,11 +42,22 @@ pub struct LimitsConfig {
     pub token_issue_burst: u32,
     /// … and then one more every this many seconds.
     pub token_issue_refill_secs: u64,
+    /// `GET /v1/user/credentials` calls a user may make at once (each runs Argon2) …
+    pub credentials_burst: u32,
+    /// … and then one more every this many seconds.
+    pub credentials_refill_secs: u64,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        Self { login_burst: 10, login_refill_secs: 6, token_issue_burst: 10, token_issue_refill_secs: 6 }
+        Self {
+            login_burst: 10,
+            login_refill_secs: 6,
+            token_issue_burst: 10,
+            token_issue_refill_secs: 6,
+            credentials_burst: 10,
+            credentials_refill_secs: 6,
+        }
     }
 }
 
@@ -208,11 +219,14 @@ pub struct RoomsConfig {
     pub default_name: String,
     /// Largest avatar image accepted, in bytes.
     pub max_avatar_bytes: u64,
+    /// Most users one request may name in `admins`, `moderators` and
+    /// `assignedUsers` together (422 above it).
+    pub max_users_per_request: u32,
 }
 
 impl Default for RoomsConfig {
     fn default() -> Self {
-        Self { default_name: "General".into(), max_avatar_bytes: 5 * 1024 * 1024 }
+        Self { default_name: "General".into(), max_avatar_bytes: 5 * 1024 * 1024, max_users_per_request: 1000 }
     }
 }
 
@@ -226,11 +240,43 @@ pub struct SecurityConfig {
     pub argon2_iterations: u32,
     /// Lanes.
     pub argon2_parallelism: u32,
+    /// Derivations that may run at once; 0 means one per core. Each holds
+    /// `argon2_memory_kib` while it runs.
+    pub argon2_concurrency: u32,
+    /// Derivations that may wait for one of those; 0 means twice
+    /// `argon2_concurrency`. Beyond them a request is answered 503 with Retry-After.
+    pub argon2_queue: u32,
 }
 
 impl Default for SecurityConfig {
     fn default() -> Self {
-        Self { argon2_memory_kib: 19456, argon2_iterations: 2, argon2_parallelism: 1 }
+        Self {
+            argon2_memory_kib: 19456,
+            argon2_iterations: 2,
+            argon2_parallelism: 1,
+            argon2_concurrency: 0,
+            argon2_queue: 0,
+        }
+    }
+}
+
+impl SecurityConfig {
+    /// How many derivations run at once: `argon2_concurrency`, or the cores.
+    #[must_use]
+    pub fn derivations_at_once(&self) -> usize {
+        match self.argon2_concurrency {
+            0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            n => n as usize,
+        }
+    }
+
+    /// How many derivations may wait: `argon2_queue`, or twice those at once.
+    #[must_use]
+    pub fn derivations_waiting(&self) -> usize {
+        match self.argon2_queue {
+            0 => 2 * self.derivations_at_once(),
+            n => n as usize,
+        }
     }
 }
 
@@ -256,6 +302,11 @@ pub struct MatrixConfig {
     pub sync_wait_ms: u64,
     /// Timeout of one request to the homeserver, in ms.
     pub request_timeout_ms: u64,
+    /// Matrix accounts the background sync creates for one room before it
+    /// lets other changes go first; the room stays pending and its sync
+    /// resumes behind them, so a room of thousands of new users does not
+    /// hold up every other organization.
+    pub accounts_per_step: u32,
 }
 
 impl Default for MatrixConfig {
@@ -270,6 +321,7 @@ impl Default for MatrixConfig {
             user_prefix: "u".into(),
             sync_wait_ms: 5000,
             request_timeout_ms: 10000,
+            accounts_per_step: 20,
         }
     }
 }
@@ -419,6 +471,15 @@ impl Config {
         if self.rooms.max_avatar_bytes == 0 || self.rooms.max_avatar_bytes > self.server.max_body_bytes {
             return bad("rooms.max_avatar_bytes", "must be between 1 and server.max_body_bytes".into());
         }
+        if self.rooms.max_users_per_request == 0 {
+            return bad("rooms.max_users_per_request", "must be at least 1".into());
+        }
+        if self.security.argon2_concurrency > 1024 {
+            return bad("security.argon2_concurrency", "must be at most 1024 (0 means one per core)".into());
+        }
+        if self.security.argon2_queue > 65_536 {
+            return bad("security.argon2_queue", "must be at most 65536 (0 means twice argon2_concurrency)".into());
+        }
         if self.security.argon2_memory_kib < 8 * self.security.argon2_parallelism.max(1) {
             return bad("security.argon2_memory_kib", "must be at least 8 KiB per lane".into());
         }
@@ -446,8 +507,17 @@ impl Config {
         if !valid_localpart(&self.matrix.user_prefix) {
             return bad("matrix.user_prefix", "must be lowercase letters, digits or ._=-/".into());
         }
-        if self.limits.login_burst == 0 || self.limits.token_issue_burst == 0 {
-            return bad("limits.login_burst", "bursts must be at least 1".into());
+        if self.matrix.accounts_per_step == 0 {
+            return bad("matrix.accounts_per_step", "must be at least 1".into());
+        }
+        for (key, burst) in [
+            ("limits.login_burst", self.limits.login_burst),
+            ("limits.token_issue_burst", self.limits.token_issue_burst),
+            ("limits.credentials_burst", self.limits.credentials_burst),
+        ] {
+            if burst == 0 {
+                return bad(key, "bursts must be at least 1".into());
+            }
         }
         if !matches!(self.log.access.as_str(), "all" | "errors" | "none") {
             return bad("log.access", format!("{:?} is not one of all, errors, none", self.log.access));
@@ -536,6 +606,33 @@ mod tests {
         std::fs::write(&file, "[rooms]\nmax_avatar_bytes = \"big\"\n").unwrap();
         let err = Config::load(Some(&file)).unwrap_err().0;
         assert!(err.contains("rooms.max_avatar_bytes"), "{err}");
+    }
+
+    #[test]
+    fn request_and_derivation_limits_are_checked() {
+        let mut c = Config::default();
+        c.rooms.max_users_per_request = 0;
+        assert!(c.validate().unwrap_err().0.contains("rooms.max_users_per_request"));
+        let mut c = Config::default();
+        c.limits.credentials_burst = 0;
+        assert!(c.validate().unwrap_err().0.contains("limits.credentials_burst"));
+        let mut c = Config::default();
+        c.matrix.accounts_per_step = 0;
+        assert!(c.validate().unwrap_err().0.contains("matrix.accounts_per_step"));
+        let mut c = Config::default();
+        c.security.argon2_concurrency = 5000;
+        assert!(c.validate().unwrap_err().0.contains("security.argon2_concurrency"));
+        let mut c = Config::default();
+        c.security.argon2_queue = 100_000;
+        assert!(c.validate().unwrap_err().0.contains("security.argon2_queue"));
+
+        let mut c = Config::default();
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        assert_eq!((c.security.derivations_at_once(), c.security.derivations_waiting()), (cores, 2 * cores));
+        c.security.argon2_concurrency = 3;
+        assert_eq!((c.security.derivations_at_once(), c.security.derivations_waiting()), (3, 6));
+        c.security.argon2_queue = 1;
+        assert_eq!(c.security.derivations_waiting(), 1);
     }
 
     #[test]

@@ -41,6 +41,9 @@ pub enum Error {
     /// 503: the homeserver (or another dependency) cannot be reached now.
     #[error("{0}")]
     Unavailable(String),
+    /// 503: the service itself is too busy for this now; retry after the given seconds.
+    #[error("{detail}")]
+    Overloaded { detail: String, retry_after_secs: u64 },
     /// 500: the service itself failed; the detail is logged, not shown.
     #[error("internal error: {0}")]
     Internal(String),
@@ -68,7 +71,7 @@ impl Error {
             Error::Invalid(_) => 422,
             Error::RateLimited { .. } => 429,
             Error::BadGateway(_) => 502,
-            Error::Unavailable(_) => 503,
+            Error::Unavailable(_) | Error::Overloaded { .. } => 503,
             Error::Internal(_) => 500,
         }
     }

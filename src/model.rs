@@ -102,9 +102,13 @@ impl Room {
         all
     }
 
-    /// Puts `user` in exactly one list, the one of `role`.
+    /// Puts `user` in exactly one list, the one of `role`; a claim stays.
     pub fn set_role(&mut self, user: UserId, role: RoomRole) {
-        self.remove_user(user);
+        for list in [&mut self.admins, &mut self.moderators, &mut self.assigned] {
+            if let Ok(at) = list.binary_search(&user) {
+                list.remove(at);
+            }
+        }
         let list = match role {
             RoomRole::Admin => &mut self.admins,
             RoomRole::Moderator => &mut self.moderators,

@@ -116,6 +116,23 @@ impl ServerKey {
     /// # Errors
     /// Argon2 parameters out of range (checked at start-up).
     pub fn matrix_password(&self, security: &SecurityConfig, account: &str) -> Result<String, String> {
+        self.matrix_password_in(security, account, &mut Vec::new())
+    }
+
+    /// [`ServerKey::matrix_password`] in `memory`, grown to the size the
+    /// parameters need, which the caller may hand to the next derivation
+    /// instead of allocating (and faulting in) 19 MiB each time. Every block
+    /// is written before it is read, so what a previous derivation left
+    /// there does not matter.
+    ///
+    /// # Errors
+    /// Argon2 parameters out of range (checked at start-up).
+    pub fn matrix_password_in(
+        &self,
+        security: &SecurityConfig,
+        account: &str,
+        memory: &mut Vec<argon2::Block>,
+    ) -> Result<String, String> {
         let params = argon2::Params::new(
             security.argon2_memory_kib,
             security.argon2_iterations,
@@ -123,11 +140,16 @@ impl ServerKey {
             Some(32),
         )
         .map_err(|e| e.to_string())?;
+        if memory.len() < params.block_count() {
+            memory.resize(params.block_count(), argon2::Block::default());
+        }
         let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
         // The salt must be at least 8 bytes; the account id is unique per user.
         let salt = format!("messenger-chat password {account}");
         let mut out = [0u8; 32];
-        argon.hash_password_into(&self.0, salt.as_bytes(), &mut out).map_err(|e| e.to_string())?;
+        argon
+            .hash_password_into_with_memory(&self.0, salt.as_bytes(), &mut out, memory.as_mut_slice())
+            .map_err(|e| e.to_string())?;
         Ok(URL_SAFE_NO_PAD.encode(out))
     }
 }
@@ -137,7 +159,7 @@ mod tests {
     use super::*;
 
     fn cheap() -> SecurityConfig {
-        SecurityConfig { argon2_memory_kib: 64, argon2_iterations: 1, argon2_parallelism: 1 }
+        SecurityConfig { argon2_memory_kib: 64, argon2_iterations: 1, ..SecurityConfig::default() }
     }
 
     #[test]
@@ -157,6 +179,19 @@ mod tests {
         assert_eq!(p1, k.matrix_password(&cheap(), "@u1:hs").unwrap());
         assert_ne!(p1, k.matrix_password(&cheap(), "@u2:hs").unwrap());
         assert_ne!(p1, ServerKey::from_bytes([8; 32]).matrix_password(&cheap(), "@u1:hs").unwrap());
+    }
+
+    #[test]
+    fn a_reused_buffer_gives_the_same_password() {
+        let k = ServerKey::from_bytes([7; 32]);
+        let fresh = k.matrix_password(&cheap(), "@u1:hs").unwrap();
+        // A buffer full of another derivation's blocks, larger than needed.
+        let mut memory = Vec::new();
+        let bigger = SecurityConfig { argon2_memory_kib: 256, ..cheap() };
+        k.matrix_password_in(&bigger, "@u2:hs", &mut memory).unwrap();
+        assert_eq!(memory.len(), 256);
+        assert_eq!(k.matrix_password_in(&cheap(), "@u1:hs", &mut memory).unwrap(), fresh);
+        assert_eq!(k.matrix_password_in(&cheap(), "@u1:hs", &mut memory).unwrap(), fresh);
     }
 
     #[test]

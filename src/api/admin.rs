@@ -10,6 +10,7 @@ use warp::reply::Response;
 use super::extract::{self, body, int, token};
 use super::views::{NameBody, RoleBody, TokenBody, TokenView, UserBody, rfc3339};
 use super::{AppState, answer, blocking, json, no_content, with_state};
+use crate::domain::Domain;
 use crate::error::Error;
 use crate::model::OrgRole;
 
@@ -191,13 +192,15 @@ async fn delete_user(user: String, state: AppState, token: Option<String>) -> Re
 }
 
 /// POST /v1/users/{userID}/tokens — API token: issue a PAT, shown only in this answer.
+/// Rate-limited per user, counted only for callers allowed to issue.
 async fn issue_token(user: String, state: AppState, token: Option<String>, body: Bytes) -> Response {
     answer(
         async {
             let (_, p) = state.caller(token.as_deref())?;
+            Domain::require_api(p)?;
             let user = id("userID", &user)?;
-            state.token_limit.check(user, std::time::Instant::now())?;
             let b: TokenBody = if body.is_empty() { TokenBody::default() } else { extract::json(&body)? };
+            state.token_limit.check((p, user), std::time::Instant::now())?;
             let d = state.domain.clone();
             let issued = blocking(move || d.issue_token(p, user, b.name.as_deref(), b.expires_in_days)).await?;
             let mut resp = json(

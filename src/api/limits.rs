@@ -1,18 +1,28 @@
-//! Rate limits on the calls that cost the homeserver or mint secrets
-//! (login, token issue): a token bucket per key, in memory.
+//! Rate limits on the calls that cost the homeserver, run Argon2 or mint
+//! secrets (login, credentials, token issue): a token bucket per key, in memory.
+//!
+//! A limit is checked only once the caller is known to be allowed the call,
+//! and its bucket belongs to the caller and the user acted for together: a
+//! user's own calls (or someone's refused ones) never use up the allowance
+//! the API token has for that user, nor the other way round.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::domain::Principal;
 use crate::error::Error;
+use crate::model::UserId;
+
+/// Whose bucket a call takes from: who calls, and for which user.
+pub type Key = (Principal, UserId);
 
 /// A token bucket per key: `burst` calls at once, then one per `refill`.
 pub struct RateLimiter {
     what: &'static str,
     burst: f64,
     refill: Duration,
-    buckets: Mutex<HashMap<i64, (f64, Instant)>>,
+    buckets: Mutex<HashMap<Key, (f64, Instant)>>,
 }
 
 /// Above this many keys, full buckets (keys idle long enough) are dropped.
@@ -28,7 +38,7 @@ impl RateLimiter {
     ///
     /// # Errors
     /// 429 with the seconds until the next call is allowed.
-    pub fn check(&self, key: i64, now: Instant) -> Result<(), Error> {
+    pub fn check(&self, key: Key, now: Instant) -> Result<(), Error> {
         let per_sec = 1.0 / self.refill.as_secs_f64().max(1e-3);
         let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if buckets.len() > PRUNE_AT {
@@ -60,16 +70,38 @@ impl RateLimiter {
 mod tests {
     use super::*;
 
+    const ANN: Key = (Principal::User(1), 1);
+
     #[test]
     fn burst_then_refill() {
         let l = RateLimiter::new("login", 2, Duration::from_secs(10));
         let t0 = Instant::now();
-        l.check(1, t0).unwrap();
-        l.check(1, t0).unwrap();
-        let Err(Error::RateLimited { retry_after_secs, .. }) = l.check(1, t0) else { panic!("third call passed") };
+        l.check(ANN, t0).unwrap();
+        l.check(ANN, t0).unwrap();
+        let Err(Error::RateLimited { retry_after_secs, .. }) = l.check(ANN, t0) else { panic!("third call passed") };
         assert_eq!(retry_after_secs, 10);
-        l.check(2, t0).unwrap();
-        l.check(1, t0 + Duration::from_secs(10)).unwrap();
-        assert!(l.check(1, t0 + Duration::from_secs(11)).is_err());
+        l.check((Principal::User(2), 2), t0).unwrap();
+        l.check(ANN, t0 + Duration::from_secs(10)).unwrap();
+        assert!(l.check(ANN, t0 + Duration::from_secs(11)).is_err());
+    }
+
+    #[test]
+    fn a_user_and_the_api_token_have_separate_buckets_for_that_user() {
+        let l = RateLimiter::new("credentials", 3, Duration::from_secs(60));
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            l.check(ANN, t0).unwrap();
+        }
+        assert!(l.check(ANN, t0).is_err(), "Ann used up her own bucket");
+        // The API token acting for Ann, and another user, are untouched.
+        for _ in 0..3 {
+            l.check((Principal::Api, 1), t0).unwrap();
+            l.check((Principal::User(2), 2), t0).unwrap();
+        }
+        assert!(l.check((Principal::Api, 1), t0).is_err(), "the API token's bucket for Ann is used up");
+        // … which leaves its bucket for another user, and Ann's own, as they were.
+        l.check((Principal::Api, 2), t0).unwrap();
+        assert!(l.check(ANN, t0).is_err());
+        l.check(ANN, t0 + Duration::from_secs(60)).unwrap();
     }
 }

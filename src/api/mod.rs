@@ -38,6 +38,7 @@ pub struct State {
     pub hs: Option<Arc<Homeserver>>,
     pub login_limit: Arc<limits::RateLimiter>,
     pub token_limit: Arc<limits::RateLimiter>,
+    pub credentials_limit: Arc<limits::RateLimiter>,
     /// The latest homeserver check, for `/readyz`.
     pub readiness: Arc<meta::Readiness>,
 }
@@ -53,6 +54,11 @@ impl AppState {
             l.token_issue_burst,
             Duration::from_secs(l.token_issue_refill_secs),
         ));
+        let credentials_limit = Arc::new(limits::RateLimiter::new(
+            "credentials",
+            l.credentials_burst,
+            Duration::from_secs(l.credentials_refill_secs),
+        ));
         let readiness = Arc::new(meta::Readiness::new(hs.is_some()));
         AppState(Arc::new(State {
             domain,
@@ -60,6 +66,7 @@ impl AppState {
             hs,
             login_limit,
             token_limit,
+            credentials_limit,
             readiness,
         }))
     }

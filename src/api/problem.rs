@@ -39,7 +39,7 @@ pub fn problem(err: &Error) -> Response {
         Error::Unauthorized(_) => {
             headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        Error::RateLimited { retry_after_secs, .. } => {
+        Error::RateLimited { retry_after_secs, .. } | Error::Overloaded { retry_after_secs, .. } => {
             headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
         }
         _ => {}

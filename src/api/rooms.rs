@@ -290,11 +290,14 @@ async fn claim_room(id: String, state: AppState, token: Option<String>, query: S
 
 /// POST (add) and DELETE (remove) /v1/chatrooms/{roomID}/users — owners/admins
 /// of the organization and room admins; room moderators for assignedUsers only.
+/// A caller who may not change the room is refused before the body is parsed.
 async fn change_users(id: String, state: AppState, token: Option<String>, body: Bytes, add: bool) -> Response {
     answer(
         async {
-            let (_, p) = state.caller(token.as_deref())?;
+            let (r, p) = state.caller(token.as_deref())?;
             let which = room_ref(&id)?;
+            state.domain.may_change_users(&r, p, &which)?;
+            drop(r);
             let b: UsersBody = extract::json(&body)?;
             let lists = UserLists { admins: b.admins, moderators: b.moderators, assigned: b.assigned_users };
             let d = state.domain.clone();

@@ -8,8 +8,9 @@ use warp::reply::Response;
 
 use super::extract::{self, body, int, param, query_pairs, raw_query, token};
 use super::views::LoginBody;
-use super::{AppState, answer, blocking, json, with_state};
+use super::{AppState, answer, json, with_state};
 use crate::client_addr::ClientAddr;
+use crate::domain::passwords::Wait;
 use crate::error::{Error, Result};
 use crate::matrix::{ErrCode, MatrixError};
 use crate::reconciler::StepError;
@@ -40,18 +41,20 @@ fn user_id_param(query: &str) -> Result<Option<i64>> {
 }
 
 /// GET /v1/user/credentials — a PAT for its own user; an API token with `?user_id=`.
+/// Rate-limited per caller and user; the derivation is refused with 503 when
+/// too many are under way.
 async fn credentials(state: AppState, token: Option<String>, query: String) -> Response {
     answer(
         async {
             let (r, p) = state.caller(token.as_deref())?;
             let user = state.domain.acting_user(&r, p, user_id_param(&query)?)?;
             drop(r);
+            state.credentials_limit.check((p, user), std::time::Instant::now())?;
+            let (username, password) = state.domain.credentials(user, Wait::Bounded).await?;
             if let Some(hs) = &state.hs {
                 // The credentials are only useful once the account exists.
-                hs.ensure_account(user).await.map_err(step_error)?;
+                hs.ensure_account(user, Some(&password)).await.map_err(step_error)?;
             }
-            let d = state.domain.clone();
-            let (username, password) = blocking(move || d.credentials(user)).await?;
             let mut resp = json(StatusCode::OK, &serde_json::json!({"username": username, "password": password}));
             resp.headers_mut().insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
             Ok(resp)
@@ -76,7 +79,7 @@ async fn login(
             let (r, p) = state.caller(token.as_deref())?;
             let user = state.domain.acting_user(&r, p, user_id_param(&query)?)?;
             drop(r);
-            state.login_limit.check(user, std::time::Instant::now())?;
+            state.login_limit.check((p, user), std::time::Instant::now())?;
             let b: LoginBody = if body.is_empty() { LoginBody::default() } else { extract::json(&body)? };
             if let Some(d) = &b.device_id
                 && (d.is_empty() || d.chars().count() > 255 || d.chars().any(char::is_control))
@@ -88,8 +91,8 @@ async fn login(
                     "no homeserver is configured (matrix.registration_shared_secret): login is unavailable".into(),
                 ));
             };
-            hs.ensure_account(user).await.map_err(step_error)?;
-            let password = hs.password(user).await.map_err(step_error)?;
+            let (_, password) = state.domain.credentials(user, Wait::Bounded).await?;
+            hs.ensure_account(user, Some(&password)).await.map_err(step_error)?;
             let granted = hs
                 .client
                 .login_user(&hs.matrix_id(user), &password, b.device_id.as_deref(), client.map(|c| c.ip))

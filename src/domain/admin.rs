@@ -1,5 +1,4 @@
-//! Administration (API token only): organizations, members, users, tokens;
-//! and the caller's own Matrix credentials.
+//! Administration (API token only): organizations, members, users, tokens.
 
 use crate::error::{Error, Result};
 use crate::model::{OrgRole, Organization, OutboxOp, Token, TokenKind, User, UserId};
@@ -278,16 +277,6 @@ impl Domain {
             Some(_) => Err(Error::NotFound(format!("user {id} is deactivated"))),
             None => Err(no_user(id)),
         }
-    }
-
-    /// Matrix login name and password of a user. Runs Argon2: call off the async workers.
-    ///
-    /// # Errors
-    /// Argon2 parameters out of range.
-    pub fn credentials(&self, user: UserId) -> Result<(String, String)> {
-        let account = self.matrix_user_id(user);
-        let password = self.key.matrix_password(&self.config.security, &account).map_err(Error::Internal)?;
-        Ok((account, password))
     }
 }
 

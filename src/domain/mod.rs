@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod api_tokens;
 pub mod auth;
+pub mod passwords;
 pub mod rooms;
 
 use std::sync::Arc;
@@ -34,7 +35,7 @@ impl Clock for SystemClock {
 }
 
 /// Who is calling.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Principal {
     /// An API token: may do everything.
     Api,
@@ -52,6 +53,8 @@ pub struct Domain {
     api_hashes: Vec<([u8; 32], String)>,
     /// Woken after every commit that added outbox entries.
     pub outbox_changed: Arc<Notify>,
+    /// Where Matrix passwords are derived, a bounded number at a time.
+    derivations: passwords::Derivations,
 }
 
 impl Domain {
@@ -70,7 +73,9 @@ impl Domain {
                 Ok((hash, h.shown_name(i)))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Domain { store, config, key, clock, api_hashes, outbox_changed: Arc::new(Notify::new()) })
+        let derivations =
+            passwords::Derivations::new(config.security.derivations_at_once(), config.security.derivations_waiting());
+        Ok(Domain { store, config, key, clock, api_hashes, outbox_changed: Arc::new(Notify::new()), derivations })
     }
 
     /// One write transaction with the domain's error type.

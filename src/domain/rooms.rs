@@ -31,37 +31,56 @@ pub struct UserLists {
     pub assigned: Vec<i64>,
 }
 
+/// The lists of a request in order of power, with their JSON names.
+const LISTS: [(&str, RoomRole); 3] =
+    [("admins", RoomRole::Admin), ("moderators", RoomRole::Moderator), ("assignedUsers", RoomRole::Assigned)];
+
 impl UserLists {
-    fn is_empty(&self) -> bool {
+    /// Whether no list names anyone.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
         self.admins.is_empty() && self.moderators.is_empty() && self.assigned.is_empty()
     }
 
-    /// Each named user once, with the highest role any list gives them.
+    /// How many users the lists name together (a user named twice counts twice).
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.admins.len() + self.moderators.len() + self.assigned.len()
+    }
+
+    fn lists(&self) -> [&[i64]; 3] {
+        [&self.admins, &self.moderators, &self.assigned]
+    }
+
+    /// Each named user once, with the highest role any list gives them,
+    /// ascending. One sort of (user, list) pairs puts every user's entries
+    /// side by side, so a repeat within one list and the highest role are
+    /// found in one pass: n·log n for n ids, whatever the lists hold.
     ///
     /// # Errors
     /// 422 for an id ≤ 0 or a user named twice in one list.
     pub fn normalize(&self) -> Result<Vec<(UserId, RoomRole)>> {
-        let mut out: Vec<(UserId, RoomRole)> = Vec::new();
-        for (field, list, role) in [
-            ("admins", &self.admins, RoomRole::Admin),
-            ("moderators", &self.moderators, RoomRole::Moderator),
-            ("assignedUsers", &self.assigned, RoomRole::Assigned),
-        ] {
-            let mut seen = std::collections::HashSet::new();
+        let mut all: Vec<(UserId, usize)> = Vec::with_capacity(self.len());
+        for (i, list) in self.lists().into_iter().enumerate() {
             for &u in list {
                 if u <= 0 {
-                    return Err(Error::Invalid(format!("{field} holds {u}: user ids are positive integers")));
+                    return Err(Error::Invalid(format!("{} holds {u}: user ids are positive integers", LISTS[i].0)));
                 }
-                if !seen.insert(u) {
-                    return Err(Error::Invalid(format!("{field} names user {u} twice: list each user once")));
-                }
-                match out.iter_mut().find(|(v, _)| *v == u) {
-                    Some(entry) => entry.1 = entry.1.max(role),
-                    None => out.push((u, role)),
-                }
+                all.push((u, i));
             }
         }
-        out.sort_unstable();
+        all.sort_unstable();
+        let mut out: Vec<(UserId, RoomRole)> = Vec::with_capacity(all.len());
+        for (at, &(u, i)) in all.iter().enumerate() {
+            let previous = at.checked_sub(1).map(|p| all[p]);
+            if previous == Some((u, i)) {
+                return Err(Error::Invalid(format!("{} names user {u} twice: list each user once", LISTS[i].0)));
+            }
+            // Lists come in order of power: a user's first entry is their highest role.
+            if previous.is_none_or(|(v, _)| v != u) {
+                out.push((u, LISTS[i].1));
+            }
+        }
         Ok(out)
     }
 }
@@ -205,6 +224,13 @@ impl Domain {
                 Error::Invalid("name is required: give the room a name of 1 to 255 characters".into())
             })?,
         )?;
+        // Who may create and how many users, before any work on the lists.
+        {
+            let r = self.store.read()?;
+            Self::require_org(&r, org)?;
+            Self::require_org_manager(&r, p, org)?;
+        }
+        self.check_list_size(&spec.users)?;
         let users = spec.users.normalize()?;
         let now = self.clock.now();
         let avatar = match &spec.avatar {
@@ -229,9 +255,7 @@ impl Domain {
             room.name = name;
             room.automation = spec.automation;
             room.scheduled_deletion = spec.scheduled_deletion;
-            for (u, role) in users {
-                room.set_role(u, role);
-            }
+            set_roles(&mut room, &users);
             if let Principal::User(u) = p {
                 room.set_role(u, RoomRole::Admin);
             }
@@ -416,10 +440,26 @@ impl Domain {
         self.change_users(p, room, lists, false)
     }
 
+    /// Whether the caller may change the room's users at all: organization
+    /// owners/admins, room admins and room moderators. Cheap, so a request
+    /// can be refused before its lists are even read.
+    ///
+    /// # Errors
+    /// 404 unknown room, 403 not allowed.
+    pub fn may_change_users(&self, r: &impl Read, p: Principal, room: &RoomRef) -> Result<()> {
+        let room = Self::resolve_room(r, room)?;
+        match Self::room_power(r, p, &room)? {
+            Some(RoomRole::Admin | RoomRole::Moderator) => Ok(()),
+            _ => Err(may_not_change_users(&room)),
+        }
+    }
+
     fn change_users(&self, p: Principal, room: &RoomRef, lists: &UserLists, add: bool) -> Result<Room> {
         if lists.is_empty() {
             return Err(Error::BadRequest("name at least one user in admins, moderators or assignedUsers".into()));
         }
+        self.may_change_users(&self.store.read()?, p, room)?;
+        self.check_list_size(lists)?;
         let users = lists.normalize()?;
         let now = self.clock.now();
         let room = self.write(|w| {
@@ -436,20 +476,14 @@ impl Domain {
                         )));
                     }
                 }
-                _ => {
-                    return Err(Error::Forbidden(format!(
-                        "only owners and admins of organization {} and admins of room {} may change its users",
-                        old.org_id, old.id
-                    )));
-                }
+                _ => return Err(may_not_change_users(&old)),
             }
             let mut room = old.clone();
-            for (u, role) in users {
-                if add {
-                    room.set_role(u, role);
-                } else {
-                    room.remove_user(u);
-                }
+            if add {
+                set_roles(&mut room, &users);
+            } else {
+                let gone: Vec<UserId> = users.iter().map(|(u, _)| *u).collect();
+                remove_users(&mut room, &gone);
             }
             if room == old {
                 return Ok(room);
@@ -459,6 +493,22 @@ impl Domain {
         })?;
         self.outbox_changed.notify_one();
         Ok(room)
+    }
+
+    /// At most `rooms.max_users_per_request` users in one request's lists together.
+    ///
+    /// # Errors
+    /// 422 naming the key.
+    fn check_list_size(&self, lists: &UserLists) -> Result<()> {
+        let max = self.config.rooms.max_users_per_request as usize;
+        let n = lists.len();
+        if n > max {
+            return Err(Error::Invalid(format!(
+                "admins, moderators and assignedUsers name {n} users together; at most {max} are accepted in one \
+                 request (rooms.max_users_per_request): send the rest in further requests"
+            )));
+        }
+        Ok(())
     }
 
     /// Deletes the rooms whose scheduled deletion has come, also those whose
@@ -504,6 +554,13 @@ const LAST_DELETION_TIME: i64 = 253_402_300_799;
 
 fn no_room(room: &RoomRef) -> Error {
     Error::NotFound(format!("no chatroom {room}"))
+}
+
+fn may_not_change_users(room: &Room) -> Error {
+    Error::Forbidden(format!(
+        "only owners and admins of organization {} and admins of room {} may change its users",
+        room.org_id, room.id
+    ))
 }
 
 fn require_room_admin(r: &impl Read, p: Principal, room: &Room) -> Result<()> {
@@ -559,14 +616,75 @@ pub(crate) fn remove_room(w: &mut Writer, room: &Room) -> Result<()> {
 /// While automation is on, every organization member is in the room and
 /// owners/admins are room admins.
 pub(crate) fn apply_automation(r: &impl Read, room: &mut Room) -> Result<()> {
+    let mut changes = Vec::new();
+    // Members come in ascending order, as `set_roles` wants them.
     for (u, role) in r.members(room.org_id)? {
         if role.manages() {
-            room.set_role(u, RoomRole::Admin);
+            changes.push((u, RoomRole::Admin));
         } else if room.role_of(u).is_none() {
-            room.set_role(u, RoomRole::Assigned);
+            changes.push((u, RoomRole::Assigned));
         }
     }
+    set_roles(room, &changes);
     Ok(())
+}
+
+/// Puts each user of `changes` (ascending, each once) in exactly the list of
+/// their role, keeping any claim. One merge per list: linear in the room and
+/// the change together, where a `Room::set_role` per user would shift the
+/// room's lists once per user (quadratic as a room grows into the thousands).
+pub(crate) fn set_roles(room: &mut Room, changes: &[(UserId, RoomRole)]) {
+    if changes.is_empty() {
+        return;
+    }
+    debug_assert!(changes.windows(2).all(|w| w[0].0 < w[1].0), "changes ascending, each user once");
+    let users: Vec<UserId> = changes.iter().map(|(u, _)| *u).collect();
+    for (list, role) in [
+        (&mut room.admins, RoomRole::Admin),
+        (&mut room.moderators, RoomRole::Moderator),
+        (&mut room.assigned, RoomRole::Assigned),
+    ] {
+        let kept = without(list, &users);
+        let added = changes.iter().filter(|(_, r)| *r == role).map(|(u, _)| *u);
+        *list = merged(&kept, added);
+    }
+}
+
+/// Takes the users of `users` (ascending) out of every list and out of the
+/// claims; true when any of them was listed. Linear, like [`set_roles`].
+pub(crate) fn remove_users(room: &mut Room, users: &[UserId]) -> bool {
+    let before = room.admins.len() + room.moderators.len() + room.assigned.len();
+    for list in [&mut room.admins, &mut room.moderators, &mut room.assigned, &mut room.claimed] {
+        *list = without(list, users);
+    }
+    room.admins.len() + room.moderators.len() + room.assigned.len() != before
+}
+
+/// `list` without the ids in `drop`, both ascending: one pass over each.
+fn without(list: &[UserId], drop: &[UserId]) -> Vec<UserId> {
+    let mut out = Vec::with_capacity(list.len());
+    let mut drop = drop.iter().copied().peekable();
+    for &u in list {
+        while drop.next_if(|&d| d < u).is_some() {}
+        if drop.peek() != Some(&u) {
+            out.push(u);
+        }
+    }
+    out
+}
+
+/// Two ascending lists without common ids as one ascending list.
+fn merged(a: &[UserId], b: impl Iterator<Item = UserId>) -> Vec<UserId> {
+    let mut out = Vec::with_capacity(a.len());
+    let mut a = a.iter().copied().peekable();
+    for u in b {
+        while let Some(v) = a.next_if(|&v| v < u) {
+            out.push(v);
+        }
+        out.push(u);
+    }
+    out.extend(a);
+    out
 }
 
 /// Applies automation for one member across an organization's automated rooms.
@@ -607,4 +725,142 @@ pub(crate) fn remove_from_rooms(w: &mut Writer, user: UserId, org: Option<OrgId>
         }
     }
     Ok(changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A deterministic shuffle of 1..=n (multiplication by a unit modulo a prime above n).
+    fn shuffled(n: i64) -> Vec<i64> {
+        const P: i64 = 200_003;
+        assert!(n < P);
+        (1..P).map(|i| i * 7919 % P).filter(|&v| v <= n).collect()
+    }
+
+    #[test]
+    fn normalize_gives_each_user_once_with_the_highest_role() {
+        let n = 200_000;
+        // Everyone assigned, every third a moderator, every fifth an admin, each list shuffled.
+        let lists = UserLists {
+            admins: shuffled(n).into_iter().filter(|u| u % 5 == 0).collect(),
+            moderators: shuffled(n).into_iter().rev().filter(|u| u % 3 == 0).collect(),
+            assigned: shuffled(n),
+        };
+        assert_eq!(lists.len(), 200_000 + 66_666 + 40_000);
+        let out = lists.normalize().unwrap();
+        assert_eq!(out.len(), 200_000);
+        for (at, (u, role)) in out.iter().enumerate() {
+            assert_eq!(*u, i64::try_from(at).unwrap() + 1, "ascending, each user once");
+            let want = if u % 5 == 0 {
+                RoomRole::Admin
+            } else if u % 3 == 0 {
+                RoomRole::Moderator
+            } else {
+                RoomRole::Assigned
+            };
+            assert_eq!(*role, want, "user {u}");
+        }
+    }
+
+    #[test]
+    fn normalize_refuses_repeats_within_a_list_and_bad_ids() {
+        let mut assigned = shuffled(200_000);
+        assigned.push(123_456);
+        let lists = UserLists { admins: vec![123_456], assigned, ..UserLists::default() };
+        let e = lists.normalize().unwrap_err();
+        assert_eq!(e.status(), 422);
+        assert!(e.to_string().contains("assignedUsers names user 123456 twice"), "{e}");
+
+        let e = UserLists { moderators: vec![4, 0], ..UserLists::default() }.normalize().unwrap_err();
+        assert!(e.status() == 422 && e.to_string().contains("moderators holds 0"), "{e}");
+        let e = UserLists { admins: vec![-3], ..UserLists::default() }.normalize().unwrap_err();
+        assert!(e.to_string().contains("admins holds -3"), "{e}");
+        // The same user in different lists is not a repeat.
+        let out = UserLists { admins: vec![2], moderators: vec![2, 1], assigned: vec![1, 2] }.normalize().unwrap();
+        assert_eq!(out, vec![(1, RoomRole::Moderator), (2, RoomRole::Admin)]);
+        assert!(UserLists::default().normalize().unwrap().is_empty());
+    }
+
+    fn room_of(admins: &[i64], moderators: &[i64], assigned: &[i64], claimed: &[i64]) -> Room {
+        let mut room = blank_room(1, 1, 0);
+        room.admins = admins.to_vec();
+        room.moderators = moderators.to_vec();
+        room.assigned = assigned.to_vec();
+        room.claimed = claimed.to_vec();
+        room
+    }
+
+    #[test]
+    fn set_roles_and_remove_users_match_one_user_at_a_time() {
+        // Pseudo-random rooms and changes, checked against the per-user methods.
+        let mut seed = 0x2545_f491_u64;
+        let mut next = move |m: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % m
+        };
+        let role = |k: u64| [RoomRole::Admin, RoomRole::Moderator, RoomRole::Assigned][usize::try_from(k).unwrap()];
+        for _ in 0..300 {
+            let mut room = blank_room(1, 1, 0);
+            for u in 1..=60 {
+                match next(4) {
+                    3 => {}
+                    k => room.set_role(u, role(k)),
+                }
+            }
+            room.claimed = room.members().into_iter().filter(|_| next(2) == 0).collect();
+            let mut changes: Vec<(UserId, RoomRole)> = Vec::new();
+            for u in 1..=80 {
+                if next(3) == 0 {
+                    changes.push((u, role(next(3))));
+                }
+            }
+
+            let mut one_by_one = room.clone();
+            for (u, r) in &changes {
+                one_by_one.set_role(*u, *r);
+            }
+            let mut bulk = room.clone();
+            set_roles(&mut bulk, &changes);
+            assert_eq!(bulk, one_by_one);
+
+            let gone: Vec<UserId> = changes.iter().map(|(u, _)| *u).collect();
+            let mut one_by_one = room.clone();
+            let mut any = false;
+            for u in &gone {
+                any |= one_by_one.remove_user(*u);
+            }
+            let mut bulk = room.clone();
+            assert_eq!(remove_users(&mut bulk, &gone), any);
+            assert_eq!(bulk, one_by_one);
+        }
+    }
+
+    #[test]
+    fn a_new_role_keeps_the_claim() {
+        let mut room = room_of(&[1], &[], &[2, 3], &[2, 3]);
+        set_roles(&mut room, &[(2, RoomRole::Admin), (4, RoomRole::Moderator)]);
+        assert_eq!(room, room_of(&[1, 2], &[4], &[3], &[2, 3]));
+        room.set_role(3, RoomRole::Moderator);
+        assert_eq!(room, room_of(&[1, 2], &[3, 4], &[], &[2, 3]));
+        assert!(remove_users(&mut room, &[2, 9]));
+        assert_eq!(room, room_of(&[1], &[3, 4], &[], &[3]));
+        assert!(!remove_users(&mut room, &[9]));
+    }
+
+    #[test]
+    fn adding_to_a_large_room_is_one_merge() {
+        // 200,000 listed and 200,000 more added in one change, interleaved:
+        // every user lands in one sorted list (one by one, this shifted the
+        // list once per user).
+        let mut room = room_of(&[], &[], &(1..=200_000).map(|u| u * 2).collect::<Vec<_>>(), &[]);
+        let changes: Vec<(UserId, RoomRole)> = (1..=200_000).map(|u| (u * 2 - 1, RoomRole::Assigned)).collect();
+        set_roles(&mut room, &changes);
+        assert_eq!(room.assigned, (1..=400_000).collect::<Vec<_>>());
+        let gone: Vec<UserId> = (1..=200_000).map(|u| u * 2).collect();
+        assert!(remove_users(&mut room, &gone));
+        assert_eq!(room.assigned, (1..=200_000).map(|u| u * 2 - 1).collect::<Vec<_>>());
+    }
 }

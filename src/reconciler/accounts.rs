@@ -1,5 +1,6 @@
 //! Matrix accounts of app users: made on first need, kept in step.
 
+use crate::domain::passwords::Wait;
 use crate::matrix::ErrCode;
 use crate::model::UserId;
 use crate::store::{Read, StoreError};
@@ -24,39 +25,54 @@ impl Homeserver {
             .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
     }
 
-    /// The user's Matrix password (Argon2id; off the async workers).
+    /// The user's Matrix password, for the background sync: it waits for a
+    /// derivation slot rather than being refused.
     ///
     /// # Errors
     /// Argon2 parameters out of range.
     pub async fn password(&self, user: UserId) -> Result<String, StepError> {
-        let domain = self.domain.clone();
-        tokio::task::spawn_blocking(move || domain.credentials(user).map(|(_, p)| p))
-            .await
-            .map_err(|e| StepError::Other(e.to_string()))?
-            .map_err(StepError::from)
+        Ok(self.domain.credentials(user, Wait::Always).await?.1)
+    }
+
+    /// Whether the user's Matrix account is known to exist.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn has_account(&self, user: UserId) -> Result<bool, StepError> {
+        if self.known_accounts.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&user) {
+            return Ok(true);
+        }
+        let exists = self.domain.store.read()?.has_matrix_account(user)?;
+        if exists {
+            self.known_accounts.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(user);
+        }
+        Ok(exists)
     }
 
     /// Makes the user's Matrix account when it does not exist yet, with the
-    /// derived password and the user's display name.
+    /// derived password (`password` when the caller derived it already) and
+    /// the user's display name. True when it made the account.
     ///
     /// # Errors
     /// Homeserver and storage failures.
-    pub async fn ensure_account(&self, user: UserId) -> Result<(), StepError> {
-        if self.known_accounts.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(&user) {
-            return Ok(());
+    pub async fn ensure_account(&self, user: UserId, password: Option<&str>) -> Result<bool, StepError> {
+        if self.has_account(user)? {
+            return Ok(false);
         }
-        let (exists, display) = {
-            let r = self.domain.store.read()?;
-            (r.has_matrix_account(user)?, r.user(user)?.map(|u| u.display_name).filter(|n| !n.is_empty()))
+        let display = self.domain.store.read()?.user(user)?.map(|u| u.display_name).filter(|n| !n.is_empty());
+        let derived;
+        let password = match password {
+            Some(p) => p,
+            None => {
+                derived = self.password(user).await?;
+                derived.as_str()
+            }
         };
-        if !exists {
-            let password = self.password(user).await?;
-            let localpart = format!("{}{}", self.domain.config.matrix.user_prefix, user);
-            self.client.register(&localpart, &password, false, display.as_deref()).await?;
-            self.domain.store.write(|w| w.set_matrix_account(user, true))?;
-        }
+        let localpart = format!("{}{}", self.domain.config.matrix.user_prefix, user);
+        self.client.register(&localpart, password, false, display.as_deref()).await?;
+        self.domain.store.write(|w| w.set_matrix_account(user, true))?;
         self.known_accounts.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(user);
-        Ok(())
+        Ok(true)
     }
 
     fn forget_account(&self, user: UserId) -> Result<(), StoreError> {
@@ -72,7 +88,7 @@ impl Reconciler {
         if record.deactivated {
             return Ok(());
         }
-        self.hs.ensure_account(user).await?;
+        self.hs.ensure_account(user, None).await?;
         if !record.display_name.is_empty() {
             self.hs.client.set_display_name(&self.hs.matrix_id(user), &record.display_name).await?;
         }

@@ -50,6 +50,15 @@ impl From<crate::error::Error> for StepError {
     }
 }
 
+/// How a step that did not fail ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Done,
+    /// Part of the work is done and more remains: the entry goes to the back
+    /// of the outbox, so the changes queued meanwhile go first.
+    Later,
+}
+
 /// The homeserver side, shared by the reconciler and the request handlers.
 pub struct Homeserver {
     pub client: HomeserverClient,
@@ -169,8 +178,8 @@ impl Reconciler {
             return Ok(false);
         }
         for (seq, op) in head {
-            match self.apply(&op).await {
-                Ok(()) => {}
+            let step = match self.apply(&op).await {
+                Ok(step) => step,
                 Err(e) if e.is_retryable() => {
                     self.note_failure(&op, &e);
                     return Err(e);
@@ -181,21 +190,29 @@ impl Reconciler {
                     self.hs.errors.fetch_add(1, Ordering::Relaxed);
                     tracing::error!(error = %e, ?op, "homeserver refused a step; it is not retried");
                     self.note_failure(&op, &e);
+                    Step::Done
                 }
-            }
-            self.hs.domain.store.write(|w| w.remove_outbox(seq))?;
+            };
+            self.hs.domain.store.write(|w| {
+                w.remove_outbox(seq)?;
+                if step == Step::Later {
+                    w.push_outbox(&op)?;
+                }
+                Ok::<_, StoreError>(())
+            })?;
             self.hs.finished_one();
         }
         Ok(true)
     }
 
-    async fn apply(&mut self, op: &OutboxOp) -> Result<(), StepError> {
+    async fn apply(&mut self, op: &OutboxOp) -> Result<Step, StepError> {
         match op {
-            OutboxOp::SyncRoom { room_id } => self.sync_room(*room_id).await,
-            OutboxOp::DeleteRoom { room_id, matrix_room_id } => self.delete_room(*room_id, matrix_room_id).await,
-            OutboxOp::SyncUser { user_id } => self.sync_user(*user_id).await,
-            OutboxOp::DeactivateUser { user_id } => self.deactivate_user(*user_id).await,
+            OutboxOp::SyncRoom { room_id } => return self.sync_room(*room_id).await,
+            OutboxOp::DeleteRoom { room_id, matrix_room_id } => self.delete_room(*room_id, matrix_room_id).await?,
+            OutboxOp::SyncUser { user_id } => self.sync_user(*user_id).await?,
+            OutboxOp::DeactivateUser { user_id } => self.deactivate_user(*user_id).await?,
         }
+        Ok(Step::Done)
     }
 
     /// Keeps the last failure on the room so `syncError` shows it.

@@ -11,25 +11,39 @@ use crate::matrix::{DeleteStatus, ErrCode, NewRoom};
 use crate::model::{OutboxOp, Room, RoomId};
 use crate::store::{Read, StoreError};
 
-use super::{Reconciler, StepError};
+use super::{Reconciler, Step, StepError};
 
 /// Reason shown to users removed from a room.
 const KICK_REASON: &str = "removed from this chatroom";
 
 impl Reconciler {
-    /// Creates or updates the Matrix room of a stored room.
-    pub(super) async fn sync_room(&mut self, room_id: RoomId) -> Result<(), StepError> {
+    /// Creates or updates the Matrix room of a stored room. A room whose
+    /// users need more than `matrix.accounts_per_step` new Matrix accounts
+    /// gets that many per step and waits behind the rest of the outbox
+    /// between steps ([`Step::Later`]): making thousands of accounts one after
+    /// another would hold up every other organization's changes.
+    pub(super) async fn sync_room(&mut self, room_id: RoomId) -> Result<Step, StepError> {
         let Some(room) = self.hs.domain.store.read()?.room(room_id)? else {
             // Deleted meanwhile; its DeleteRoom entry takes care of the Matrix side.
-            return Ok(());
+            return Ok(Step::Done);
         };
         if room.is_synced() {
-            return Ok(());
+            return Ok(Step::Done);
         }
         let hs = self.hs.clone();
         let client = &hs.client;
+        let allowed = self.hs.domain.config.matrix.accounts_per_step;
+        let mut created = 0;
         for user in room.members() {
-            self.hs.ensure_account(user).await?;
+            if self.hs.has_account(user)? {
+                continue;
+            }
+            if created == allowed {
+                tracing::debug!(room = room.id, created, "more Matrix accounts to make; the room waits its turn");
+                return Ok(Step::Later);
+            }
+            self.hs.ensure_account(user, None).await?;
+            created += 1;
         }
         let avatar_url = self.ensure_avatar(&room).await?;
         let levels: BTreeMap<String, i64> = room
@@ -110,7 +124,7 @@ impl Reconciler {
             }
             Ok::<_, StoreError>(())
         })?;
-        Ok(())
+        Ok(Step::Done)
     }
 
     /// Power levels and memberships of an existing Matrix room, compared and changed.

@@ -21,6 +21,7 @@ mod poll;
 mod service;
 mod synapse;
 
+mod fairness;
 mod faults;
 mod login;
 mod membership;

@@ -38,6 +38,11 @@ pub struct Service {
 impl Service {
     /// Starts the binary against `hs`, waiting at most `sync_wait_ms` in write handlers.
     pub fn start(hs: &Homeserver, sync_wait_ms: u64) -> Service {
+        Service::start_with(hs, sync_wait_ms, &[])
+    }
+
+    /// [`Service::start`] with more `MESSENGER_CHAT_…` settings.
+    pub fn start_with(hs: &Homeserver, sync_wait_ms: u64, extra: &[(&str, &str)]) -> Service {
         let dir = tempfile::Builder::new().prefix("messenger-chat-e2e-").tempdir().expect("a temp dir");
         let id = unique();
         let prefix = format!("t{id}u");
@@ -64,6 +69,7 @@ impl Service {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
+        .chain(extra.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())))
         .collect();
         let mut service =
             Service { dir, env, child: None, starts: 0, client: None, api: String::new(), prefix, bot_localpart };
