@@ -54,6 +54,7 @@ fn room(id: u64, org: i64, at: i64) -> Room {
         org_id: org,
         event_id: 0,
         name: format!("Room {id}"),
+        topic: String::new(),
         matrix_room_id: format!("!bench{id}:localhost"),
         avatar_url: String::new(),
         avatar_sha256: None,
