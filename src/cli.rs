@@ -52,6 +52,15 @@ pub enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Check the database with the service stopped: redb's own integrity check,
+    /// every index against its records and back, room counts and id counters,
+    /// the outbox. Prints what is wrong and exits 1 when anything is. An older
+    /// database is migrated first, as at start-up.
+    Check {
+        /// Rebuild every index and counter from the records, in one transaction.
+        #[arg(long)]
+        repair: bool,
+    },
     /// Restore an export into an empty database.
     Import {
         /// The export file.
@@ -139,6 +148,7 @@ pub fn run_admin(config: Config, command: Command, config_path: Option<&Path>) -
             config_path.map_or("built-in defaults and environment".to_string(), |p| p.display().to_string()),
             shown_config(&config)
         )),
+        Command::Check { repair } => check(&config, repair),
         Command::Token(TokenCommand::NewApi) => {
             let token = new_token(API_TOKEN_PREFIX);
             Ok(format!(
@@ -241,6 +251,34 @@ pub fn run_admin(config: Config, command: Command, config_path: Option<&Path>) -
                 _ => unreachable!("handled above"),
             }
         }
+    }
+}
+
+/// `check` and `check --repair`: the report goes to standard output; the
+/// result line says whether anything is (still) wrong.
+fn check(config: &Config, repair: bool) -> Result<String, String> {
+    let path = config.data_dir().join(crate::app::DB_FILE);
+    let cache = usize::try_from(config.storage.cache_mib.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX);
+    let fail = |e: crate::store::StoreError| format!("{}: {e}", path.display());
+    let (store, opened, integrity) = crate::store::Store::open_checked(&path, cache).map_err(fail)?;
+    let report = store.check(integrity, opened.clone()).map_err(fail)?;
+    println!("database {}\n{report}", path.display());
+    if report.is_clean() {
+        return Ok(String::new());
+    }
+    if !repair {
+        return Err(format!("{}: {} problems found", path.display(), report.problems.len()));
+    }
+    let after = store.repair(integrity, opened).map_err(fail)?;
+    println!("\nafter repair (one transaction, committed):\n{after}");
+    if after.is_clean() {
+        Ok(format!("repaired {}", path.display()))
+    } else {
+        Err(format!(
+            "{}: {} problems remain that a rebuild cannot fix; decide the conflicts, restore unreadable records from a backup",
+            path.display(),
+            after.problems.len()
+        ))
     }
 }
 
