@@ -145,6 +145,8 @@ const DESCRIPTION: &[&str] = &[
      on, scheduled deletion 2100-03-01, pending with a sync error); 4 custom Doomed (synced, then deleted: \
      its homeserver delete is being followed); 5 custom Pending plain (pending); 6 Beta Club's default room \
      (PNG avatar waiting, Eve claimed it, pending); 7 event 7 Beta meetup (made by Eve's PAT, pending).",
+    "Topics (schema 2 on): room 1 Everything Acme, room 2 two lines, room 5 set and then cleared; \
+     the others none.",
     "Outbox: SyncRoom for rooms 3, 5, 6, 7; DeleteRoom for room 4; SyncUser for user 5; DeactivateUser \
      for user 4. Matrix accounts known to exist: users 1, 2, 3, 4, 7.",
 ];
@@ -219,12 +221,13 @@ fn populate(d: &Domain) -> Fallible<Value> {
     d.revoke_token(api, 1, 3)?;
 
     let id = |r: &Room| RoomRef::Id(r.id);
-    let acme_default = d.create_default_room(api, 1, true)?;
+    let acme_default = d.create_default_room(api, 1, true, Some("Everything Acme"))?;
     let board = d.create_room(
         Principal::User(1),
         NewRoom {
             org_id: 1,
             name: Some("Board".into()),
+            topic: Some("Quarterly numbers\nand the plan for next year".into()),
             users: UserLists { moderators: vec![2], assigned: vec![3, 7], ..UserLists::default() },
             avatar: Some(PNG.to_vec()),
             scheduled_deletion: Some(FAR),
@@ -261,7 +264,7 @@ fn populate(d: &Domain) -> Fallible<Value> {
             ..NewRoom::default()
         },
     )?;
-    let beta_default = d.create_default_room(api, 2, false)?;
+    let beta_default = d.create_default_room(api, 2, false, None)?;
     d.update_room(api, &id(&beta_default), RoomPatch { avatar: Some(Some(PNG.to_vec())), ..RoomPatch::default() })?;
     let meetup = d.create_room(
         Principal::User(5),
@@ -276,6 +279,8 @@ fn populate(d: &Domain) -> Fallible<Value> {
     d.claim(3, &id(&board))?;
     d.claim(5, &id(&beta_default))?;
     d.add_users(api, &id(&plain), &UserLists { moderators: vec![3], ..UserLists::default() })?;
+    d.update_room(api, &id(&plain), RoomPatch { topic: Some(Some("Soon gone".into())), ..RoomPatch::default() })?;
+    d.update_room(api, &id(&plain), RoomPatch { topic: Some(None), ..RoomPatch::default() })?;
     d.put_user(api, 5, "Eve Owner-Smith")?;
     d.deactivate_user(api, 4)?;
 
