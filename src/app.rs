@@ -57,6 +57,9 @@ pub async fn serve(config: Config) -> Result<(), String> {
     } else {
         None
     };
+    // Registered before the service says it listens: a SIGTERM right after
+    // start (an operator, systemd, a test) stops it cleanly instead of killing it.
+    let stop = shutdown_signal();
     let listener = TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
     let host = if bound.ip().is_unspecified() { "localhost".to_string() } else { bound.ip().to_string() };
@@ -80,7 +83,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let routes = api::routes(state);
     spawn_reload_on_hangup(tls.clone());
     notify_systemd(&[sd_notify::NotifyState::Ready]);
-    server::serve(listener, tls, routes, proxy, shutdown_signal(), grace).await;
+    server::serve(listener, tls, routes, proxy, stop, grace).await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -99,10 +102,15 @@ async fn delete_scheduled_rooms(domain: Arc<Domain>) {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT; SIGTERM is caught from the call on.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
+    let term = signal(SignalKind::terminate());
+    stopped(term)
+}
+
+async fn stopped(term: std::io::Result<tokio::signal::unix::Signal>) {
+    let mut term = match term {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot listen for SIGTERM");
