@@ -173,18 +173,18 @@ impl Store {
     /// # Errors
     /// Unreadable records ([`StoreError::Damaged`] naming how many); storage failures.
     pub fn repair(&self, integrity: Integrity, opened: Opened) -> Result<Report, StoreError> {
-        self.write(|w| {
-            let before = check(w, integrity, opened.clone())?;
-            if before.unreadable() > 0 {
-                return Err(StoreError::Damaged(format!(
-                    "{} records cannot be read, and rebuilding the indexes around them would lose track of them; \
-                     nothing was changed",
-                    before.unreadable()
-                )));
-            }
-            rebuild(w)?;
-            check(w, integrity, opened)
-        })
+        // The service is stopped and the file held exclusively: nothing
+        // writes between this check, the rebuild and the check after it.
+        let before = self.check(integrity, opened.clone())?;
+        if before.unreadable() > 0 {
+            return Err(StoreError::Damaged(format!(
+                "{} records cannot be read, and rebuilding the indexes around them would lose track of them; \
+                 nothing was changed",
+                before.unreadable()
+            )));
+        }
+        self.write(rebuild)?;
+        self.check(integrity, opened)
     }
 }
 
@@ -192,14 +192,32 @@ fn problem(problems: &mut Vec<Problem>, table: &'static str, key: impl fmt::Disp
     problems.push(Problem { table, key: key.to_string(), what, fix });
 }
 
-/// Reads one room for a reverse check; `None` when missing or unreadable
-/// (the forward pass reports the unreadable ones).
-fn room_of(r: &impl Read, id: RoomId) -> Result<Option<Room>, StoreError> {
+/// A room looked up from an index entry.
+enum Found {
+    Room(Box<Room>),
+    Missing,
+    /// The record exists but cannot be read: the forward pass reports it,
+    /// and what its index entries say cannot be judged.
+    Unreadable,
+}
+
+fn room_of(r: &impl Read, id: RoomId) -> Result<Found, StoreError> {
     match r.room(id) {
-        Ok(room) => Ok(room),
-        Err(StoreError::Corrupt { .. }) => Ok(None),
+        Ok(Some(room)) => Ok(Found::Room(Box::new(room))),
+        Ok(None) => Ok(Found::Missing),
+        Err(StoreError::Corrupt { .. }) => Ok(Found::Unreadable),
         Err(e) => Err(e),
     }
+}
+
+/// Whether an index entry pointing at room `id` is wrong: the room is
+/// missing, or readable and `fits` says no.
+fn points_wrong(r: &impl Read, id: RoomId, fits: impl FnOnce(&Room) -> bool) -> Result<bool, StoreError> {
+    Ok(match room_of(r, id)? {
+        Found::Room(room) => !fits(&room),
+        Found::Missing => true,
+        Found::Unreadable => false,
+    })
 }
 
 #[expect(clippy::too_many_lines, reason = "one pass per table, in the order of tables.rs")]
@@ -219,6 +237,7 @@ fn check(r: &impl Read, integrity: Integrity, opened: Opened) -> Result<Report, 
     let mut counts: HashMap<i64, u64> = HashMap::new();
     let mut max_room = 0;
     let mut readable_rooms = std::collections::HashSet::new();
+    let mut unreadable_rooms = 0;
     for entry in rooms.iter()? {
         let (k, v) = entry?;
         let id = k.value();
@@ -227,6 +246,7 @@ fn check(r: &impl Read, integrity: Integrity, opened: Opened) -> Result<Report, 
             Ok(room) => room,
             Err(why) => {
                 problem(&mut p, "roomid_room", id, why, Fix::Restore);
+                unreadable_rooms += 1;
                 continue;
             }
         };
@@ -268,7 +288,7 @@ fn check(r: &impl Read, integrity: Integrity, opened: Opened) -> Result<Report, 
                 Some(x) if x == id => None,
                 None => Some((format!("missing for room {id}"), Fix::Rebuild)),
                 Some(x) => match room_of(r, x)? {
-                    Some(other) if same(&other) => {
+                    Found::Room(other) if same(&other) => {
                         Some((format!("rooms {x} and {id} both claim it; the index names {x}"), Fix::Decide))
                     }
                     _ => Some((format!("names room {x} instead of room {id}"), Fix::Rebuild)),
@@ -327,7 +347,7 @@ fn check(r: &impl Read, integrity: Integrity, opened: Opened) -> Result<Report, 
     // --- room indexes, index → record ---------------------------------------
     for entry in by_org.iter()? {
         let (org, id) = entry?.0.value();
-        if !room_of(r, id)?.is_some_and(|room| room.org_id == org) {
+        if points_wrong(r, id, |room| room.org_id == org)? {
             problem(
                 &mut p,
                 "orgidroomid",
@@ -339,7 +359,7 @@ fn check(r: &impl Read, integrity: Integrity, opened: Opened) -> Result<Report, 
     }
     for entry in json.iter()? {
         let (org, id) = entry?.0.value();
-        if !room_of(r, id)?.is_some_and(|room| room.org_id == org) {
+        if points_wrong(r, id, |room| room.org_id == org)? {
             let what = "names no room of this organization (GetRooms would list it)".into();
             problem(&mut p, "orgidroomid_json", format!("{org},{id}"), what, Fix::Rebuild);
         }
@@ -347,8 +367,7 @@ fn check(r: &impl Read, integrity: Integrity, opened: Opened) -> Result<Report, 
     for entry in defaults.iter()? {
         let (k, v) = entry?;
         let (org, id) = (k.value(), v.value());
-        let ok = room_of(r, id)?.is_some_and(|room| room.org_id == org && room.kind == crate::model::RoomKind::Default);
-        if !ok {
+        if points_wrong(r, id, |room| room.org_id == org && room.kind == crate::model::RoomKind::Default)? {
             problem(
                 &mut p,
                 "orgid_defaultroomid",
@@ -361,10 +380,9 @@ fn check(r: &impl Read, integrity: Integrity, opened: Opened) -> Result<Report, 
     for entry in events.iter()? {
         let (k, v) = entry?;
         let ((org, event), id) = (k.value(), v.value());
-        let ok = room_of(r, id)?.is_some_and(|room| {
-            room.org_id == org && room.kind == crate::model::RoomKind::Event && room.event_id == event
-        });
-        if !ok {
+        let fits =
+            |room: &Room| room.org_id == org && room.kind == crate::model::RoomKind::Event && room.event_id == event;
+        if points_wrong(r, id, fits)? {
             problem(
                 &mut p,
                 "orgideventid_roomid",
@@ -377,7 +395,7 @@ fn check(r: &impl Read, integrity: Integrity, opened: Opened) -> Result<Report, 
     for entry in matrix.iter()? {
         let (k, v) = entry?;
         let id = v.value();
-        if !room_of(r, id)?.is_some_and(|room| room.matrix_room_id == k.value()) {
+        if points_wrong(r, id, |room| room.matrix_room_id == k.value())? {
             problem(
                 &mut p,
                 "matrixroomid_roomid",
@@ -389,7 +407,7 @@ fn check(r: &impl Read, integrity: Integrity, opened: Opened) -> Result<Report, 
     }
     for entry in deletions.iter()? {
         let (at, id) = entry?.0.value();
-        if !room_of(r, id)?.is_some_and(|room| room.scheduled_deletion == Some(at)) {
+        if points_wrong(r, id, |room| room.scheduled_deletion == Some(at))? {
             problem(
                 &mut p,
                 "deletiontime_roomid",
@@ -401,7 +419,7 @@ fn check(r: &impl Read, integrity: Integrity, opened: Opened) -> Result<Report, 
     }
     for entry in user_rooms.iter()? {
         let (u, id) = entry?.0.value();
-        if !room_of(r, id)?.is_some_and(|room| room.role_of(u).is_some()) {
+        if points_wrong(r, id, |room| room.role_of(u).is_some())? {
             problem(
                 &mut p,
                 "useridroomid",
@@ -412,7 +430,8 @@ fn check(r: &impl Read, integrity: Integrity, opened: Opened) -> Result<Report, 
         }
     }
     let room_counts = r.table(ORGID_ROOMCOUNT)?;
-    for entry in room_counts.iter()? {
+    // With a room unreadable, its organization is unknown: counts cannot be judged.
+    for entry in room_counts.iter()?.filter(|_| unreadable_rooms == 0) {
         let (k, v) = entry?;
         let (org, n) = (k.value(), v.value());
         let actual = counts.get(&org).copied().unwrap_or(0);
@@ -426,7 +445,7 @@ fn check(r: &impl Read, integrity: Integrity, opened: Opened) -> Result<Report, 
             );
         }
     }
-    for (org, n) in &counts {
+    for (org, n) in counts.iter().filter(|_| unreadable_rooms == 0) {
         if room_counts.get(*org)?.is_none() {
             problem(&mut p, "orgid_roomcount", org, format!("missing; the organization has {n} rooms"), Fix::Rebuild);
         }

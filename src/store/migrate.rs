@@ -125,7 +125,6 @@ fn migrate(txn: &WriteTransaction, from: u64) -> Result<(), StoreError> {
         tracing::info!(step = step.from, what = step.what, elapsed_ms = ms(started), "migration step done");
     }
     set_meta_u64(txn, SCHEMA_KEY, SCHEMA_VERSION)?;
-    tracing::info!(from, to = SCHEMA_VERSION, elapsed_ms = ms(started), "migrated the database");
     Ok(())
 }
 

@@ -57,11 +57,41 @@ pub enum StoreError {
     Migration { from: u64, to: u64, source: Box<StoreError> },
 }
 
+/// The reason redb gives for a page it cannot read, inside any of its
+/// errors: that is [`StoreError::Damaged`], whichever call met it.
+trait Corruption {
+    fn corruption(&self) -> Option<&str>;
+}
+impl Corruption for redb::Error {
+    fn corruption(&self) -> Option<&str> {
+        match self {
+            redb::Error::Corrupted(why) => Some(why),
+            _ => None,
+        }
+    }
+}
+macro_rules! storage_inside {
+    ($($t:ident),*) => {$(
+        impl Corruption for redb::$t {
+            fn corruption(&self) -> Option<&str> {
+                match self {
+                    redb::$t::Storage(redb::StorageError::Corrupted(why)) => Some(why),
+                    _ => None,
+                }
+            }
+        }
+    )*};
+}
+storage_inside!(TransactionError, TableError, CommitError);
+
 macro_rules! db_error {
     ($($t:ty),*) => {$(
         impl From<$t> for StoreError {
             fn from(e: $t) -> Self {
-                StoreError::Db(e.to_string())
+                match e.corruption() {
+                    Some(why) => StoreError::Damaged(why.to_string()),
+                    None => StoreError::Db(e.to_string()),
+                }
             }
         }
     )*};
@@ -137,6 +167,7 @@ impl Store {
 
     /// Brings an open database up to today's schema.
     fn from_database(db: Database) -> Result<(Self, Opened), StoreError> {
+        let started = std::time::Instant::now();
         let store = Store { db: Arc::new(db) };
         let opened = guarded(|| {
             store.write(|w| {
@@ -168,6 +199,14 @@ impl Store {
                 Ok(opened)
             })
         })?;
+        if let Some(from) = opened.migrated_from {
+            tracing::info!(
+                from,
+                to = SCHEMA_VERSION,
+                elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                "migrated the database (committed)"
+            );
+        }
         Ok((store, opened))
     }
 
