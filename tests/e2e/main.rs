@@ -25,3 +25,4 @@ mod faults;
 mod login;
 mod membership;
 mod rooms;
+mod upgrade;

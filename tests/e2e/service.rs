@@ -38,6 +38,16 @@ pub struct Service {
 impl Service {
     /// Starts the binary against `hs`, waiting at most `sync_wait_ms` in write handlers.
     pub fn start(hs: &Homeserver, sync_wait_ms: u64) -> Service {
+        let mut service = Service::prepare(hs, sync_wait_ms);
+        service.spawn();
+        assert!(!service.api.is_empty(), "the first start printed no API token");
+        service
+    }
+
+    /// A service set up against `hs` but not started: its user prefix and
+    /// bot are known, so a test can make the homeserver match a database it
+    /// brings before the service first looks ([`Service::start_on`]).
+    pub fn prepare(hs: &Homeserver, sync_wait_ms: u64) -> Service {
         let dir = tempfile::Builder::new().prefix("messenger-chat-e2e-").tempdir().expect("a temp dir");
         let id = unique();
         let prefix = format!("t{id}u");
@@ -64,11 +74,19 @@ impl Service {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        let mut service =
-            Service { dir, env, child: None, starts: 0, client: None, api: String::new(), prefix, bot_localpart };
-        service.spawn();
-        assert!(!service.api.is_empty(), "the first start printed no API token");
-        service
+        Service { dir, env, child: None, starts: 0, client: None, api: String::new(), prefix, bot_localpart }
+    }
+
+    /// Starts a prepared service on a copy of an existing database file,
+    /// which holds its own API token (`api_token`; nothing is printed).
+    pub fn start_on(mut self, db_file: &std::path::Path, api_token: &str) -> Service {
+        let data_dir = self.dir.path().join("data");
+        std::fs::create_dir_all(&data_dir).expect("create the data directory");
+        std::fs::copy(db_file, data_dir.join("messenger-chat.redb"))
+            .unwrap_or_else(|e| panic!("copy {}: {e}", db_file.display()));
+        self.api = api_token.to_string();
+        self.spawn();
+        self
     }
 
     /// The Matrix id of app user `user`.
