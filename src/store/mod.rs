@@ -199,15 +199,26 @@ impl Store {
                 Ok(opened)
             })
         })?;
-        if let Some(from) = opened.migrated_from {
-            tracing::info!(
-                from,
-                to = SCHEMA_VERSION,
-                elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-                "migrated the database (committed)"
-            );
-        }
-        Ok((store, opened))
+        let ms = |since: std::time::Instant| u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let Some(from) = opened.migrated_from else { return Ok((store, opened)) };
+        tracing::info!(from, to = SCHEMA_VERSION, elapsed_ms = ms(started), "migrated the database (committed)");
+        // A migration rewrites every room: copy-on-write leaves the old pages
+        // free inside the file, which would stay twice its size until reused.
+        let compacting = std::time::Instant::now();
+        tracing::info!("compacting the migrated database (its old pages are free now)");
+        // Nothing else holds the database while it opens.
+        let db = match Arc::try_unwrap(store.db) {
+            Ok(mut db) => {
+                match guarded(|| db.compact().map_err(|e| StoreError::Db(e.to_string()))) {
+                    Ok(_) => tracing::info!(elapsed_ms = ms(compacting), "compacted the migrated database"),
+                    // The migrated file is whole; a larger file is no reason to stop.
+                    Err(e) => tracing::warn!(error = %e, "could not compact the migrated database"),
+                }
+                Arc::new(db)
+            }
+            Err(shared) => shared,
+        };
+        Ok((Store { db }, opened))
     }
 
     /// A consistent snapshot for reading.

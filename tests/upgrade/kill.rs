@@ -193,7 +193,12 @@ async fn kill_9_during_a_migration_leaves_the_old_file_or_the_new_one() {
         }
         states.push(found);
     }
-    // After the commit (the service listens only once the file is migrated).
+    // After the commit: while the file is compacted, and once the service
+    // listens (which it does only on a migrated file).
+    if states.last() == Some(&State::Old) {
+        kill_when(&data, "compacting the migrated database", 1);
+        assert_eq!(state(&data.db(), rooms), State::New, "a kill while compacting keeps the committed migration");
+    }
     kill_when(&data, "listening on", 1);
     assert_eq!(state(&data.db(), rooms), State::New, "a migration that committed stays");
     // The first kills come seconds before the commit; had none of them left
