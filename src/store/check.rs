@@ -220,12 +220,27 @@ fn points_wrong(r: &impl Read, id: RoomId, fits: impl FnOnce(&Room) -> bool) -> 
     })
 }
 
-#[expect(clippy::too_many_lines, reason = "one pass per table, in the order of tables.rs")]
+/// Checks one snapshot; a page redb cannot read names the tables being read.
 fn check(r: &impl Read, integrity: Integrity, opened: Opened) -> Result<Report, StoreError> {
+    let mut part = "";
+    check_tables(r, integrity, opened, &mut part).map_err(|e| match e {
+        StoreError::Damaged(why) => StoreError::Damaged(format!("{why}, in {part}")),
+        other => other,
+    })
+}
+
+#[expect(clippy::too_many_lines, reason = "one pass per table, in the order of tables.rs")]
+fn check_tables(
+    r: &impl Read,
+    integrity: Integrity,
+    opened: Opened,
+    part: &mut &'static str,
+) -> Result<Report, StoreError> {
     let mut p = Vec::new();
     let mut records = BTreeMap::new();
 
     // --- rooms and their indexes, record → index ---------------------------
+    *part = "roomid_room and the room indexes";
     let rooms = r.table(ROOMID_ROOM)?;
     let by_org = r.table(ORGIDROOMID)?;
     let json = r.table(ORGIDROOMID_JSON)?;
@@ -345,6 +360,7 @@ fn check(r: &impl Read, integrity: Integrity, opened: Opened) -> Result<Report, 
     records.insert("roomid_room", rooms.len()?);
 
     // --- room indexes, index → record ---------------------------------------
+    *part = "the room indexes and roomid_room";
     for entry in by_org.iter()? {
         let (org, id) = entry?.0.value();
         if points_wrong(r, id, |room| room.org_id == org)? {
@@ -460,6 +476,7 @@ fn check(r: &impl Read, integrity: Integrity, opened: Opened) -> Result<Report, 
     records.insert("roomid_avatar", avatars.len()?);
 
     // --- organizations, members, users --------------------------------------
+    *part = "orgid_org, orgiduserid_role, useridorgid_role, userid_user";
     let orgs = r.table(ORGID_ORG)?;
     for entry in orgs.iter()? {
         let (k, v) = entry?;
@@ -517,6 +534,7 @@ fn check(r: &impl Read, integrity: Integrity, opened: Opened) -> Result<Report, 
     records.insert("userid_user", users.len()?);
 
     // --- tokens ---------------------------------------------------------------
+    *part = "tokenhash_token and useridtokenid_tokenhash";
     let tokens = r.table(TOKENHASH_TOKEN)?;
     let token_index = r.table(USERIDTOKENID_TOKENHASH)?;
     let mut max_token = 0;
@@ -556,6 +574,7 @@ fn check(r: &impl Read, integrity: Integrity, opened: Opened) -> Result<Report, 
     records.insert("tokenhash_token", tokens.len()?);
 
     // --- outbox ---------------------------------------------------------------
+    *part = "seq_outbox";
     let outbox = r.table(SEQ_OUTBOX)?;
     let mut ops = Vec::new();
     let mut max_seq = 0;
@@ -573,6 +592,7 @@ fn check(r: &impl Read, integrity: Integrity, opened: Opened) -> Result<Report, 
     records.insert("seq_outbox", outbox.len()?);
 
     // --- counters and versions ------------------------------------------------
+    *part = "name_counter and name_meta";
     let counters = r.table(NAME_COUNTER)?;
     for (name, max) in [("room", max_room), ("token", max_token), ("outbox_seq", max_seq)] {
         let value = counters.get(name)?.map_or(0, |v| v.value());

@@ -37,11 +37,18 @@ const PROGRESS_MIN: u64 = 10_000;
 struct Step {
     from: u64,
     what: &'static str,
+    /// The tables it reads and writes, for the message when one is damaged.
+    tables: &'static str,
     run: fn(&WriteTransaction, &mut Progress) -> Result<(), StoreError>,
 }
 
 /// Every step, in order: `STEPS[i].from == i + 1`, the last one ends at [`SCHEMA_VERSION`].
-const STEPS: &[Step] = &[Step { from: 1, what: "rooms gain a topic (room record version 2)", run: rooms_gain_topic }];
+const STEPS: &[Step] = &[Step {
+    from: 1,
+    what: "rooms gain a topic (room record version 2)",
+    tables: "roomid_room",
+    run: rooms_gain_topic,
+}];
 
 /// What opening did to the file.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -87,10 +94,8 @@ pub(super) fn bring_up_to_date(txn: &WriteTransaction) -> Result<Opened, StoreEr
     let view = meta_u64(txn, ROOM_VIEW_KEY)?.unwrap_or(1);
     if view != ROOM_VIEW_VERSION {
         let started = Instant::now();
-        let n = rebuild_room_json(txn).map_err(|e| StoreError::Migration {
-            from: found.unwrap_or(SCHEMA_VERSION),
-            to: SCHEMA_VERSION,
-            source: Box::new(e),
+        let n = rebuild_room_json(txn).map_err(|e| in_tables(e, "roomid_room, orgidroomid_json")).map_err(|e| {
+            StoreError::Migration { from: found.unwrap_or(SCHEMA_VERSION), to: SCHEMA_VERSION, source: Box::new(e) }
         })?;
         set_meta_u64(txn, ROOM_VIEW_KEY, ROOM_VIEW_VERSION)?;
         tracing::info!(
@@ -117,7 +122,7 @@ fn migrate(txn: &WriteTransaction, from: u64) -> Result<(), StoreError> {
     );
     for step in STEPS.iter().filter(|s| s.from >= from) {
         let mut progress = Progress::new(step.what, rooms);
-        (step.run)(txn, &mut progress).map_err(|e| StoreError::Migration {
+        (step.run)(txn, &mut progress).map_err(|e| in_tables(e, step.tables)).map_err(|e| StoreError::Migration {
             from,
             to: SCHEMA_VERSION,
             source: Box::new(e),
@@ -178,6 +183,14 @@ pub(super) fn rebuild_room_json(txn: &WriteTransaction) -> Result<u64, StoreErro
         progress.add(1);
     }
     Ok(n)
+}
+
+/// Names the tables being read when redb meets a page it cannot read.
+fn in_tables(e: StoreError, tables: &str) -> StoreError {
+    match e {
+        StoreError::Damaged(why) => StoreError::Damaged(format!("{why}, in table {tables}")),
+        other => other,
+    }
 }
 
 /// Whether any record table holds an entry (every write of a record also
