@@ -145,24 +145,15 @@ impl Store {
     /// The file cannot be opened or is not a database, it was written by a
     /// newer release, or it cannot be migrated.
     pub fn open(path: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
-        Self::open_with(path, cache_bytes, true).map(|(store, _)| store)
-    }
-
-    /// [`Store::open`] that says what opening did to the file. Without
-    /// `create`, a missing file is an error.
-    ///
-    /// # Errors
-    /// As [`Store::open`].
-    pub fn open_with(path: &Path, cache_bytes: usize, create: bool) -> Result<(Self, Opened), StoreError> {
         if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
             return Err(StoreError::Empty);
         }
         let db = guarded(|| {
             let mut builder = Database::builder();
             builder.set_cache_size(cache_bytes).set_repair_callback(log_repair);
-            Ok(if create { builder.create(path)? } else { builder.open(path)? })
+            Ok(builder.create(path)?)
         })?;
-        Self::from_database(db)
+        Self::from_database(db).map(|(store, _)| store)
     }
 
     /// Brings an open database up to today's schema.
