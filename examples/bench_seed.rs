@@ -7,6 +7,11 @@
 //! (a Matrix id, generation = synced generation) and nothing goes into the
 //! outbox, so the service starts without homeserver work to catch up on.
 //! Prints `key=value` lines on stdout for the script to read.
+//!
+//! With `--old-schema` the rooms are written as the first release wrote them
+//! (schema 1: room record version 1, its room JSON, no topic), straight into
+//! the tables, so `scripts/bench-capacity.sh` can time the migration of a
+//! big database of the previous release.
 
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -14,7 +19,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use clap::Parser;
 use messenger_chat::model::{OrgRole, Organization, Room, RoomKind, Token, TokenKind, User};
 use messenger_chat::secrets::{PAT_PREFIX, new_token, token_hash};
-use messenger_chat::store::{Store, StoreError};
+use messenger_chat::store::migrate::{self, v1};
+use messenger_chat::store::{Store, StoreError, codec, tables};
+use redb::ReadableTable;
 
 /// Rooms per write transaction: one huge transaction would hold every dirty
 /// page in memory until its commit.
@@ -32,6 +39,9 @@ struct Args {
     /// Rooms of the big organization (id 2).
     #[arg(long, default_value_t = 100_000)]
     big: u64,
+    /// Write the rooms in the format of schema 1 (the release before versioned records).
+    #[arg(long)]
+    old_schema: bool,
 }
 
 /// The counters the service draws room and token ids from: seeding through
@@ -54,6 +64,7 @@ fn room(id: u64, org: i64, at: i64) -> Room {
         org_id: org,
         event_id: 0,
         name: format!("Room {id}"),
+        topic: String::new(),
         matrix_room_id: format!("!bench{id}:localhost"),
         avatar_url: String::new(),
         avatar_sha256: None,
@@ -92,6 +103,43 @@ fn add_rooms(store: &Store, org: i64, n: u64, at: i64) -> Result<Option<u64>, St
     Ok(first)
 }
 
+/// Adds `n` rooms to `org` as schema 1 stored them, with every index the
+/// first release wrote; returns the first room id.
+fn add_old_rooms(db: &redb::Database, org: i64, n: u64, at: i64) -> Result<Option<u64>, Box<dyn std::error::Error>> {
+    let mut first = None;
+    let mut left = n;
+    while left > 0 {
+        let batch = left.min(BATCH);
+        let t = db.begin_write()?;
+        {
+            let mut counters = t.open_table(tables::NAME_COUNTER)?;
+            let mut rooms = t.open_table(tables::ROOMID_ROOM)?;
+            let mut keys = t.open_table(tables::ORGIDROOMID)?;
+            let mut json = t.open_table(tables::ORGIDROOMID_JSON)?;
+            let mut users = t.open_table(tables::USERIDROOMID)?;
+            let mut matrix = t.open_table(tables::MATRIXROOMID_ROOMID)?;
+            let mut counts = t.open_table(tables::ORGID_ROOMCOUNT)?;
+            let start = counters.get(ROOM_COUNTER)?.map_or(0, |v| v.value()) + 1;
+            for id in start..start + batch {
+                let today = room(id, org, at);
+                let old = v1::Room::from(&today);
+                rooms.insert(id, codec::encode_as(1, &old).as_slice())?;
+                keys.insert((org, id), ())?;
+                json.insert((org, id), v1::room_json(&today).as_slice())?;
+                users.insert((USER, id), ())?;
+                matrix.insert(today.matrix_room_id.as_str(), id)?;
+            }
+            counters.insert(ROOM_COUNTER, start + batch - 1)?;
+            let count = counts.get(org)?.map_or(0, |v| v.value());
+            counts.insert(org, count + batch)?;
+            first = first.or(Some(start));
+        }
+        t.commit()?;
+        left -= batch;
+    }
+    Ok(first)
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     std::fs::DirBuilder::new().recursive(true).create(&args.data_dir)?;
@@ -118,8 +166,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             revoked: false,
         })
     })?;
-    let room = add_rooms(&store, SMALL_ORG, args.small, at)?.unwrap_or(0);
-    add_rooms(&store, BIG_ORG, args.big, at)?;
+    let room = if args.old_schema {
+        drop(store);
+        let db = redb::Database::create(args.data_dir.join("messenger-chat.redb"))?;
+        let room = add_old_rooms(&db, SMALL_ORG, args.small, at)?.unwrap_or(0);
+        add_old_rooms(&db, BIG_ORG, args.big, at)?;
+        // What the first release's file says about itself: schema 1, no room JSON version.
+        let t = db.begin_write()?;
+        let mut meta = t.open_table(tables::NAME_META)?;
+        meta.insert(migrate::SCHEMA_KEY, codec::encode(&1u64).as_slice())?;
+        meta.remove(migrate::ROOM_VIEW_KEY)?;
+        drop(meta);
+        t.commit()?;
+        room
+    } else {
+        let room = add_rooms(&store, SMALL_ORG, args.small, at)?.unwrap_or(0);
+        add_rooms(&store, BIG_ORG, args.big, at)?;
+        room
+    };
 
     eprintln!("bench_seed: {} rooms in {:.1?}", args.small + args.big, started.elapsed());
     println!("small_org={SMALL_ORG}");

@@ -80,6 +80,9 @@ pub async fn serve(config: Config, config_path: Option<&Path>) -> Result<(), Str
         trusted: TrustedProxies::parse(&domain.config.server.trusted_proxies)
             .map_err(|e| format!("config key server.trusted_proxies: {e}"))?,
     });
+    // Registered before the service says it listens: a SIGTERM right after
+    // start (an operator, systemd, a test) stops it cleanly instead of killing it.
+    let stop = shutdown_signal();
     let listener = TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let metrics_listener = match domain.config.server.metrics_listen.as_str() {
         "" => None,
@@ -125,7 +128,7 @@ pub async fn serve(config: Config, config_path: Option<&Path>) -> Result<(), Str
     let routes = api::routes(state);
     spawn_reload_on_hangup(tls.clone());
     notify_systemd(&[sd_notify::NotifyState::Ready]);
-    server::serve(listener, tls, routes, front, shutdown_signal(), grace).await;
+    server::serve(listener, tls, routes, front, stop, grace).await;
     drop(stop_operators);
     if let Some(task) = operators {
         let _ = task.await;
@@ -193,10 +196,15 @@ async fn delete_scheduled_rooms(domain: Arc<Domain>) {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT; SIGTERM is caught from the call on.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
+    let term = signal(SignalKind::terminate());
+    stopped(term)
+}
+
+async fn stopped(term: std::io::Result<tokio::signal::unix::Signal>) {
+    let mut term = match term {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot listen for SIGTERM");

@@ -54,6 +54,15 @@ pub enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Check the database with the service stopped: redb's own integrity check,
+    /// every index against its records and back, room counts and id counters,
+    /// the outbox. Prints what is wrong and exits 1 when anything is. An older
+    /// database is migrated first, as at start-up.
+    Check {
+        /// Rebuild every index and counter from the records, in one transaction.
+        #[arg(long)]
+        repair: bool,
+    },
     /// Restore an export into an empty database.
     Import {
         /// The export file.
@@ -152,6 +161,7 @@ pub fn run_admin(config: Config, command: Command, config_path: Option<&Path>) -
             config_path.map_or("built-in defaults and environment".to_string(), |p| p.display().to_string()),
             shown_config(&config)
         )),
+        Command::Check { repair } => check(&config, repair),
         Command::Token(TokenCommand::NewApi { name }) => {
             let name = crate::domain::name("name", &name).map_err(|e| e.to_string())?;
             let token = new_token(API_TOKEN_PREFIX);
@@ -327,6 +337,34 @@ fn shell_quote(path: &Path) -> String {
         s
     } else {
         format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// `check` and `check --repair`: the report goes to standard output; the
+/// result line says whether anything is (still) wrong.
+fn check(config: &Config, repair: bool) -> Result<String, String> {
+    let path = config.data_dir().join(crate::app::DB_FILE);
+    let cache = usize::try_from(config.storage.cache_mib.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX);
+    let fail = |e: crate::store::StoreError| format!("{}: {e}", path.display());
+    let (store, opened, integrity) = crate::store::Store::open_checked(&path, cache).map_err(fail)?;
+    let report = store.check(integrity, opened.clone()).map_err(fail)?;
+    println!("database {}\n{report}", path.display());
+    if report.is_clean() {
+        return Ok(String::new());
+    }
+    if !repair {
+        return Err(format!("{}: {} problems found", path.display(), report.problems.len()));
+    }
+    let after = store.repair(integrity, opened).map_err(fail)?;
+    println!("\nafter repair (one transaction, committed):\n{after}");
+    if after.is_clean() {
+        Ok(format!("repaired {}", path.display()))
+    } else {
+        Err(format!(
+            "{}: {} problems remain that a rebuild cannot fix; decide the conflicts, restore unreadable records from a backup",
+            path.display(),
+            after.problems.len()
+        ))
     }
 }
 

@@ -55,6 +55,10 @@ pub struct Room {
     /// 0 unless `kind` is `Event`.
     pub event_id: i64,
     pub name: String,
+    /// Shown as the Matrix room's `m.room.topic`; empty for none. Rooms
+    /// from before topics existed read as empty (`default` for old exports).
+    #[serde(default)]
+    pub topic: String,
     /// Empty until the Matrix room exists.
     pub matrix_room_id: String,
     /// `mxc://` URI of the uploaded avatar; empty when none or not uploaded yet.
@@ -231,6 +235,11 @@ pub enum OutboxOp {
     DeactivateUser { user_id: UserId },
 }
 
+/// Version of the room JSON ([`Room::to_json`]) kept in `orgidroomid_json`:
+/// bumped whenever that JSON changes, so that opening a database rebuilds
+/// the kept copies. 2: `topic`.
+pub const ROOM_VIEW_VERSION: u64 = 2;
+
 /// A room as answered.
 #[derive(Debug, Serialize)]
 struct RoomView<'a> {
@@ -243,6 +252,7 @@ struct RoomView<'a> {
     #[serde(rename = "eventID")]
     event_id: i64,
     name: &'a str,
+    topic: &'a str,
     #[serde(rename = "matrixRoomID")]
     matrix_room_id: &'a str,
     #[serde(rename = "avatarURL")]
@@ -269,6 +279,7 @@ impl<'a> From<&'a Room> for RoomView<'a> {
             organization_id: r.org_id,
             event_id: r.event_id,
             name: &r.name,
+            topic: &r.topic,
             matrix_room_id: &r.matrix_room_id,
             avatar_url: &r.avatar_url,
             admins: &r.admins,

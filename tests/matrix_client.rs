@@ -132,6 +132,7 @@ async fn room_lifecycle_in_room_version_12() {
     let room = NewRoom {
         marker,
         name: "Board".into(),
+        topic: None,
         avatar_url: Some(avatar.clone()),
         users: BTreeMap::from([(admin.clone(), 100), (moderator.clone(), 50), (client.bot_user_id().to_string(), 100)]),
         invite: vec![admin.clone(), moderator.clone(), member.clone()],
@@ -204,6 +205,9 @@ async fn room_lifecycle_in_room_version_12() {
     client.set_room_avatar(&room_id, &avatar2).await.unwrap();
     let name: serde_json::Value = client.get_state(&room_id, "m.room.name", "").await.unwrap().unwrap();
     assert_eq!(name["name"], "Board 2");
+    client.set_room_topic(&room_id, "Quarterly numbers").await.unwrap();
+    let topic: serde_json::Value = client.get_state(&room_id, "m.room.topic", "").await.unwrap().unwrap();
+    assert_eq!(topic["topic"], "Quarterly numbers");
 
     // Remove users: a joined one and an invited one.
     client.kick(&room_id, &admin, Some("removed from the room")).await.unwrap();
@@ -241,12 +245,15 @@ async fn room_version_10_lists_the_bot() {
     let room = NewRoom {
         marker: unique(),
         name: "Old".into(),
+        topic: Some("Set at creation".into()),
         avatar_url: None,
         users: BTreeMap::from([(user.clone(), 50)]),
         invite: vec![user.clone()],
         room_version: Some("10".into()),
     };
     let room_id = client.create_room(&room).await.unwrap();
+    let topic: serde_json::Value = client.get_state(&room_id, "m.room.topic", "").await.unwrap().unwrap();
+    assert_eq!(topic["topic"], "Set at creation");
     let creators = client.room_creators(&room_id).await.unwrap();
     assert_eq!(creators.room_version, "10");
     assert!(creators.privileged.is_empty());

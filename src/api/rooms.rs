@@ -179,6 +179,7 @@ async fn create_room(state: AppState, token: Option<String>, body: Bytes, event:
                 org_id: b.organization_id,
                 event_id,
                 name: b.name,
+                topic: b.topic,
                 users: UserLists { admins: b.admins, moderators: b.moderators, assigned: b.assigned_users },
                 automation: b.automation_enabled,
                 avatar: b.avatar,
@@ -199,7 +200,9 @@ async fn create_default_room(state: AppState, token: Option<String>, body: Bytes
             let (_, p) = state.caller(token.as_deref())?;
             let b: CreateDefaultBody = extract::json(&body)?;
             let d = state.domain.clone();
-            let created = blocking(move || d.create_default_room(p, b.organization_id, b.automation_enabled)).await?;
+            let created =
+                blocking(move || d.create_default_room(p, b.organization_id, b.automation_enabled, b.topic.as_deref()))
+                    .await?;
             state.settled(created, StatusCode::CREATED).await
         }
         .await,
@@ -239,12 +242,13 @@ async fn update_room(id: String, state: AppState, token: Option<String>, body: B
             let patch = RoomPatch {
                 automation: b.automation_enabled,
                 name: b.name,
+                topic: b.topic,
                 avatar: b.avatar,
                 scheduled_deletion: b.scheduled_deletion,
             };
             if patch.is_empty() {
                 return Err(Error::BadRequest(
-                    "nothing to change: send automationEnabled, name, avatar or scheduledDeletion".into(),
+                    "nothing to change: send automationEnabled, name, topic, avatar or scheduledDeletion".into(),
                 ));
             }
             let d = state.domain.clone();

@@ -12,6 +12,7 @@ pub use crate::model::rfc3339;
 #[serde(deny_unknown_fields)]
 pub struct CreateRoomBody {
     pub name: Option<String>,
+    pub topic: Option<String>,
     #[serde(rename = "organizationID", deserialize_with = "int")]
     pub organization_id: i64,
     #[serde(default, rename = "eventID", deserialize_with = "optional_int")]
@@ -38,6 +39,7 @@ pub struct CreateDefaultBody {
     pub organization_id: i64,
     #[serde(default, rename = "automationEnabled")]
     pub automation_enabled: bool,
+    pub topic: Option<String>,
 }
 
 /// PATCH /v1/chatrooms/{roomID}: absent fields stay, `null` clears.
@@ -47,6 +49,9 @@ pub struct UpdateRoomBody {
     #[serde(rename = "automationEnabled")]
     pub automation_enabled: Option<bool>,
     pub name: Option<String>,
+    /// `null` or `""` removes the topic.
+    #[serde(default, deserialize_with = "present")]
+    pub topic: Option<Option<String>>,
     #[serde(default, deserialize_with = "present_avatar")]
     pub avatar: Option<Option<Vec<u8>>>,
     #[serde(default, rename = "scheduledDeletion", deserialize_with = "present_deletion_time")]
@@ -122,6 +127,11 @@ impl<'a> From<&'a Token> for TokenView<'a> {
             revoked: t.revoked,
         }
     }
+}
+
+/// A field that may be sent as `null`: present (`Some`), with or without a value.
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// An avatar: the original's array of byte values, or a base64 string; null for none.

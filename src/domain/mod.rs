@@ -120,6 +120,26 @@ pub fn name(field: &str, raw: &str) -> Result<String> {
     Ok(trimmed.to_string())
 }
 
+/// Longest room topic, in characters.
+pub const MAX_TOPIC_CHARS: usize = 1000;
+
+/// Checks and trims a room topic: up to 1,000 characters, line breaks and
+/// tabs allowed; empty means no topic.
+///
+/// # Errors
+/// 422 naming the field.
+pub fn topic(raw: &str) -> Result<String> {
+    let trimmed = raw.trim();
+    let n = trimmed.chars().count();
+    if n > MAX_TOPIC_CHARS {
+        return Err(Error::Invalid(format!("topic must be at most {MAX_TOPIC_CHARS} characters, got {n}")));
+    }
+    if trimmed.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return Err(Error::Invalid("topic must not contain control characters other than line breaks and tabs".into()));
+    }
+    Ok(trimmed.to_string())
+}
+
 fn org_not_found(org: OrgId) -> Error {
     Error::NotFound(format!("no organization {org}: create it with PUT /v1/organizations/{org}"))
 }

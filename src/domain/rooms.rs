@@ -92,6 +92,8 @@ pub struct NewRoom {
     /// Set for an event's room.
     pub event_id: Option<i64>,
     pub name: Option<String>,
+    /// Empty or absent: no topic.
+    pub topic: Option<String>,
     pub users: UserLists,
     pub automation: bool,
     pub avatar: Option<Vec<u8>>,
@@ -104,6 +106,8 @@ pub struct NewRoom {
 pub struct RoomPatch {
     pub automation: Option<bool>,
     pub name: Option<String>,
+    /// `Some(None)` (or an empty topic) removes the topic.
+    pub topic: Option<Option<String>>,
     /// `Some(None)` removes the avatar.
     pub avatar: Option<Option<Vec<u8>>>,
     /// `Some(None)` cancels a scheduled deletion.
@@ -113,7 +117,11 @@ pub struct RoomPatch {
 impl RoomPatch {
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.automation.is_none() && self.name.is_none() && self.avatar.is_none() && self.scheduled_deletion.is_none()
+        self.automation.is_none()
+            && self.name.is_none()
+            && self.topic.is_none()
+            && self.avatar.is_none()
+            && self.scheduled_deletion.is_none()
     }
 }
 
@@ -224,6 +232,7 @@ impl Domain {
                 Error::Invalid("name is required: give the room a name of 1 to 255 characters".into())
             })?,
         )?;
+        let topic = spec.topic.as_deref().map(super::topic).transpose()?.unwrap_or_default();
         // Who may create and how many users, before any work on the lists.
         {
             let r = self.store.read()?;
@@ -253,6 +262,7 @@ impl Domain {
             room.kind = if event_id.is_some() { RoomKind::Event } else { RoomKind::Custom };
             room.event_id = event_id.unwrap_or(0);
             room.name = name;
+            room.topic = topic;
             room.automation = spec.automation;
             room.scheduled_deletion = spec.scheduled_deletion;
             set_roles(&mut room, &users);
@@ -276,9 +286,10 @@ impl Domain {
     /// Creates the organization's default room, named after the organization.
     ///
     /// # Errors
-    /// 422 bad id, 404 unknown organization, 403 not an owner/admin, 409 one exists.
-    pub fn create_default_room(&self, p: Principal, org: i64, automation: bool) -> Result<Room> {
+    /// 422 bad id or topic, 404 unknown organization, 403 not an owner/admin, 409 one exists.
+    pub fn create_default_room(&self, p: Principal, org: i64, automation: bool, topic: Option<&str>) -> Result<Room> {
         let org = positive("organizationID", org)?;
+        let topic = topic.map(super::topic).transpose()?.unwrap_or_default();
         let now = self.clock.now();
         let room = self.write(|w| {
             let organization = Self::require_org(w, org)?;
@@ -295,6 +306,7 @@ impl Domain {
             } else {
                 organization.name
             };
+            room.topic = topic;
             room.automation = automation;
             if automation {
                 apply_automation(w, &mut room)?;
@@ -345,12 +357,13 @@ impl Domain {
         Ok(())
     }
 
-    /// Changes a room's automation, name, avatar or scheduled deletion.
+    /// Changes a room's automation, name, topic, avatar or scheduled deletion.
     ///
     /// # Errors
     /// 422 invalid fields, 404 unknown room, 403 not allowed.
     pub fn update_room(&self, p: Principal, room: &RoomRef, patch: RoomPatch) -> Result<Room> {
         let name = patch.name.as_deref().map(|n| super::name("name", n)).transpose()?;
+        let topic = patch.topic.as_ref().map(|t| t.as_deref().map(super::topic).transpose()).transpose()?;
         if let Some(Some(bytes)) = &patch.avatar {
             avatar_type(bytes, self.config.rooms.max_avatar_bytes)?;
         }
@@ -364,6 +377,9 @@ impl Domain {
             let mut room = old.clone();
             if let Some(name) = name {
                 room.name = name;
+            }
+            if let Some(topic) = topic {
+                room.topic = topic.unwrap_or_default();
             }
             if let Some(avatar) = &patch.avatar {
                 room.avatar_sha256 = avatar.as_deref().map(sha256);
@@ -580,6 +596,7 @@ pub(crate) fn blank_room(id: RoomId, org: OrgId, now: i64) -> Room {
         org_id: org,
         event_id: 0,
         name: String::new(),
+        topic: String::new(),
         matrix_room_id: String::new(),
         avatar_url: String::new(),
         avatar_sha256: None,

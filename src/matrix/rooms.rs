@@ -14,7 +14,7 @@ use super::error::{ErrCode, MatrixError};
 use super::types::{
     CreateEvent, CreateRoomRequest, EventIdResponse, Ignored, JoinedRooms, KickBody, Member, MemberContent,
     MembersResponse, Membership, NewRoom, PowerLevels, ROOM_MARKER_KEY, RoomAvatar, RoomIdResponse, RoomName,
-    StateEventInit, UploadResponse, UserIdBody, creators_are_privileged,
+    RoomTopic, StateEventInit, UploadResponse, UserIdBody, creators_are_privileged,
 };
 
 /// Matrix events are canonical JSON, whose integers stop at 2^53 - 1.
@@ -32,7 +32,7 @@ pub struct RoomCreators {
 
 impl HomeserverClient {
     /// `POST /_matrix/client/v3/createRoom` as the bot: private chat, invite
-    /// only, with name, avatar, power levels and invites, and the marker in
+    /// only, with name, topic, avatar, power levels and invites, and the marker in
     /// the creation content. The bot gets power 100 in `users` only in room
     /// versions where the creator is not already all-powerful (before v12,
     /// where listing it would be refused). Returns the Matrix room id.
@@ -67,6 +67,7 @@ impl HomeserverClient {
         }
         let request = CreateRoomRequest {
             name: &room.name,
+            topic: room.topic.as_deref(),
             preset: "private_chat",
             visibility: "private",
             room_version: Some(&version),
@@ -188,6 +189,14 @@ impl HomeserverClient {
     /// As [`HomeserverClient::put_state`].
     pub async fn set_room_name(&self, room_id: &str, name: &str) -> Result<String, MatrixError> {
         self.put_state(room_id, "m.room.name", "", &RoomName { name: name.to_string() }).await
+    }
+
+    /// Sets `m.room.topic`; an empty topic removes it.
+    ///
+    /// # Errors
+    /// As [`HomeserverClient::put_state`].
+    pub async fn set_room_topic(&self, room_id: &str, topic: &str) -> Result<String, MatrixError> {
+        self.put_state(room_id, "m.room.topic", "", &RoomTopic { topic: topic.to_string() }).await
     }
 
     /// Sets `m.room.avatar` to an `mxc://` URI.

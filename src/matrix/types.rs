@@ -140,6 +140,8 @@ pub struct NewRoom {
     /// [`ROOM_MARKER_KEY`].
     pub marker: u64,
     pub name: String,
+    /// `m.room.topic`; `None` sets none.
+    pub topic: Option<String>,
     /// `mxc://` URI of an uploaded avatar.
     pub avatar_url: Option<String>,
     /// Power levels of the room's users (the bot is added as the creator needs).
@@ -156,6 +158,8 @@ pub struct NewRoom {
 #[derive(Debug, Serialize)]
 pub(crate) struct CreateRoomRequest<'a> {
     pub name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topic: Option<&'a str>,
     pub preset: &'static str,
     pub visibility: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -268,6 +272,12 @@ impl PowerLevels {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomName {
     pub name: String,
+}
+
+/// `m.room.topic` content; an empty topic is no topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomTopic {
+    pub topic: String,
 }
 
 /// `m.room.avatar` content.

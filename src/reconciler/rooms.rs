@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::domain::rooms::avatar_type;
-use crate::matrix::types::{Membership, RoomAvatar, RoomName};
+use crate::matrix::types::{Membership, RoomAvatar, RoomName, RoomTopic};
 use crate::matrix::{DeleteStatus, ErrCode, NewRoom};
 use crate::model::{OutboxOp, Room, RoomId};
 use crate::store::{Read, StoreError};
@@ -70,6 +70,7 @@ impl Reconciler {
                         .create_room(&NewRoom {
                             marker: room.id,
                             name: room.name.clone(),
+                            topic: (!room.topic.is_empty()).then(|| room.topic.clone()),
                             avatar_url: (!avatar_url.is_empty()).then(|| avatar_url.clone()),
                             users: levels.clone(),
                             invite,
@@ -91,6 +92,10 @@ impl Reconciler {
             let name: Option<RoomName> = client.get_state(&matrix_id, "m.room.name", "").await?;
             if name.as_ref().map(|n| n.name.as_str()) != Some(room.name.as_str()) {
                 client.set_room_name(&matrix_id, &room.name).await?;
+            }
+            let topic: Option<RoomTopic> = client.get_state(&matrix_id, "m.room.topic", "").await?;
+            if topic.map(|t| t.topic).unwrap_or_default() != room.topic {
+                client.set_room_topic(&matrix_id, &room.topic).await?;
             }
             let avatar: Option<RoomAvatar> = client.get_state(&matrix_id, "m.room.avatar", "").await?;
             let current = avatar.map(|a| a.url).unwrap_or_default();

@@ -14,10 +14,14 @@ use crate::model::{Organization, OutboxOp, Room, Token, User};
 
 /// Name of the dump format, in its first line.
 pub const FORMAT: &str = "messenger-chat-export";
-/// Version of the dump format.
-pub const VERSION: u32 = 1;
+/// Version of the dump format written today. 2: rooms carry `topic`.
+/// Import reads every version up to this one (a version 1 room has no
+/// topic, read as empty); an older release refuses a newer dump rather than
+/// dropping what it does not know.
+pub const VERSION: u32 = 2;
 
 /// One line of a dump.
+#[expect(clippy::large_enum_variant, reason = "records pass one at a time; boxing rooms would only add allocations")]
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "record", rename_all = "snake_case")]
 pub enum Record {
@@ -143,8 +147,18 @@ impl Store {
             None => return Err(bad(1, "empty input: expected a messenger-chat export".into())),
         };
         let total = match header {
-            Record::Header { format, version, records } if format == FORMAT && version == VERSION => records,
-            _ => return Err(bad(1, format!("not a {FORMAT} version {VERSION} dump"))),
+            Record::Header { format, version, records } if format == FORMAT && (1..=VERSION).contains(&version) => {
+                records
+            }
+            Record::Header { format, version, .. } if format == FORMAT => {
+                return Err(bad(
+                    1,
+                    format!(
+                        "a {FORMAT} version {version} dump, from a newer release; this one reads versions 1 to {VERSION}"
+                    ),
+                ));
+            }
+            _ => return Err(bad(1, format!("not a {FORMAT} dump (versions 1 to {VERSION})"))),
         };
         let mut batch = Vec::with_capacity(1024);
         let mut n = 0u64;
@@ -186,9 +200,9 @@ fn apply(w: &mut Writer, records: impl Iterator<Item = Record>) -> Result<u64, S
                 w.put_room(&r, previous.as_ref())?;
             }
             Record::Avatar { room, base64 } => {
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(base64)
-                    .map_err(|e| StoreError::Corrupt { table: "roomid_avatar", why: e.to_string() })?;
+                let bytes = base64::engine::general_purpose::STANDARD.decode(base64).map_err(|e| {
+                    StoreError::Corrupt { table: "roomid_avatar", key: room.to_string(), why: e.to_string() }
+                })?;
                 w.set_avatar(room, Some(&bytes))?;
             }
             Record::Outbox { seq, op } => {

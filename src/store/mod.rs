@@ -5,19 +5,28 @@
 //! the closure given to [`Store::write`] succeeds, so a rejected request
 //! never leaves a partial change behind.
 
+pub mod check;
 pub mod codec;
 pub mod dump;
+pub mod migrate;
 pub mod tables;
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::Arc;
 
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
 
 use crate::model::{OrgId, OrgRole, Organization, OutboxOp, Room, RoomId, Token, TokenKind, User, UserId};
+pub use migrate::{Opened, SCHEMA_VERSION};
 use tables::*;
 
-/// Storage failures. Never shown to clients in detail.
+/// What to do about a database that cannot be read as it is.
+const RESTORE: &str = "restore the data directory from a backup (`messenger-chat import` of an export), \
+     or run `messenger-chat check` with the service stopped to see what is wrong";
+
+/// Storage failures. Never shown to clients in detail; the service and the
+/// command line prefix them with the file's path.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
@@ -26,30 +35,97 @@ pub enum StoreError {
         "another process has the database open (is the service running? stop it first, or use the HTTP API with an API token)"
     )]
     InUse,
-    #[error("corrupt record in {table}: {why}")]
-    Corrupt { table: &'static str, why: String },
+    #[error("a record in table {table}{} cannot be read: {why}; {RESTORE}", key_suffix(.key))]
+    Corrupt { table: &'static str, key: String, why: String },
+    #[error("not a messenger-chat database ({0}); check storage.data_dir, or restore the file from a backup")]
+    NotADatabase(String),
+    #[error("the file is empty, not a database; restore it from a backup, or remove it to start with no data")]
+    Empty,
+    #[error("the file is damaged ({0}); {RESTORE}")]
+    Damaged(String),
+    #[error(
+        "written by a newer release of messenger-chat (schema version {found}); this release reads schema \
+         versions up to {known}: run the newer release, or restore a backup made with this one"
+    )]
+    Newer { found: u64, known: u64 },
+    #[error("schema version {found} is unknown to this release, which reads schema versions 1 to {known}; {RESTORE}")]
+    UnknownSchema { found: u64, known: u64 },
+    #[error(
+        "cannot migrate it from schema version {from} to {to}, so nothing was changed and it still holds what \
+         the older release wrote: {source}"
+    )]
+    Migration { from: u64, to: u64, source: Box<StoreError> },
 }
+
+/// The reason redb gives for a page it cannot read, inside any of its
+/// errors: that is [`StoreError::Damaged`], whichever call met it.
+trait Corruption {
+    fn corruption(&self) -> Option<&str>;
+}
+impl Corruption for redb::Error {
+    fn corruption(&self) -> Option<&str> {
+        match self {
+            redb::Error::Corrupted(why) => Some(why),
+            _ => None,
+        }
+    }
+}
+macro_rules! storage_inside {
+    ($($t:ident),*) => {$(
+        impl Corruption for redb::$t {
+            fn corruption(&self) -> Option<&str> {
+                match self {
+                    redb::$t::Storage(redb::StorageError::Corrupted(why)) => Some(why),
+                    _ => None,
+                }
+            }
+        }
+    )*};
+}
+storage_inside!(TransactionError, TableError, CommitError);
 
 macro_rules! db_error {
     ($($t:ty),*) => {$(
         impl From<$t> for StoreError {
             fn from(e: $t) -> Self {
-                StoreError::Db(e.to_string())
+                match e.corruption() {
+                    Some(why) => StoreError::Damaged(why.to_string()),
+                    None => StoreError::Db(e.to_string()),
+                }
             }
         }
     )*};
 }
-db_error!(
-    redb::Error,
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
+db_error!(redb::Error, redb::TransactionError, redb::TableError, redb::CommitError);
 
-/// Version of the table layout in this file.
-const SCHEMA_VERSION: u64 = 1;
+impl From<redb::StorageError> for StoreError {
+    fn from(e: redb::StorageError) -> Self {
+        match e {
+            redb::StorageError::Corrupted(why) => StoreError::Damaged(why),
+            other => StoreError::Db(other.to_string()),
+        }
+    }
+}
+
+impl From<redb::DatabaseError> for StoreError {
+    fn from(e: redb::DatabaseError) -> Self {
+        match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse,
+            redb::DatabaseError::Storage(redb::StorageError::Io(io))
+                if io.kind() == std::io::ErrorKind::InvalidData =>
+            {
+                StoreError::NotADatabase(io.to_string())
+            }
+            redb::DatabaseError::Storage(redb::StorageError::Io(io))
+                if io.kind() == std::io::ErrorKind::UnexpectedEof =>
+            {
+                StoreError::Damaged(format!("shorter than a database header: {io}"))
+            }
+            redb::DatabaseError::Storage(storage) => storage.into(),
+            other => StoreError::Db(other.to_string()),
+        }
+    }
+}
 
 /// The database, shared without a lock: redb serialises writers itself.
 #[derive(Clone)]
@@ -58,60 +134,82 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (or creates) the database file and every table in it.
+    /// Opens (or creates) the database file and every table in it, and
+    /// brings it up to today's schema (see [`migrate`]).
     ///
     /// The file is held exclusively: a second process (an administration
     /// subcommand while the service runs) gets [`StoreError::InUse`]. Sharing
     /// the file would cost every read transaction file-lock system calls.
     ///
     /// # Errors
-    /// The file cannot be opened, or it was written by a newer release.
+    /// The file cannot be opened or is not a database, it was written by a
+    /// newer release, or it cannot be migrated.
     pub fn open(path: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
-        let db = Database::builder().set_cache_size(cache_bytes).create(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse,
-            other => StoreError::from(other),
+        if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+            return Err(StoreError::Empty);
+        }
+        let db = guarded(|| {
+            let mut builder = Database::builder();
+            builder.set_cache_size(cache_bytes).set_repair_callback(log_repair);
+            Ok(builder.create(path)?)
         })?;
+        Self::from_database(db).map(|(store, _)| store)
+    }
+
+    /// Brings an open database up to today's schema.
+    fn from_database(db: Database) -> Result<(Self, Opened), StoreError> {
+        let started = std::time::Instant::now();
         let store = Store { db: Arc::new(db) };
-        store.write(|w| {
-            // Opening creates: afterwards every read finds every table.
-            let t = &w.txn;
-            t.open_table(ROOMID_ROOM)?;
-            t.open_table(ORGIDROOMID_JSON)?;
-            t.open_table(ORGIDROOMID)?;
-            t.open_table(ORGID_DEFAULTROOMID)?;
-            t.open_table(ORGIDEVENTID_ROOMID)?;
-            t.open_table(MATRIXROOMID_ROOMID)?;
-            t.open_table(USERIDROOMID)?;
-            t.open_table(ROOMID_AVATAR)?;
-            t.open_table(ORGID_ORG)?;
-            t.open_table(ORGID_ROOMCOUNT)?;
-            t.open_table(ORGIDUSERID_ROLE)?;
-            t.open_table(USERIDORGID_ROLE)?;
-            t.open_table(USERID_USER)?;
-            t.open_table(TOKENHASH_TOKEN)?;
-            t.open_table(USERIDTOKENID_TOKENHASH)?;
-            t.open_table(SEQ_OUTBOX)?;
-            t.open_table(NAME_COUNTER)?;
-            t.open_table(DELETIONTIME_ROOMID)?;
-            t.open_table(USERID_MATRIXACCOUNT)?;
-            t.open_table(MATRIXROOMID_DELETEID)?;
-            let mut meta = t.open_table(NAME_META)?;
-            let found = meta.get("schema_version")?.map(|v| codec::decode::<u64>(v.value()));
-            match found {
-                None => {
-                    meta.insert("schema_version", codec::encode(&SCHEMA_VERSION).as_slice())?;
-                }
-                Some(Ok(v)) if v <= SCHEMA_VERSION => {}
-                Some(Ok(v)) => {
-                    return Err(StoreError::Db(format!(
-                        "the database has schema version {v}; this release reads up to {SCHEMA_VERSION}"
-                    )));
-                }
-                Some(Err(why)) => return Err(StoreError::Corrupt { table: "name_meta", why }),
-            }
-            Ok(())
+        let opened = guarded(|| {
+            store.write(|w| {
+                // A newer file is refused before anything is created in it.
+                let opened = migrate::bring_up_to_date(&w.txn)?;
+                // Opening creates: afterwards every read finds every table.
+                let t = &w.txn;
+                t.open_table(ROOMID_ROOM)?;
+                t.open_table(ORGIDROOMID_JSON)?;
+                t.open_table(ORGIDROOMID)?;
+                t.open_table(ORGID_DEFAULTROOMID)?;
+                t.open_table(ORGIDEVENTID_ROOMID)?;
+                t.open_table(MATRIXROOMID_ROOMID)?;
+                t.open_table(USERIDROOMID)?;
+                t.open_table(ROOMID_AVATAR)?;
+                t.open_table(ORGID_ORG)?;
+                t.open_table(ORGID_ROOMCOUNT)?;
+                t.open_table(ORGIDUSERID_ROLE)?;
+                t.open_table(USERIDORGID_ROLE)?;
+                t.open_table(USERID_USER)?;
+                t.open_table(TOKENHASH_TOKEN)?;
+                t.open_table(USERIDTOKENID_TOKENHASH)?;
+                t.open_table(SEQ_OUTBOX)?;
+                t.open_table(NAME_COUNTER)?;
+                t.open_table(NAME_META)?;
+                t.open_table(DELETIONTIME_ROOMID)?;
+                t.open_table(USERID_MATRIXACCOUNT)?;
+                t.open_table(MATRIXROOMID_DELETEID)?;
+                Ok(opened)
+            })
         })?;
-        Ok(store)
+        let ms = |since: std::time::Instant| u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let Some(from) = opened.migrated_from else { return Ok((store, opened)) };
+        tracing::info!(from, to = SCHEMA_VERSION, elapsed_ms = ms(started), "migrated the database (committed)");
+        // A migration rewrites every room: copy-on-write leaves the old pages
+        // free inside the file, which would stay twice its size until reused.
+        let compacting = std::time::Instant::now();
+        tracing::info!("compacting the migrated database (its old pages are free now)");
+        // Nothing else holds the database while it opens.
+        let db = match Arc::try_unwrap(store.db) {
+            Ok(mut db) => {
+                match guarded(|| db.compact().map_err(|e| StoreError::Db(e.to_string()))) {
+                    Ok(_) => tracing::info!(elapsed_ms = ms(compacting), "compacted the migrated database"),
+                    // The migrated file is whole; a larger file is no reason to stop.
+                    Err(e) => tracing::warn!(error = %e, "could not compact the migrated database"),
+                }
+                Arc::new(db)
+            }
+            Err(shared) => shared,
+        };
+        Ok((Store { db }, opened))
     }
 
     /// A consistent snapshot for reading.
@@ -145,8 +243,47 @@ impl Store {
     }
 }
 
-fn decode<T: serde::de::DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
-    codec::decode(bytes).map_err(|why| StoreError::Corrupt { table, why })
+/// Runs `f`, turning a panic inside redb (which it may raise on a page it
+/// cannot read) into [`StoreError::Damaged`]: a damaged file is a message
+/// about the file, not a crash of the service.
+fn guarded<T>(f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
+            .unwrap_or_else(|| "redb stopped on a page it cannot read".into());
+        Err(StoreError::Damaged(why))
+    })
+}
+
+/// Logs redb's repair of a file that was not closed cleanly (a crash or
+/// kill), a tenth of the way at a time, so a long one is visible.
+fn log_repair(session: &mut redb::RepairSession) {
+    static LAST: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(u8::MAX);
+    // A tenth of the way: a whole number from 0 to 10 fits.
+    #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "0.0..=1.0 times 10")]
+    let tenth = (session.progress().clamp(0.0, 1.0) * 10.0) as u8;
+    if LAST.swap(tenth, std::sync::atomic::Ordering::Relaxed) != tenth {
+        tracing::warn!(
+            progress_pct = u32::from(tenth) * 10,
+            "the database was not closed cleanly (a crash or kill): redb is checking and repairing it"
+        );
+    }
+}
+
+fn key_suffix(key: &str) -> String {
+    if key.is_empty() { String::new() } else { format!(" (key {key})") }
+}
+
+/// Decodes a record of `table` whose key is not at hand.
+fn decode<T: codec::Versioned>(table: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+    decode_at(table, "", bytes)
+}
+
+/// Decodes the record stored under `key` in `table`; an error names both.
+fn decode_at<T: codec::Versioned>(table: &'static str, key: impl ToString, bytes: &[u8]) -> Result<T, StoreError> {
+    codec::decode(bytes).map_err(|why| StoreError::Corrupt { table, key: key.to_string(), why })
 }
 
 fn role_from_byte(b: u8) -> Result<OrgRole, StoreError> {
@@ -154,7 +291,11 @@ fn role_from_byte(b: u8) -> Result<OrgRole, StoreError> {
         0 => Ok(OrgRole::Member),
         1 => Ok(OrgRole::Admin),
         2 => Ok(OrgRole::Owner),
-        other => Err(StoreError::Corrupt { table: "orgiduserid_role", why: format!("unknown role {other}") }),
+        other => Err(StoreError::Corrupt {
+            table: "orgiduserid_role",
+            key: String::new(),
+            why: format!("unknown role {other}"),
+        }),
     }
 }
 
@@ -180,7 +321,7 @@ pub trait Read {
     /// One room by id.
     fn room(&self, id: RoomId) -> Result<Option<Room>, StoreError> {
         let t = self.table(ROOMID_ROOM)?;
-        t.get(id)?.map(|v| decode("roomid_room", v.value())).transpose()
+        t.get(id)?.map(|v| decode_at("roomid_room", id, v.value())).transpose()
     }
 
     /// The room whose Matrix room id is `matrix_id`.
@@ -255,7 +396,7 @@ pub trait Read {
     /// One organization.
     fn org(&self, id: OrgId) -> Result<Option<Organization>, StoreError> {
         let t = self.table(ORGID_ORG)?;
-        t.get(id)?.map(|v| decode("orgid_org", v.value())).transpose()
+        t.get(id)?.map(|v| decode_at("orgid_org", id, v.value())).transpose()
     }
 
     /// A user's role in an organization.
@@ -289,13 +430,13 @@ pub trait Read {
     /// One user.
     fn user(&self, id: UserId) -> Result<Option<User>, StoreError> {
         let t = self.table(USERID_USER)?;
-        t.get(id)?.map(|v| decode("userid_user", v.value())).transpose()
+        t.get(id)?.map(|v| decode_at("userid_user", id, v.value())).transpose()
     }
 
     /// The token with this SHA-256.
     fn token_by_hash(&self, hash: &[u8; 32]) -> Result<Option<Token>, StoreError> {
         let t = self.table(TOKENHASH_TOKEN)?;
-        t.get(hash.as_slice())?.map(|v| decode("tokenhash_token", v.value())).transpose()
+        t.get(hash.as_slice())?.map(|v| decode_at("tokenhash_token", hex::encode(hash), v.value())).transpose()
     }
 
     /// A user's personal access tokens in id order.
@@ -306,7 +447,7 @@ pub trait Read {
         for entry in index.range((user, 0u64)..=(user, u64::MAX))? {
             let (_, hash) = entry?;
             if let Some(v) = tokens.get(hash.value())? {
-                out.push(decode("tokenhash_token", v.value())?);
+                out.push(decode_at("tokenhash_token", hex::encode(hash.value()), v.value())?);
             }
         }
         Ok(out)
@@ -349,7 +490,7 @@ pub trait Read {
         let mut out = Vec::new();
         for entry in t.iter()?.take(n) {
             let (k, v) = entry?;
-            out.push((k.value(), decode("seq_outbox", v.value())?));
+            out.push((k.value(), decode_at("seq_outbox", k.value(), v.value())?));
         }
         Ok(out)
     }
@@ -577,6 +718,7 @@ mod tests {
             org_id: org,
             event_id: 0,
             name: format!("r{id}"),
+            topic: String::new(),
             matrix_room_id: String::new(),
             avatar_url: String::new(),
             avatar_sha256: None,

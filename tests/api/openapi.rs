@@ -99,3 +99,57 @@ async fn openapi_json_serves_the_file() {
     let served = srv.raw("GET", "/openapi.json", &[], b"").await;
     assert_eq!(served.expect(200), &document(), "GET /openapi.json differs from assets/openapi.json");
 }
+
+/// The property names of a schema in the document.
+fn properties(doc: &Value, schema: &str) -> BTreeSet<String> {
+    doc["components"]["schemas"][schema]["properties"]
+        .as_object()
+        .unwrap_or_else(|| panic!("schema {schema} has no properties"))
+        .keys()
+        .cloned()
+        .collect()
+}
+
+/// The Room schema names exactly the fields a served room has, all of them
+/// required; and the server accepts every property the request schemas
+/// document (it refuses unknown fields, so a documented field it does not
+/// know would fail here).
+#[tokio::test]
+async fn the_room_schemas_match_what_the_server_reads_and_writes() {
+    let doc = document();
+    let srv = TestServer::start();
+    let w = crate::common::World::new(&srv).await;
+    let every = |schema: &str| -> Value {
+        let mut body = serde_json::Map::new();
+        for name in properties(&doc, schema) {
+            let value = match name.as_str() {
+                "organizationID" => json!(w.org),
+                "eventID" => json!(77),
+                "name" => json!("Documented"),
+                "topic" => json!("Every documented field"),
+                "admins" | "moderators" | "assignedUsers" => json!([]),
+                "automationEnabled" => json!(false),
+                "avatar" | "scheduledDeletion" => Value::Null,
+                other => panic!("{schema}.{other}: give this test a value for the new property"),
+            };
+            body.insert(name, value);
+        }
+        Value::Object(body)
+    };
+    let custom = srv.post("/v1/chatrooms", &w.api, Some(every("CreateRoom"))).await.expect(201).clone();
+    srv.post("/v1/chatrooms/event", &w.api, Some(every("CreateEventRoom"))).await.expect(201);
+    let default = srv.post("/v1/chatrooms/default", &w.api, Some(every("CreateDefaultRoom"))).await;
+    assert_eq!(default.expect(201)["topic"], "Every documented field");
+    let path = format!("/v1/chatrooms/{}", custom["roomID"]);
+    let updated = srv.patch(&path, &w.api, Some(every("UpdateRoom"))).await.expect(200).clone();
+
+    let served: BTreeSet<String> = updated.as_object().expect("a room").keys().cloned().collect();
+    assert_eq!(served, properties(&doc, "Room"), "the Room schema's properties are a served room's fields");
+    let required: BTreeSet<String> = doc["components"]["schemas"]["Room"]["required"]
+        .as_array()
+        .expect("Room lists required fields")
+        .iter()
+        .map(|v| v.as_str().expect("a field name").to_string())
+        .collect();
+    assert_eq!(required, served, "every field of a served room is required in the Room schema");
+}

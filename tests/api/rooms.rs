@@ -9,12 +9,13 @@ use serde_json::{Value, json};
 
 use crate::common::{TestServer, World, ids, png, room_id, stable, stable_list};
 
-const ROOM_KEYS: [&str; 14] = [
+const ROOM_KEYS: [&str; 15] = [
     "roomID",
     "type",
     "organizationID",
     "eventID",
     "name",
+    "topic",
     "matrixRoomID",
     "avatarURL",
     "admins",
@@ -275,6 +276,54 @@ async fn a_custom_room_is_updated_field_by_field() {
     srv.patch(&path, &w.api, Some(json!({}))).await.expect_problem(400);
     srv.patch("/v1/chatrooms/999", &w.api, Some(json!({"automationEnabled": true}))).await.expect_problem(404);
     assert_eq!(stable(&srv.room(id).await), stable(&on));
+}
+
+/// A topic is set on create (custom, event and default rooms), changed and
+/// cleared by PATCH, trimmed, and kept across a restart; a room without one
+/// answers `""`.
+#[tokio::test]
+async fn a_room_topic_is_set_changed_and_cleared() {
+    let mut srv = TestServer::start();
+    let w = World::new(&srv).await;
+    let plain = w.room_from(&srv, json!({"name": "No topic"})).await;
+    assert_eq!(plain["topic"], "", "a room without a topic: {plain}");
+    let custom = w.room_from(&srv, json!({"name": "Board", "topic": "  Quarterly numbers\nand plans  "})).await;
+    assert_room_shape(&custom);
+    assert_eq!(custom["topic"], "Quarterly numbers\nand plans", "trimmed, line breaks kept");
+    let event = srv
+        .post(
+            "/v1/chatrooms/event",
+            &w.owner.token,
+            Some(json!({"name": "Gala", "organizationID": 1, "eventID": 9, "topic": "Dress code: none"})),
+        )
+        .await;
+    assert_eq!(event.expect(201)["topic"], "Dress code: none");
+    let default = srv
+        .post("/v1/chatrooms/default", &w.api, Some(json!({"organizationID": 1, "topic": "Everyone, everything"})))
+        .await;
+    assert_eq!(default.expect(201)["topic"], "Everyone, everything");
+
+    let id = room_id(&custom);
+    let path = format!("/v1/chatrooms/{id}");
+    let changed = srv.patch(&path, &w.owner.token, Some(json!({"topic": "Next quarter"}))).await;
+    assert_eq!(changed.expect(200)["topic"], "Next quarter");
+    assert_eq!(changed.body["name"], "Board", "a topic change leaves the name");
+    let longest = "é".repeat(1000);
+    let max = srv.patch(&path, &w.owner.token, Some(json!({"topic": longest}))).await;
+    assert_eq!(max.expect(200)["topic"], longest.as_str(), "1,000 characters (not bytes) are allowed");
+    let cleared = srv.patch(&path, &w.owner.token, Some(json!({"topic": null}))).await;
+    assert_eq!(cleared.expect(200)["topic"], "", "null clears the topic");
+    srv.patch(&path, &w.owner.token, Some(json!({"topic": "Back"}))).await.expect(200);
+    let emptied = srv.patch(&path, &w.owner.token, Some(json!({"topic": ""}))).await;
+    assert_eq!(emptied.expect(200)["topic"], "", "an empty topic clears it");
+    srv.patch(&path, &w.owner.token, Some(json!({"topic": "Kept"}))).await.expect(200);
+
+    srv.restart();
+    assert_eq!(srv.room(id).await["topic"], "Kept");
+    let listed = srv.rooms(1).await;
+    let entry = listed["entries"].as_array().unwrap().iter().find(|r| room_id(r) == id).cloned().unwrap();
+    assert_eq!(entry["topic"], "Kept", "GetRooms shows the topic too: {entry}");
+    assert_eq!(srv.room(room_id(&plain)).await["topic"], "");
 }
 
 #[tokio::test]

@@ -41,6 +41,29 @@ async fn a_room_body_that_is_not_json_is_refused() {
     utf8.expect(201);
 }
 
+/// A topic over 1,000 characters or with control characters is 422 with a
+/// detail naming the limit, on create and on PATCH, and changes nothing.
+#[tokio::test]
+async fn a_bad_topic_is_422_and_changes_nothing() {
+    let srv = TestServer::start();
+    let w = World::new(&srv).await;
+    for (topic, says) in [("x".repeat(1001), "at most 1000 characters, got 1001"), ("bell\u{7}".into(), "control")] {
+        let detail =
+            srv.post("/v1/chatrooms", &w.api, Some(create(&json!({"topic": topic})))).await.expect_problem(422);
+        assert!(detail.contains("topic") && detail.contains(says), "{detail}");
+        let body = json!({"organizationID": 1, "topic": topic});
+        let detail = srv.post("/v1/chatrooms/default", &w.api, Some(body)).await.expect_problem(422);
+        assert!(detail.contains("topic"), "{detail}");
+    }
+    assert_eq!(srv.rooms(1).await["total"], 0, "nothing was created");
+    let room = w.room_from(&srv, json!({"name": "Board", "topic": "Kept"})).await;
+    let path = format!("/v1/chatrooms/{}", room["roomID"]);
+    let detail = srv.patch(&path, &w.api, Some(json!({"topic": "y".repeat(1001), "name": "Changed"}))).await;
+    assert!(detail.expect_problem(422).contains("at most 1000 characters"));
+    assert_eq!(stable(&srv.room(room["roomID"].as_i64().unwrap()).await), stable(&room), "nothing changed");
+    srv.patch(&path, &w.api, Some(json!({"topic": 5}))).await.expect_problem(400);
+}
+
 #[tokio::test]
 async fn wrong_types_and_unknown_fields_are_400() {
     let srv = TestServer::start();

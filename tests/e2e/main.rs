@@ -26,3 +26,4 @@ mod faults;
 mod login;
 mod membership;
 mod rooms;
+mod upgrade;

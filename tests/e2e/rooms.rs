@@ -189,3 +189,41 @@ async fn scheduled_deletion_due_while_the_service_was_down_fires_at_start() {
     })
     .await;
 }
+
+/// A topic set at creation, changed and cleared by PATCH is what Synapse's
+/// `m.room.topic` says, and a room made without one has none there.
+#[tokio::test]
+async fn a_room_topic_is_the_matrix_rooms_topic() {
+    let (svc, admin) = on_shared_synapse().await;
+    svc.org(1, "Acme").await;
+    svc.user(1, "Ann", Some((1, "member"))).await;
+    let topic_on_synapse = |mx: String| {
+        let admin = &admin;
+        async move {
+            let state = admin.state(&mx).await.unwrap_or_else(|| panic!("Synapse does not know {mx}"));
+            state.event("m.room.topic", "").map(|e| e["content"]["topic"].as_str().unwrap_or_default().to_string())
+        }
+    };
+
+    let created = svc
+        .create_room(json!({"name": "Board", "organizationID": 1, "assignedUsers": [1], "topic": "Quarterly numbers"}))
+        .await;
+    assert_eq!(created["topic"], "Quarterly numbers");
+    let id = room_id(&created);
+    let mx = matrix_id(&svc.ready(id, CONVERGE).await);
+    assert_eq!(topic_on_synapse(mx.clone()).await.as_deref(), Some("Quarterly numbers"), "set at creation");
+
+    let path = format!("/v1/chatrooms/{id}");
+    let patched = svc.call("PATCH", &path, &svc.api, Some(json!({"topic": "Next quarter\nand beyond"}))).await;
+    assert_eq!(patched.expect(200)["topic"], "Next quarter\nand beyond");
+    svc.ready(id, CONVERGE).await;
+    assert_eq!(topic_on_synapse(mx.clone()).await.as_deref(), Some("Next quarter\nand beyond"), "changed by PATCH");
+
+    svc.call("PATCH", &path, &svc.api, Some(json!({"topic": null}))).await.expect(200);
+    svc.ready(id, CONVERGE).await;
+    assert_eq!(topic_on_synapse(mx.clone()).await.unwrap_or_default(), "", "cleared by PATCH");
+
+    let plain = svc.create_room(json!({"name": "Plain", "organizationID": 1})).await;
+    let plain_mx = matrix_id(&svc.ready(room_id(&plain), CONVERGE).await);
+    assert_eq!(topic_on_synapse(plain_mx).await, None, "a room without a topic has no m.room.topic");
+}

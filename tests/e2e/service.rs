@@ -43,6 +43,21 @@ impl Service {
 
     /// [`Service::start`] with more `MESSENGER_CHAT_…` settings.
     pub fn start_with(hs: &Homeserver, sync_wait_ms: u64, extra: &[(&str, &str)]) -> Service {
+        let mut service = Service::prepare_with(hs, sync_wait_ms, extra);
+        service.spawn();
+        assert!(!service.api.is_empty(), "the first start printed no API token");
+        service
+    }
+
+    /// A service set up against `hs` but not started: its user prefix and
+    /// bot are known, so a test can make the homeserver match a database it
+    /// brings before the service first looks ([`Service::start_on`]).
+    pub fn prepare(hs: &Homeserver, sync_wait_ms: u64) -> Service {
+        Service::prepare_with(hs, sync_wait_ms, &[])
+    }
+
+    /// [`Service::prepare`] with more `MESSENGER_CHAT_…` settings.
+    pub fn prepare_with(hs: &Homeserver, sync_wait_ms: u64, extra: &[(&str, &str)]) -> Service {
         let dir = tempfile::Builder::new().prefix("messenger-chat-e2e-").tempdir().expect("a temp dir");
         let id = unique();
         let prefix = format!("t{id}u");
@@ -71,11 +86,19 @@ impl Service {
         .map(|(k, v)| (k.to_string(), v))
         .chain(extra.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())))
         .collect();
-        let mut service =
-            Service { dir, env, child: None, starts: 0, client: None, api: String::new(), prefix, bot_localpart };
-        service.spawn();
-        assert!(!service.api.is_empty(), "the first start printed no API token");
-        service
+        Service { dir, env, child: None, starts: 0, client: None, api: String::new(), prefix, bot_localpart }
+    }
+
+    /// Starts a prepared service on a copy of an existing database file,
+    /// which holds its own API token (`api_token`; nothing is printed).
+    pub fn start_on(mut self, db_file: &std::path::Path, api_token: &str) -> Service {
+        let data_dir = self.dir.path().join("data");
+        std::fs::create_dir_all(&data_dir).expect("create the data directory");
+        std::fs::copy(db_file, data_dir.join("messenger-chat.redb"))
+            .unwrap_or_else(|e| panic!("copy {}: {e}", db_file.display()));
+        self.api = api_token.to_string();
+        self.spawn();
+        self
     }
 
     /// The Matrix id of app user `user`.

@@ -93,6 +93,33 @@ impl TestServer {
         server
     }
 
+    /// Starts the binary on a copy of an existing database file, as an
+    /// operator starts a new release on the data of the old one. The
+    /// database holds its own API token (nothing is printed): `api_token`.
+    #[allow(dead_code, reason = "used by the upgrade target, not by every target that shares the harness")]
+    pub fn start_on(db_file: &Path, api_token: &str) -> TestServer {
+        let dir = tempfile::Builder::new().prefix("messenger-chat-test-").tempdir().expect("create a temp dir");
+        let data_dir = dir.path().join("data");
+        std::fs::create_dir_all(&data_dir).expect("create the data directory");
+        std::fs::copy(db_file, data_dir.join("messenger-chat.redb"))
+            .unwrap_or_else(|e| panic!("copy {}: {e}", db_file.display()));
+        let mut server = TestServer {
+            dir,
+            data_dir,
+            extra_env: Vec::new(),
+            child: None,
+            starts: 0,
+            url: String::new(),
+            api_token: api_token.to_string(),
+            stdout_lines: Vec::new(),
+            metrics_url: String::new(),
+            client: None,
+        };
+        server.spawn();
+        assert_eq!(server.api_token, api_token, "a database with an API token got a new one printed");
+        server
+    }
+
     /// An HTTPS client of the running server.
     pub fn client(&self) -> &Client {
         self.client.as_ref().expect("the server is not running")
