@@ -42,6 +42,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let plain = config.server.plain_http;
     let addr = config.listen_addr();
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    let limits = server::ConnLimits::from_config(&config.server);
     let tls = if plain {
         None
     } else {
@@ -80,7 +81,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
     let routes = api::routes(state);
     spawn_reload_on_hangup(tls.clone());
     notify_systemd(&[sd_notify::NotifyState::Ready]);
-    server::serve(listener, tls, routes, proxy, shutdown_signal(), grace).await;
+    server::serve(listener, tls, routes, proxy, shutdown_signal(), grace, limits).await;
     tracing::info!("stopped");
     Ok(())
 }

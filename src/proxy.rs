@@ -9,12 +9,12 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
-use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 
 use crate::matrix::client::{https_connector, pooled_client};
+use crate::server::RequestBody;
 
 /// Boxed error of a streamed body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -65,7 +65,7 @@ impl Proxy {
     /// Passes one request on and streams the answer back. The peer's
     /// address replaces any `X-Forwarded-For` it sent, so the homeserver's
     /// per-address limits see the app and cannot be fooled by it.
-    pub async fn forward(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<AnyBody> {
+    pub async fn forward(&self, req: Request<RequestBody>, peer: SocketAddr) -> Response<AnyBody> {
         let (mut parts, body) = req.into_parts();
         let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let uri = Uri::builder()
