@@ -63,6 +63,12 @@ pub fn route_of(method: &str, path: &str) -> Option<usize> {
     best.map(|(i, _)| i)
 }
 
+/// The methods that some route answers at `path`, for the `Allow` header of a 405.
+#[must_use]
+pub fn methods_of(path: &str) -> Vec<&'static str> {
+    ["GET", "POST", "PUT", "PATCH", "DELETE"].into_iter().filter(|m| route_of(m, path).is_some()).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,5 +82,15 @@ mod tests {
         assert_eq!(at("POST", "/v1/chatrooms/5/users"), Some("/v1/chatrooms/{roomID}/users"));
         assert_eq!(at("GET", "/v1/nothing"), None);
         assert_eq!(at("PUT", "/healthz"), None);
+    }
+
+    #[test]
+    fn a_path_has_its_methods() {
+        assert_eq!(methods_of("/v1/chatrooms"), ["GET", "POST"]);
+        assert_eq!(methods_of("/v1/chatrooms/7"), ["GET", "PATCH", "DELETE"]);
+        assert_eq!(methods_of("/v1/chatrooms/7/users"), ["POST", "DELETE"]);
+        assert_eq!(methods_of("/v1/users/3"), ["PUT", "DELETE"]);
+        assert_eq!(methods_of("/healthz"), ["GET"]);
+        assert!(methods_of("/v1/nothing").is_empty());
     }
 }

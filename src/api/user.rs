@@ -6,13 +6,15 @@ use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
-use super::extract::{self, body, int, param, query_pairs, raw_query, token};
+use super::extract::{self, body, int, param, query_pairs, raw_query};
 use super::views::LoginBody;
-use super::{AppState, answer, blocking, json, with_state};
+use super::{AppState, answer, blocking, json, reader, with_state};
+use crate::domain::Principal;
 use crate::error::{Error, Result};
 use crate::matrix::{ErrCode, MatrixError};
 use crate::reconciler::StepError;
 use crate::server::RemoteAddr;
+use crate::store::Reader;
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let max = state.max_body();
@@ -20,13 +22,13 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let credentials = warp::path!("v1" / "user" / "credentials")
         .and(warp::get())
         .and(s())
-        .and(token())
+        .and(reader(state.clone()))
         .and(raw_query())
         .then(credentials);
     let login = warp::path!("v1" / "user" / "login")
         .and(warp::post())
         .and(s())
-        .and(token())
+        .and(reader(state.clone()))
         .and(raw_query())
         .and(body(max, false))
         .and(warp::ext::optional::<RemoteAddr>())
@@ -40,10 +42,9 @@ fn user_id_param(query: &str) -> Result<Option<i64>> {
 }
 
 /// GET /v1/user/credentials — a PAT for its own user; an API token with `?user_id=`.
-async fn credentials(state: AppState, token: Option<String>, query: String) -> Response {
+async fn credentials(state: AppState, r: Reader, p: Principal, query: String) -> Response {
     answer(
         async {
-            let (r, p) = state.caller(token.as_deref())?;
             let user = state.domain.acting_user(&r, p, user_id_param(&query)?)?;
             drop(r);
             if let Some(hs) = &state.hs {
@@ -66,14 +67,14 @@ async fn credentials(state: AppState, token: Option<String>, query: String) -> R
 /// per-address login limits count the app, not the service.
 async fn login(
     state: AppState,
-    token: Option<String>,
+    r: Reader,
+    p: Principal,
     query: String,
     body: Bytes,
     remote: Option<RemoteAddr>,
 ) -> Response {
     answer(
         async {
-            let (r, p) = state.caller(token.as_deref())?;
             let user = state.domain.acting_user(&r, p, user_id_param(&query)?)?;
             drop(r);
             state.login_limit.check(user, std::time::Instant::now())?;
