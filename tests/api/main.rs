@@ -9,6 +9,7 @@ mod common;
 
 mod admin;
 mod auth;
+mod limits;
 mod matrix;
 mod openapi;
 mod persistence;
