@@ -342,7 +342,7 @@ async fn serve_connection<I, S, B>(
     proxy: Option<Arc<Proxy>>,
     peer: SocketAddr,
     limits: ConnLimits,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: tower_service::Service<hyper::Request<RequestBody>, Response = hyper::Response<B>, Error = Infallible>
@@ -361,20 +361,33 @@ async fn serve_connection<I, S, B>(
     });
     let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
+    // The timeouts and the shutdown signal are watched by a task of their
+    // own: polled here with the connection, they would cost a lock on every
+    // wake of this task, several per request.
+    let (signal_tx, signal) = tokio::sync::oneshot::channel();
+    tokio::spawn(guard(conn_state, limits, stop, signal_tx));
     let why = tokio::select! {
+        biased;
         ended = conn.as_mut() => {
             if let Err(e) = ended {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
             return;
         }
-        expired = watchdog(&conn_state, &limits) => expired,
-        () = stopping(&mut stop) => {
-            // Shutting down: in-flight requests finish within the shutdown grace.
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-            return;
-        }
+        signal = signal => match signal {
+            Ok(Signal::Expired(why)) => why,
+            Ok(Signal::Stop) => {
+                // Shutting down: in-flight requests finish within the shutdown grace.
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+                return;
+            }
+            Err(_) => {
+                // The guard ended without a word (it cannot): serve on, unguarded.
+                let _ = conn.await;
+                return;
+            }
+        },
     };
     tracing::debug!(%peer, ?why, "closing the connection");
     if matches!(why, Expired::SlowHead | Expired::WriteStalled) {
@@ -385,6 +398,28 @@ async fn serve_connection<I, S, B>(
     // HTTP/1: closes it at once (nothing is in flight); HTTP/2: GOAWAY.
     conn.as_mut().graceful_shutdown();
     let _ = tokio::time::timeout(limits.header_timeout, conn).await;
+}
+
+/// What a connection's guard tells it.
+enum Signal {
+    Expired(Expired),
+    Stop,
+}
+
+/// Watches one connection's timeouts and the server's stop, until one of
+/// them fires or the connection ends (drops the receiver).
+async fn guard(
+    state: Arc<ConnState>,
+    limits: ConnLimits,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    mut tx: tokio::sync::oneshot::Sender<Signal>,
+) {
+    let signal = tokio::select! {
+        why = watchdog(&state, &limits) => Signal::Expired(why),
+        () = stopping(&mut stop) => Signal::Stop,
+        () = tx.closed() => return,
+    };
+    let _ = tx.send(signal);
 }
 
 /// Resolves once the server stops.
@@ -438,17 +473,16 @@ async fn watchdog(state: &ConnState, limits: &ConnLimits) -> Expired {
                 Some((idle_since + idle, Expired::Idle))
             }
         };
-        // Busy connections are looked at again after the shorter timeout (a
-        // stalled write, the end of the request); idle ones when theirs is due.
+        // Looked at again when the deadline is due, and at least once per
+        // head timeout: a head that begins meanwhile is then still caught
+        // exactly at its own deadline (it cannot be due before the next
+        // look), without waking this per request.
         let wait = match due {
             Some((at, why)) if at <= now => return why,
-            Some((at, _)) => at - now,
+            Some((at, _)) => (at - now).min(head),
             None => head.min(idle),
         };
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_millis(wait)) => {}
-            () = state.head_started.notified() => {}
-        }
+        tokio::time::sleep(Duration::from_millis(wait)).await;
     }
 }
 
@@ -472,7 +506,6 @@ struct ConnState {
     body_done: AtomicBool,
     /// An answer went out with the body unread: drain it on close.
     linger: AtomicBool,
-    head_started: tokio::sync::Notify,
 }
 
 impl ConnState {
@@ -487,7 +520,6 @@ impl ConnState {
             write_stalled_since: AtomicU64::new(0),
             body_done: AtomicBool::new(false),
             linger: AtomicBool::new(false),
-            head_started: tokio::sync::Notify::new(),
         }
     }
 
@@ -507,10 +539,6 @@ impl ConnState {
             return;
         }
         self.head_since.store(self.now_ms(), Ordering::Release);
-        // Before the first request the watchdog's deadline is already the head's.
-        if self.served.load(Ordering::Relaxed) {
-            self.head_started.notify_one();
-        }
     }
 
     fn begin_request(self: &Arc<Self>) -> InFlight {
