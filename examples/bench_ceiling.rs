@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use messenger_chat::server::{Front, TlsFiles, TlsState, serve};
+use messenger_chat::config::ServerConfig;
+use messenger_chat::server::{ConnLimits, Front, TlsFiles, TlsState, serve};
 use tokio::signal::unix::{SignalKind, signal};
 use warp::Filter;
 use warp::path::FullPath;
@@ -66,6 +67,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             _ = tokio::signal::ctrl_c() => {}
         }
     };
-    serve(listener, Some(tls), filter, Arc::new(Front::default()), shutdown, Duration::from_secs(1)).await;
+    // The service's own connection limits, so the ceiling includes their cost.
+    let limits = ConnLimits::from_config(&ServerConfig::default());
+    serve(listener, Some(tls), filter, Arc::new(Front::default()), shutdown, Duration::from_secs(1), limits).await;
     Ok(())
 }

@@ -202,6 +202,14 @@ for key in Type=notify "User=$NAME" "StateDirectory=$NAME" "ConfigurationDirecto
     'ExecReload=/bin/kill -HUP $MAINPID' AmbientCapabilities=CAP_NET_BIND_SERVICE; do
     check "unit sets $key" has_line "$U" "$key"
 done
+for key in MemoryMax TasksMax LimitNOFILE; do
+    check "unit sets $key=" grep -q "^$key=[0-9]" "$U"
+done
+# One descriptor per connection, two while proxied, plus a reserve (config.toml, [server]).
+max_conn="$(sed -n 's/^max_connections = \([0-9]*\)$/\1/p' "$C")"
+nofile="$(sed -n 's/^LimitNOFILE=\([0-9]*\)$/\1/p' "$U")"
+check "LimitNOFILE=${nofile:-unset} >= 2 x server.max_connections (${max_conn:-unset}) + 256" \
+    test -n "$max_conn" -a -n "$nofile" -a "${nofile:-0}" -ge $((2 * ${max_conn:-0} + 256))
 
 step "--prefix /usr"
 P="$work/usr-root"

@@ -64,6 +64,7 @@ pub async fn serve(config: Config, config_path: Option<&Path>) -> Result<(), Str
     let plain = config.server.plain_http;
     let addr = config.listen_addr();
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    let limits = server::ConnLimits::from_config(&config.server);
     let tls = if plain {
         None
     } else {
@@ -123,12 +124,12 @@ pub async fn serve(config: Config, config_path: Option<&Path>) -> Result<(), Str
         let stop = async move {
             let _ = stopped.changed().await;
         };
-        tokio::spawn(server::serve(listener, None, routes, Arc::new(Front::default()), stop, grace))
+        tokio::spawn(server::serve(listener, None, routes, Arc::new(Front::default()), stop, grace, limits))
     });
     let routes = api::routes(state);
     spawn_reload_on_hangup(tls.clone());
     notify_systemd(&[sd_notify::NotifyState::Ready]);
-    server::serve(listener, tls, routes, front, stop, grace).await;
+    server::serve(listener, tls, routes, front, stop, grace, limits).await;
     drop(stop_operators);
     if let Some(task) = operators {
         let _ = task.await;

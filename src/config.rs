@@ -84,6 +84,27 @@ pub struct ServerConfig {
     /// detailed `/readyz`; empty turns it off. Loopback by default: it has no
     /// TLS and no token.
     pub metrics_listen: String,
+    /// A new connection must finish its TLS handshake within this many
+    /// seconds, and then send its first request head within as many again;
+    /// a request head whose first byte arrived must be complete within it.
+    /// It also bounds how long a closing connection's unread bytes are drained.
+    pub header_timeout_secs: u64,
+    /// The whole body of an API request must arrive within this many seconds
+    /// of its head (408 and the connection closed otherwise). A body passed
+    /// through the `/_matrix` proxy may instead not stall longer than this.
+    pub body_timeout_secs: u64,
+    /// A connection with no request in flight is closed after this many
+    /// seconds (HTTP/2: sent GOAWAY).
+    pub idle_timeout_secs: u64,
+    /// Open connections at most; beyond it a new one is closed right after
+    /// accept. Each takes a file descriptor (two while proxied), so the
+    /// process's open-file limit must be above twice this.
+    pub max_connections: usize,
+    /// Requests (streams) one HTTP/2 connection may have in flight at once.
+    pub h2_max_concurrent_streams: u32,
+    /// Largest request head (request line and headers), in bytes: 431 above
+    /// it on HTTP/1.1, the header list size announced on HTTP/2.
+    pub max_header_bytes: u32,
 }
 
 impl Default for ServerConfig {
@@ -95,6 +116,12 @@ impl Default for ServerConfig {
             shutdown_grace_secs: 10,
             trusted_proxies: Vec::new(),
             metrics_listen: "127.0.0.1:8444".into(),
+            header_timeout_secs: 10,
+            body_timeout_secs: 30,
+            idle_timeout_secs: 60,
+            max_connections: 4096,
+            h2_max_concurrent_streams: 100,
+            max_header_bytes: 32 * 1024,
         }
     }
 }
@@ -439,6 +466,25 @@ impl Config {
         if self.server.max_body_bytes < 1024 {
             return bad("server.max_body_bytes", "must be at least 1024".into());
         }
+        for (key, secs) in [
+            ("server.header_timeout_secs", self.server.header_timeout_secs),
+            ("server.body_timeout_secs", self.server.body_timeout_secs),
+            ("server.idle_timeout_secs", self.server.idle_timeout_secs),
+        ] {
+            if !(1..=3600).contains(&secs) {
+                return bad(key, format!("must be between 1 and 3600 seconds, got {secs}"));
+            }
+        }
+        if !(1..=1_000_000).contains(&self.server.max_connections) {
+            return bad("server.max_connections", "must be between 1 and 1000000".into());
+        }
+        if !(1..=10_000).contains(&self.server.h2_max_concurrent_streams) {
+            return bad("server.h2_max_concurrent_streams", "must be between 1 and 10000".into());
+        }
+        // hyper's HTTP/1 read buffer cannot be smaller than 8 KiB.
+        if !(8192..=1024 * 1024).contains(&self.server.max_header_bytes) {
+            return bad("server.max_header_bytes", "must be between 8192 and 1048576".into());
+        }
         if self.tls.cert_file.is_empty() != self.tls.key_file.is_empty() {
             return bad("tls.cert_file", "tls.cert_file and tls.key_file must be set together".into());
         }
@@ -675,6 +721,22 @@ mod tests {
             c.proxy.public_url = bad.into();
             assert!(c.validate().unwrap_err().0.contains("proxy.public_url"), "{bad}");
         }
+    }
+
+    #[test]
+    fn connection_limits_are_checked() {
+        let mut c = Config::default();
+        c.server.header_timeout_secs = 0;
+        assert!(c.validate().unwrap_err().0.contains("server.header_timeout_secs"));
+        let mut c = Config::default();
+        c.server.idle_timeout_secs = 4000;
+        assert!(c.validate().unwrap_err().0.contains("server.idle_timeout_secs"));
+        let mut c = Config::default();
+        c.server.max_connections = 0;
+        assert!(c.validate().unwrap_err().0.contains("server.max_connections"));
+        let mut c = Config::default();
+        c.server.max_header_bytes = 4096;
+        assert!(c.validate().unwrap_err().0.contains("server.max_header_bytes"));
     }
 
     #[test]

@@ -20,6 +20,9 @@ pub enum Error {
     /// 405: the path exists with other methods.
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// 408: the request body did not arrive in time.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// 409: it exists already, or the state forbids the change.
     #[error("{0}")]
     Conflict(String),
@@ -65,6 +68,7 @@ impl Error {
             Error::Forbidden(_) => 403,
             Error::NotFound(_) => 404,
             Error::MethodNotAllowed(_) => 405,
+            Error::RequestTimeout(_) => 408,
             Error::Conflict(_) => 409,
             Error::TooLarge(_) => 413,
             Error::UnsupportedMediaType(_) => 415,

@@ -15,7 +15,6 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use http_body_util::combinators::BoxBody;
-use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -26,6 +25,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::matrix::client::{https_connector, pooled_client};
 use crate::secrets::{API_TOKEN_PREFIX, PAT_PREFIX};
+use crate::server::RequestBody;
 
 /// Boxed error of a streamed body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -91,7 +91,7 @@ impl Proxy {
 
     /// Answers one request of a path [`Proxy::claims`]: the well-known
     /// document, a refusal, or the homeserver's answer streamed back.
-    pub async fn answer(&self, req: Request<Incoming>, client: ClientAddr) -> Response<AnyBody> {
+    pub async fn answer(&self, req: Request<RequestBody>, client: ClientAddr) -> Response<AnyBody> {
         let path = req.uri().path();
         if path == WELL_KNOWN {
             return self.well_known(&req, client);
@@ -104,7 +104,7 @@ impl Proxy {
             None => None,
         };
         match refusal {
-            Some(e) => refuse(&req, &e),
+            Some(e) => refuse(&e),
             None => self.forward(req, client).await,
         }
     }
@@ -113,7 +113,7 @@ impl Proxy {
     /// said about itself or carried for the service (its token, cookies,
     /// forwarding headers) stays here; the homeserver's per-address limits
     /// see the client's address as the service computed it.
-    async fn forward(&self, req: Request<Incoming>, client: ClientAddr) -> Response<AnyBody> {
+    async fn forward(&self, req: Request<RequestBody>, client: ClientAddr) -> Response<AnyBody> {
         let (mut parts, body) = req.into_parts();
         let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         let uri = Uri::builder()
@@ -148,7 +148,7 @@ impl Proxy {
     /// GET /.well-known/matrix/client — anyone: the app's homeserver is
     /// this service (client discovery, Matrix spec), with the CORS header
     /// the spec asks for so web clients can read it.
-    fn well_known(&self, req: &Request<Incoming>, client: ClientAddr) -> Response<AnyBody> {
+    fn well_known(&self, req: &Request<RequestBody>, client: ClientAddr) -> Response<AnyBody> {
         const METHODS: &str = "GET, HEAD, OPTIONS";
         let mut resp = match *req.method() {
             http::Method::GET | http::Method::HEAD => {
@@ -157,10 +157,9 @@ impl Proxy {
                     None => match request_host(req) {
                         Some(host) => format!("{}://{host}", client.proto()),
                         None => {
-                            return refuse(
-                                req,
-                                &Error::BadRequest("send a Host header (or the operator sets proxy.public_url)".into()),
-                            );
+                            return refuse(&Error::BadRequest(
+                                "send a Host header (or the operator sets proxy.public_url)".into(),
+                            ));
                         }
                     },
                 };
@@ -181,7 +180,7 @@ impl Proxy {
                 resp
             }
             _ => {
-                let mut resp = refuse(req, &Error::MethodNotAllowed(format!("{WELL_KNOWN} answers {METHODS}")));
+                let mut resp = refuse(&Error::MethodNotAllowed(format!("{WELL_KNOWN} answers {METHODS}")));
                 resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(METHODS));
                 resp
             }
@@ -240,7 +239,7 @@ fn strip_client_claims(headers: &mut http::HeaderMap) {
 }
 
 /// The host the client addressed: `Host` on HTTP/1.1, the authority on HTTP/2.
-fn request_host(req: &Request<Incoming>) -> Option<String> {
+fn request_host(req: &Request<RequestBody>) -> Option<String> {
     let raw = match req.headers().get(header::HOST).and_then(|v| v.to_str().ok()) {
         Some(h) => h.to_string(),
         None => req.uri().authority()?.as_str().to_string(),
@@ -249,17 +248,11 @@ fn request_host(req: &Request<Incoming>) -> Option<String> {
     (!authority.host().is_empty() && !authority.as_str().contains('@')).then(|| authority.as_str().to_string())
 }
 
-/// A refusal as problem+json. On HTTP/1 a request body may still be
-/// unread: the connection is closed after the answer, so the body's bytes
-/// are never taken for the next request.
-fn refuse(req: &Request<Incoming>, err: &Error) -> Response<AnyBody> {
-    let mut resp = problem(err).map(|b| b.map_err(box_error).boxed());
-    let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
-        || req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).is_some_and(|v| v.trim() != "0");
-    if has_body && req.version() < http::Version::HTTP_2 {
-        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    resp
+/// A refusal as problem+json. A request body left unread closes the
+/// connection after it (the server's connection layer says so with
+/// `Connection: close`), so its bytes are never taken for the next request.
+fn refuse(err: &Error) -> Response<AnyBody> {
+    problem(err).map(|b| b.map_err(box_error).boxed())
 }
 
 fn full(bytes: Bytes) -> AnyBody {

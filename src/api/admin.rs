@@ -7,55 +7,63 @@ use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
-use super::extract::{self, body, int, token};
+use super::extract::{self, body, int};
 use super::views::{NameBody, RoleBody, TokenBody, TokenView, UserBody, rfc3339};
-use super::{AppState, answer, blocking, json, no_content, with_state};
-use crate::domain::Domain;
+use super::{AppState, answer, blocking, caller, json, no_content, reader, with_state};
+use crate::domain::{Domain, Principal};
 use crate::error::Error;
 use crate::model::OrgRole;
+use crate::store::Reader;
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let max = state.max_body();
     let s = || with_state(state.clone());
+    // The caller is known (or the request refused) before any body is read.
+    let reader = || reader(state.clone());
+    let caller = || caller(state.clone());
     let put_org = warp::path!("v1" / "organizations" / String)
         .and(warp::put())
         .and(s())
-        .and(token())
+        .and(caller())
         .and(body(max, true))
         .then(put_org);
     let delete_org =
-        warp::path!("v1" / "organizations" / String).and(warp::delete()).and(s()).and(token()).then(delete_org);
+        warp::path!("v1" / "organizations" / String).and(warp::delete()).and(s()).and(caller()).then(delete_org);
     let members = warp::path!("v1" / "organizations" / String / "members")
         .and(warp::get())
         .and(s())
-        .and(token())
+        .and(reader())
         .then(list_members);
     let put_member = warp::path!("v1" / "organizations" / String / "members" / String)
         .and(warp::put())
         .and(s())
-        .and(token())
+        .and(caller())
         .and(body(max, true))
         .then(put_member);
     let delete_member = warp::path!("v1" / "organizations" / String / "members" / String)
         .and(warp::delete())
         .and(s())
-        .and(token())
+        .and(caller())
         .then(delete_member);
-    let put_user =
-        warp::path!("v1" / "users" / String).and(warp::put()).and(s()).and(token()).and(body(max, true)).then(put_user);
-    let delete_user = warp::path!("v1" / "users" / String).and(warp::delete()).and(s()).and(token()).then(delete_user);
+    let put_user = warp::path!("v1" / "users" / String)
+        .and(warp::put())
+        .and(s())
+        .and(caller())
+        .and(body(max, true))
+        .then(put_user);
+    let delete_user = warp::path!("v1" / "users" / String).and(warp::delete()).and(s()).and(caller()).then(delete_user);
     let issue = warp::path!("v1" / "users" / String / "tokens")
         .and(warp::post())
         .and(s())
-        .and(token())
+        .and(caller())
         .and(body(max, false))
         .then(issue_token);
     let list_tokens =
-        warp::path!("v1" / "users" / String / "tokens").and(warp::get()).and(s()).and(token()).then(list_tokens);
+        warp::path!("v1" / "users" / String / "tokens").and(warp::get()).and(s()).and(reader()).then(list_tokens);
     let revoke = warp::path!("v1" / "users" / String / "tokens" / String)
         .and(warp::delete())
         .and(s())
-        .and(token())
+        .and(caller())
         .then(revoke_token);
     put_org
         .or(delete_org)
@@ -88,10 +96,9 @@ fn created_or_ok(created: bool) -> StatusCode {
 }
 
 /// PUT /v1/organizations/{organizationID} — API token: create or rename.
-async fn put_org(org: String, state: AppState, token: Option<String>, body: Bytes) -> Response {
+async fn put_org(org: String, state: AppState, p: Principal, body: Bytes) -> Response {
     answer(
         async {
-            let (_, p) = state.caller(token.as_deref())?;
             let org = id("organizationID", &org)?;
             let b: NameBody = extract::json(&body)?;
             let d = state.domain.clone();
@@ -103,10 +110,9 @@ async fn put_org(org: String, state: AppState, token: Option<String>, body: Byte
 }
 
 /// DELETE /v1/organizations/{organizationID} — API token: with all its rooms.
-async fn delete_org(org: String, state: AppState, token: Option<String>) -> Response {
+async fn delete_org(org: String, state: AppState, p: Principal) -> Response {
     answer(
         async {
-            let (_, p) = state.caller(token.as_deref())?;
             let org = id("organizationID", &org)?;
             let d = state.domain.clone();
             blocking(move || d.delete_org(p, org)).await?;
@@ -117,9 +123,8 @@ async fn delete_org(org: String, state: AppState, token: Option<String>) -> Resp
 }
 
 /// GET /v1/organizations/{organizationID}/members — API token.
-async fn list_members(org: String, state: AppState, token: Option<String>) -> Response {
+async fn list_members(org: String, state: AppState, r: Reader, p: Principal) -> Response {
     answer((|| {
-        let (r, p) = state.caller(token.as_deref())?;
         let members = state.domain.members(&r, p, id("organizationID", &org)?)?;
         let list: Vec<_> = members.iter().map(|(u, role)| j!({"userID": u, "role": role.as_str()})).collect();
         Ok(json(StatusCode::OK, &list))
@@ -127,10 +132,9 @@ async fn list_members(org: String, state: AppState, token: Option<String>) -> Re
 }
 
 /// PUT /v1/organizations/{organizationID}/members/{userID} — API token: set the role.
-async fn put_member(org: String, user: String, state: AppState, token: Option<String>, body: Bytes) -> Response {
+async fn put_member(org: String, user: String, state: AppState, p: Principal, body: Bytes) -> Response {
     answer(
         async {
-            let (_, p) = state.caller(token.as_deref())?;
             let org = id("organizationID", &org)?;
             let user = id("userID", &user)?;
             let b: RoleBody = extract::json(&body)?;
@@ -145,10 +149,9 @@ async fn put_member(org: String, user: String, state: AppState, token: Option<St
 }
 
 /// DELETE /v1/organizations/{organizationID}/members/{userID} — API token: they leave every room of it.
-async fn delete_member(org: String, user: String, state: AppState, token: Option<String>) -> Response {
+async fn delete_member(org: String, user: String, state: AppState, p: Principal) -> Response {
     answer(
         async {
-            let (_, p) = state.caller(token.as_deref())?;
             let org = id("organizationID", &org)?;
             let user = id("userID", &user)?;
             let d = state.domain.clone();
@@ -160,10 +163,9 @@ async fn delete_member(org: String, user: String, state: AppState, token: Option
 }
 
 /// PUT /v1/users/{userID} — API token: create or update (reactivates).
-async fn put_user(user: String, state: AppState, token: Option<String>, body: Bytes) -> Response {
+async fn put_user(user: String, state: AppState, p: Principal, body: Bytes) -> Response {
     answer(
         async {
-            let (_, p) = state.caller(token.as_deref())?;
             let user = id("userID", &user)?;
             let b: UserBody = extract::json(&body)?;
             let d = state.domain.clone();
@@ -178,10 +180,9 @@ async fn put_user(user: String, state: AppState, token: Option<String>, body: By
 }
 
 /// DELETE /v1/users/{userID} — API token: deactivate.
-async fn delete_user(user: String, state: AppState, token: Option<String>) -> Response {
+async fn delete_user(user: String, state: AppState, p: Principal) -> Response {
     answer(
         async {
-            let (_, p) = state.caller(token.as_deref())?;
             let user = id("userID", &user)?;
             let d = state.domain.clone();
             blocking(move || d.deactivate_user(p, user)).await?;
@@ -193,10 +194,9 @@ async fn delete_user(user: String, state: AppState, token: Option<String>) -> Re
 
 /// POST /v1/users/{userID}/tokens — API token: issue a PAT, shown only in this answer.
 /// Rate-limited per user, counted only for callers allowed to issue.
-async fn issue_token(user: String, state: AppState, token: Option<String>, body: Bytes) -> Response {
+async fn issue_token(user: String, state: AppState, p: Principal, body: Bytes) -> Response {
     answer(
         async {
-            let (_, p) = state.caller(token.as_deref())?;
             Domain::require_api(p)?;
             let user = id("userID", &user)?;
             let b: TokenBody = if body.is_empty() { TokenBody::default() } else { extract::json(&body)? };
@@ -219,9 +219,8 @@ async fn issue_token(user: String, state: AppState, token: Option<String>, body:
 }
 
 /// GET /v1/users/{userID}/tokens — API token: never the secrets.
-async fn list_tokens(user: String, state: AppState, token: Option<String>) -> Response {
+async fn list_tokens(user: String, state: AppState, r: Reader, p: Principal) -> Response {
     answer((|| {
-        let (r, p) = state.caller(token.as_deref())?;
         let tokens = state.domain.tokens(&r, p, id("userID", &user)?)?;
         let list: Vec<TokenView> = tokens.iter().map(TokenView::from).collect();
         Ok(json(StatusCode::OK, &list))
@@ -229,10 +228,9 @@ async fn list_tokens(user: String, state: AppState, token: Option<String>) -> Re
 }
 
 /// DELETE /v1/users/{userID}/tokens/{tokenID} — API token: revoke.
-async fn revoke_token(user: String, token_id: String, state: AppState, token: Option<String>) -> Response {
+async fn revoke_token(user: String, token_id: String, state: AppState, p: Principal) -> Response {
     answer(
         async {
-            let (_, p) = state.caller(token.as_deref())?;
             let user = id("userID", &user)?;
             let token_id = id("tokenID", &token_id)?;
             let d = state.domain.clone();

@@ -22,9 +22,8 @@ use warp::filters::BoxedFilter;
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
-use super::extract::token;
-use super::{AppState, problem, with_state};
-use crate::domain::Domain;
+use super::{AppState, caller, problem, with_state};
+use crate::domain::{Domain, Principal};
 
 /// Media type of the dump: one JSON object a line (JSON Lines).
 pub const MEDIA_TYPE: &str = "application/jsonl";
@@ -36,15 +35,14 @@ const CHUNK_BYTES: usize = 64 * 1024;
 const QUEUE_CHUNKS: usize = 8;
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
-    warp::path!("v1" / "export").and(warp::get()).and(with_state(state)).and(token()).then(export).boxed()
+    warp::path!("v1" / "export").and(warp::get()).and(with_state(state.clone())).and(caller(state)).then(export).boxed()
 }
 
 /// GET /v1/export — API token only (a PAT gets 403): every record as JSON
 /// Lines, from one snapshot, streamed as `application/jsonl`. Restore with
 /// `messenger-chat import` into a new data directory.
-async fn export(state: AppState, token: Option<String>) -> Response {
-    let allowed = state.caller(token.as_deref()).and_then(|(_, p)| Domain::require_api(p));
-    if let Err(e) = allowed {
+async fn export(state: AppState, p: Principal) -> Response {
+    if let Err(e) = Domain::require_api(p) {
         return problem::problem(&e);
     }
     let (tx, rx) = mpsc::channel(QUEUE_CHUNKS);

@@ -5,23 +5,44 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use warp::Filter;
-use warp::http::HeaderMap;
+use warp::http::HeaderValue;
 
 use super::problem::ApiReject;
 use crate::domain::rooms::RoomRef;
 use crate::error::{Error, Result};
+use crate::server::BodyError;
 
 /// The token of a request: `Authorization: Bearer <t>` or `API-TOKEN: <t>`.
-pub fn token() -> impl Filter<Extract = (Option<String>,), Error = std::convert::Infallible> + Clone {
-    warp::header::headers_cloned().map(|h: HeaderMap| {
-        if let Some(v) = h.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-            let v = v.trim();
-            if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") {
-                return Some(v[7..].trim().to_string());
-            }
+/// Only headers are looked at, so the caller is known before the body is read.
+///
+/// # Errors (in the extracted value)
+/// 401 when neither header carries a token, or both do with different tokens
+/// (ambiguous credentials are not valid credentials).
+pub fn token() -> impl Filter<Extract = (Result<String>,), Error = std::convert::Infallible> + Clone {
+    // Shaped so that the common request (a bearer token, no API-TOKEN)
+    // allocates nothing here: a present header is shared, an absent one is
+    // no rejection. A value that is not visible ASCII counts as absent.
+    let authorization = warp::header::value("authorization").map(Some).or(warp::any().map(|| None)).unify();
+    let api_token = warp::header::optional::<String>("api-token").or(warp::any().map(|| None)).unify();
+    authorization.and(api_token).map(pick_token)
+}
+
+fn pick_token(authorization: Option<HeaderValue>, api_token: Option<String>) -> Result<String> {
+    let bearer = authorization.as_ref().and_then(|v| v.to_str().ok()).and_then(|v| {
+        let v = v.trim();
+        (v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ")).then(|| v[7..].trim())
+    });
+    let header = api_token.as_deref().map(str::trim);
+    let token = match (bearer, header) {
+        (Some(b), Some(h)) if b != h => {
+            return Err(Error::Unauthorized(
+                "the Authorization and API-TOKEN headers carry different tokens: send one token, in one of them".into(),
+            ));
         }
-        h.get("api-token").and_then(|v| v.to_str().ok()).map(|v| v.trim().to_string())
-    })
+        (Some(t), _) | (None, Some(t)) => t,
+        (None, None) => "",
+    };
+    require_token(Some(token)).map(str::to_string)
 }
 
 /// The token, or 401.
@@ -39,6 +60,8 @@ pub fn require_token(token: Option<&str>) -> Result<&str> {
 
 /// A JSON body of at most `max` bytes. `required`: the body must be there
 /// and be `application/json`; otherwise an empty body is accepted.
+/// A body that cannot be accepted (too large by its `Content-Length`, not
+/// JSON when one is required) is refused before any of it is read.
 pub fn body(max: u64, required: bool) -> impl Filter<Extract = (Bytes,), Error = warp::Rejection> + Clone {
     warp::header::optional::<String>("content-type")
         .and(warp::header::optional::<u64>("content-length"))
@@ -47,24 +70,28 @@ pub fn body(max: u64, required: bool) -> impl Filter<Extract = (Bytes,), Error =
             if len.is_some_and(|l| l > max) {
                 return Err(too_large(max));
             }
-            let bytes = collect(stream, max).await.map_err(warp::reject::custom)?;
-            if bytes.is_empty() && !required {
-                return Ok(bytes);
-            }
             let is_json = ct.as_deref().is_some_and(|ct| {
                 let essence = ct.split(';').next().unwrap_or("").trim();
                 essence.eq_ignore_ascii_case("application/json")
             });
-            if !is_json {
-                return Err(warp::reject::custom(ApiReject(Error::UnsupportedMediaType(format!(
+            let not_json = || {
+                warp::reject::custom(ApiReject(Error::UnsupportedMediaType(format!(
                     "send the body as JSON with `Content-Type: application/json` (got {})",
                     ct.as_deref().map_or("no content type".to_string(), |c| format!("`{c}`"))
-                )))));
+                ))))
+            };
+            // An optional body may come without a type only when it is empty;
+            // a declared length says so without reading it.
+            if !is_json && (required || len.is_some_and(|l| l > 0)) {
+                return Err(not_json());
+            }
+            let bytes = collect(stream, max).await.map_err(warp::reject::custom)?;
+            if !is_json && !bytes.is_empty() {
+                return Err(not_json());
             }
             Ok(bytes)
         })
 }
-
 fn too_large(max: u64) -> warp::Rejection {
     warp::reject::custom(ApiReject(Error::TooLarge(format!(
         "the request body is larger than {max} bytes (server.max_body_bytes)"
@@ -79,7 +106,7 @@ where
     let mut out = BytesMut::new();
     futures_util::pin_mut!(stream);
     while let Some(chunk) = stream.next().await {
-        let mut chunk = chunk.map_err(|e| ApiReject(Error::BadRequest(format!("could not read the body: {e}"))))?;
+        let mut chunk = chunk.map_err(|e| ApiReject(read_error(&e)))?;
         if (out.len() + chunk.remaining()) as u64 > max {
             return Err(ApiReject(Error::TooLarge(format!(
                 "the request body is larger than {max} bytes (server.max_body_bytes)"
@@ -93,6 +120,17 @@ where
         }
     }
     Ok(out.freeze())
+}
+
+/// What a failed body read means for the client: 408 when it came too slowly.
+fn read_error(e: &warp::Error) -> Error {
+    let source = std::error::Error::source(e);
+    match source.and_then(|s| s.downcast_ref::<BodyError>()) {
+        Some(timeout @ BodyError::TimedOut(_)) => Error::RequestTimeout(timeout.to_string()),
+        _ => {
+            Error::BadRequest(format!("could not read the body: {}", source.map_or(e.to_string(), ToString::to_string)))
+        }
+    }
 }
 
 /// Parses a JSON body; the error names the field and what was wrong.
@@ -206,6 +244,22 @@ mod tests {
             let e = json::<Body>(other).unwrap_err().to_string();
             assert!(e.contains("must be a JSON object"), "{e}");
         }
+    }
+
+    #[test]
+    fn one_token_from_either_header() {
+        let v = |s: &str| Some(HeaderValue::from_str(s).unwrap());
+        let h = |s: &str| Some(s.to_string());
+        assert_eq!(pick_token(v("Bearer abc"), None).unwrap(), "abc");
+        assert_eq!(pick_token(v("bearer  abc "), None).unwrap(), "abc");
+        assert_eq!(pick_token(None, h("abc")).unwrap(), "abc");
+        assert_eq!(pick_token(v("Bearer abc"), h("abc")).unwrap(), "abc");
+        // A scheme other than Bearer is no token; the other header still counts.
+        assert_eq!(pick_token(v("Basic abc"), h("def")).unwrap(), "def");
+        assert_eq!(pick_token(v("Bearer abc"), h("def")).unwrap_err().status(), 401);
+        assert_eq!(pick_token(v("Basic abc"), None).unwrap_err().status(), 401);
+        assert_eq!(pick_token(None, h("")).unwrap_err().status(), 401);
+        assert_eq!(pick_token(None, None).unwrap_err().status(), 401);
     }
 
     #[test]

@@ -172,8 +172,8 @@ pub fn operator_routes(
 }
 
 /// Whether the request's token is an API token (details for operators).
-fn is_operator(state: &AppState, token: Option<&str>) -> bool {
-    token.is_some_and(|t| {
+fn is_operator(state: &AppState, token: &Result<String, Error>) -> bool {
+    token.as_ref().is_ok_and(|t| {
         state.domain.store.read().is_ok_and(|r| matches!(state.domain.authenticate(&r, t), Ok(Principal::Api)))
     })
 }
@@ -181,8 +181,8 @@ fn is_operator(state: &AppState, token: Option<&str>) -> bool {
 /// GET /readyz — anyone: 200 when the database answers and the homeserver
 /// (when one is configured) answered the latest check; 503 otherwise. The
 /// details (outbox depth, the homeserver's error) only with an API token.
-async fn public_readyz(state: AppState, token: Option<String>) -> Response {
-    let detailed = is_operator(&state, token.as_deref());
+async fn public_readyz(state: AppState, token: Result<String, Error>) -> Response {
+    let detailed = is_operator(&state, &token);
     readyz(state, detailed).await
 }
 
@@ -214,8 +214,8 @@ fn not_ready(what: &str) -> Error {
 }
 
 /// GET /metrics — an API token (the operators' listener needs none): Prometheus text format.
-fn public_metrics(state: AppState, token: Option<String>) -> Response {
-    match state.caller(token.as_deref()) {
+fn public_metrics(state: AppState, token: Result<String, Error>) -> Response {
+    match state.caller(token) {
         Ok((_, Principal::Api)) => metrics(state),
         Ok((_, Principal::User(_))) => answer(Err(Error::Forbidden(
             "metrics are for operators: send an API token, or read them on the metrics listener (server.metrics_listen)"

@@ -18,8 +18,9 @@ use std::time::Duration;
 
 use http::StatusCode;
 use serde::Serialize;
+use warp::filters::path::FullPath;
 use warp::reply::Response;
-use warp::{Filter, Reply};
+use warp::{Filter, Rejection, Reply};
 
 use crate::domain::{Domain, Principal};
 use crate::error::{Error, Result};
@@ -83,10 +84,10 @@ impl AppState {
     }
 
     /// A snapshot and the caller behind `token`.
-    fn caller(&self, token: Option<&str>) -> Result<(Reader, Principal)> {
-        let token = extract::require_token(token)?;
+    fn caller(&self, token: Result<String>) -> Result<(Reader, Principal)> {
+        let token = token?;
         let r = self.domain.store.read()?;
-        let p = self.domain.authenticate(&r, token)?;
+        let p = self.domain.authenticate(&r, &token)?;
         Ok((r, p))
     }
 
@@ -106,6 +107,24 @@ impl std::ops::Deref for AppState {
 /// A filter handing each handler the state.
 fn with_state(state: AppState) -> impl Filter<Extract = (AppState,), Error = Infallible> + Clone {
     warp::any().map(move || state.clone())
+}
+
+/// The caller behind the request's token and the snapshot the token was
+/// checked in, for routes that read. It runs right after the path and
+/// method filters: a request without a valid token gets 401 before anything
+/// else of it, its body above all, is read.
+fn reader(state: AppState) -> impl Filter<Extract = (Reader, Principal), Error = Rejection> + Clone {
+    extract::token()
+        .and_then(move |token| {
+            futures_util::future::ready(state.caller(token).map_err(|e| warp::reject::custom(problem::ApiReject(e))))
+        })
+        .untuple_one()
+}
+
+/// The caller behind the request's token, for routes that read a body or
+/// write: the snapshot is let go at once rather than held while a body arrives.
+fn caller(state: AppState) -> impl Filter<Extract = (Principal,), Error = Rejection> + Clone {
+    reader(state).map(|_: Reader, p: Principal| p)
 }
 
 /// Every route, with errors as problem+json and each request logged and counted.
@@ -134,7 +153,7 @@ pub fn routes(
         );
     });
     // The hot reads first: every miss before the matching route costs a path comparison.
-    shadowed()
+    let api = shadowed()
         .or(rooms::routes(state.clone()))
         .unify()
         .or(meta::routes(state.clone()))
@@ -146,8 +165,8 @@ pub fn routes(
         .or(export::routes(state))
         .unify()
         .recover(problem::recover)
-        .unify()
-        .with(log)
+        .unify();
+    warp::path::full().and(api).map(|path: FullPath, resp| problem::with_allow(path.as_str(), resp)).with(log)
 }
 
 /// 405 for a method that only a parameter route would take at a literal

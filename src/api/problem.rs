@@ -9,7 +9,8 @@ use warp::{Rejection, Reply};
 
 use crate::error::Error;
 
-/// A rejection carrying the service's error (from filters that read the body).
+/// A rejection carrying the service's error (from the filters that
+/// authenticate and read the body, before any handler runs).
 #[derive(Debug)]
 pub struct ApiReject(pub Error);
 
@@ -52,9 +53,10 @@ pub fn problem(err: &Error) -> Response {
 /// # Errors
 /// Never: every rejection gets an answer.
 pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
-    let err = if let Some(ApiReject(e)) = rejection.find::<ApiReject>() {
-        clone_error(e)
-    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+    if let Some(ApiReject(e)) = rejection.find::<ApiReject>() {
+        return Ok(problem(e));
+    }
+    let err = if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
         Error::MethodNotAllowed("this path does not answer this method; see /openapi.json for its methods".into())
     } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
         Error::TooLarge("the request body is larger than allowed (server.max_body_bytes)".into())
@@ -71,11 +73,14 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     Ok(problem(&err))
 }
 
-fn clone_error(e: &Error) -> Error {
-    match e {
-        Error::BadRequest(s) => Error::BadRequest(s.clone()),
-        Error::TooLarge(s) => Error::TooLarge(s.clone()),
-        Error::UnsupportedMediaType(s) => Error::UnsupportedMediaType(s.clone()),
-        other => Error::BadRequest(other.to_string()),
+/// Adds `Allow` to a 405 (RFC 9110 §15.5.6): the methods some route answers at `path`.
+#[must_use]
+pub fn with_allow(path: &str, mut resp: Response) -> Response {
+    if resp.status() == StatusCode::METHOD_NOT_ALLOWED {
+        let allow = super::routes::methods_of(path).join(", ");
+        if let Ok(value) = HeaderValue::from_str(&allow) {
+            resp.headers_mut().insert(http::header::ALLOW, value);
+        }
     }
+    resp
 }

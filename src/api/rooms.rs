@@ -6,72 +6,77 @@ use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
-use super::extract::{self, body, int, param, query_pairs, raw_query, room_ref, token};
+use super::extract::{self, body, int, param, query_pairs, raw_query, room_ref};
 use super::views::{CreateDefaultBody, CreateRoomBody, UpdateRoomBody, UsersBody};
-use super::{AppState, answer, blocking, no_content, with_state};
+use super::{AppState, answer, blocking, caller, no_content, reader, with_state};
+use crate::domain::Principal;
 use crate::domain::rooms::{NewRoom, RoomPatch, UserLists};
 use crate::error::{Error, Result};
 use crate::model::Room;
+use crate::store::Reader;
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let max = state.max_body();
     let s = || with_state(state.clone());
-    let list = warp::path!("v1" / "chatrooms").and(warp::get()).and(s()).and(token()).and(raw_query()).then(get_rooms);
+    // The caller is known (or the request refused) before any body is read.
+    let reader = || reader(state.clone());
+    let caller = || caller(state.clone());
+    let list = warp::path!("v1" / "chatrooms").and(warp::get()).and(s()).and(reader()).and(raw_query()).then(get_rooms);
     let create = warp::path!("v1" / "chatrooms")
         .and(warp::post())
         .and(s())
-        .and(token())
+        .and(caller())
         .and(body(max, true))
-        .then(|st, t, b| create_room(st, t, b, false));
+        .then(|st, p, b| create_room(st, p, b, false));
     let get_event = warp::path!("v1" / "chatrooms" / "event")
         .and(warp::get())
         .and(s())
-        .and(token())
+        .and(reader())
         .and(raw_query())
         .then(get_event_room);
     let create_event = warp::path!("v1" / "chatrooms" / "event")
         .and(warp::post())
         .and(s())
-        .and(token())
+        .and(caller())
         .and(body(max, true))
-        .then(|st, t, b| create_room(st, t, b, true));
+        .then(|st, p, b| create_room(st, p, b, true));
     let create_default = warp::path!("v1" / "chatrooms" / "default")
         .and(warp::post())
         .and(s())
-        .and(token())
+        .and(caller())
         .and(body(max, true))
         .then(create_default_room);
     let delete_default = warp::path!("v1" / "chatrooms" / "default" / String)
         .and(warp::delete())
         .and(s())
-        .and(token())
+        .and(caller())
         .then(delete_default_room);
-    let get_one = warp::path!("v1" / "chatrooms" / String).and(warp::get()).and(s()).and(token()).then(get_room);
+    let get_one = warp::path!("v1" / "chatrooms" / String).and(warp::get()).and(s()).and(reader()).then(get_room);
     let patch = warp::path!("v1" / "chatrooms" / String)
         .and(warp::patch())
         .and(s())
-        .and(token())
+        .and(caller())
         .and(body(max, true))
         .then(update_room);
-    let delete = warp::path!("v1" / "chatrooms" / String).and(warp::delete()).and(s()).and(token()).then(delete_room);
+    let delete = warp::path!("v1" / "chatrooms" / String).and(warp::delete()).and(s()).and(caller()).then(delete_room);
     let claim = warp::path!("v1" / "chatrooms" / String / "claim")
         .and(warp::post())
         .and(s())
-        .and(token())
+        .and(reader())
         .and(raw_query())
         .then(claim_room);
     let add = warp::path!("v1" / "chatrooms" / String / "users")
         .and(warp::post())
         .and(s())
-        .and(token())
+        .and(caller())
         .and(body(max, true))
-        .then(|id, st, t, b| change_users(id, st, t, b, true));
+        .then(|id, st, p, b| change_users(id, st, p, b, true));
     let remove = warp::path!("v1" / "chatrooms" / String / "users")
         .and(warp::delete())
         .and(s())
-        .and(token())
+        .and(caller())
         .and(body(max, true))
-        .then(|id, st, t, b| change_users(id, st, t, b, false));
+        .then(|id, st, p, b| change_users(id, st, p, b, false));
     list.or(create)
         .unify()
         .or(get_event)
@@ -102,9 +107,8 @@ fn room(status: StatusCode, room: &Room) -> Response {
 }
 
 /// GET /v1/chatrooms?organization_id=&all=&limit=&offset= — any member of the organization.
-async fn get_rooms(state: AppState, token: Option<String>, query: String) -> Response {
+async fn get_rooms(state: AppState, r: Reader, p: Principal, query: String) -> Response {
     answer((|| {
-        let (r, p) = state.caller(token.as_deref())?;
         let q = query_pairs(&query)?;
         let org = int(
             "organization_id",
@@ -147,9 +151,8 @@ async fn get_rooms(state: AppState, token: Option<String>, query: String) -> Res
 }
 
 /// GET /v1/chatrooms/event?organization_id=&event_id= — any member of the organization.
-async fn get_event_room(state: AppState, token: Option<String>, query: String) -> Response {
+async fn get_event_room(state: AppState, r: Reader, p: Principal, query: String) -> Response {
     answer((|| {
-        let (r, p) = state.caller(token.as_deref())?;
         let q = query_pairs(&query)?;
         let required = |name: &str| -> Result<i64> {
             int(name, param(&q, name).ok_or_else(|| Error::BadRequest(format!("{name} is required")))?)
@@ -161,10 +164,9 @@ async fn get_event_room(state: AppState, token: Option<String>, query: String) -
 
 /// POST /v1/chatrooms (custom room) and POST /v1/chatrooms/event (an event's room)
 /// — owners/admins of the organization; a PAT caller becomes a room admin.
-async fn create_room(state: AppState, token: Option<String>, body: Bytes, event: bool) -> Response {
+async fn create_room(state: AppState, p: Principal, body: Bytes, event: bool) -> Response {
     answer(
         async {
-            let (_, p) = state.caller(token.as_deref())?;
             let b: CreateRoomBody = extract::json(&body)?;
             let event_id = match (event, b.event_id) {
                 (true, None) => return Err(Error::BadRequest("eventID is required for an event's room".into())),
@@ -194,10 +196,9 @@ async fn create_room(state: AppState, token: Option<String>, body: Bytes, event:
 }
 
 /// POST /v1/chatrooms/default — owners/admins of the organization.
-async fn create_default_room(state: AppState, token: Option<String>, body: Bytes) -> Response {
+async fn create_default_room(state: AppState, p: Principal, body: Bytes) -> Response {
     answer(
         async {
-            let (_, p) = state.caller(token.as_deref())?;
             let b: CreateDefaultBody = extract::json(&body)?;
             let d = state.domain.clone();
             let created =
@@ -210,10 +211,9 @@ async fn create_default_room(state: AppState, token: Option<String>, body: Bytes
 }
 
 /// DELETE /v1/chatrooms/default/{organizationID} — owners/admins of the organization.
-async fn delete_default_room(org: String, state: AppState, token: Option<String>) -> Response {
+async fn delete_default_room(org: String, state: AppState, p: Principal) -> Response {
     answer(
         async {
-            let (_, p) = state.caller(token.as_deref())?;
             let org = int("organizationID", &extract::decode_segment(&org))?;
             let d = state.domain.clone();
             blocking(move || d.delete_default_room(p, org)).await?;
@@ -224,19 +224,17 @@ async fn delete_default_room(org: String, state: AppState, token: Option<String>
 }
 
 /// GET /v1/chatrooms/{roomID} — any member of the room's organization.
-async fn get_room(id: String, state: AppState, token: Option<String>) -> Response {
+async fn get_room(id: String, state: AppState, r: Reader, p: Principal) -> Response {
     answer((|| {
-        let (r, p) = state.caller(token.as_deref())?;
         let found = state.domain.get_room(&r, p, &room_ref(&id)?)?;
         Ok(room(StatusCode::OK, &found))
     })())
 }
 
 /// PATCH /v1/chatrooms/{roomID} — owners/admins of the organization, admins of the room.
-async fn update_room(id: String, state: AppState, token: Option<String>, body: Bytes) -> Response {
+async fn update_room(id: String, state: AppState, p: Principal, body: Bytes) -> Response {
     answer(
         async {
-            let (_, p) = state.caller(token.as_deref())?;
             let which = room_ref(&id)?;
             let b: UpdateRoomBody = extract::json(&body)?;
             let patch = RoomPatch {
@@ -260,10 +258,9 @@ async fn update_room(id: String, state: AppState, token: Option<String>, body: B
 }
 
 /// DELETE /v1/chatrooms/{roomID} — owners/admins of the organization, admins of the room.
-async fn delete_room(id: String, state: AppState, token: Option<String>) -> Response {
+async fn delete_room(id: String, state: AppState, p: Principal) -> Response {
     answer(
         async {
-            let (_, p) = state.caller(token.as_deref())?;
             let which = room_ref(&id)?;
             let d = state.domain.clone();
             blocking(move || d.delete_room(p, &which)).await?;
@@ -275,10 +272,9 @@ async fn delete_room(id: String, state: AppState, token: Option<String>) -> Resp
 
 /// POST /v1/chatrooms/{roomID}/claim — a member listed in the room, or any
 /// member for the default room and automated rooms; an API token names the user with `?user_id=`.
-async fn claim_room(id: String, state: AppState, token: Option<String>, query: String) -> Response {
+async fn claim_room(id: String, state: AppState, r: Reader, p: Principal, query: String) -> Response {
     answer(
         async {
-            let (r, p) = state.caller(token.as_deref())?;
             let which = room_ref(&id)?;
             let q = query_pairs(&query)?;
             let user_id = param(&q, "user_id").map(|v| int("user_id", v)).transpose()?;
@@ -295,11 +291,11 @@ async fn claim_room(id: String, state: AppState, token: Option<String>, query: S
 /// POST (add) and DELETE (remove) /v1/chatrooms/{roomID}/users — owners/admins
 /// of the organization and room admins; room moderators for assignedUsers only.
 /// A caller who may not change the room is refused before the body is parsed.
-async fn change_users(id: String, state: AppState, token: Option<String>, body: Bytes, add: bool) -> Response {
+async fn change_users(id: String, state: AppState, p: Principal, body: Bytes, add: bool) -> Response {
     answer(
         async {
-            let (r, p) = state.caller(token.as_deref())?;
             let which = room_ref(&id)?;
+            let r = state.domain.store.read()?;
             state.domain.may_change_users(&r, p, &which)?;
             drop(r);
             let b: UsersBody = extract::json(&body)?;

@@ -83,6 +83,12 @@ fn fit(template: &str, path: &str) -> Option<usize> {
     fits.then_some(literal)
 }
 
+/// The methods that some route answers at `path`, for the `Allow` header of a 405.
+#[must_use]
+pub fn methods_of(path: &str) -> Vec<&'static str> {
+    ["GET", "POST", "PUT", "PATCH", "DELETE"].into_iter().filter(|m| route_of(m, path).is_some()).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,5 +117,15 @@ mod tests {
         assert!(!shadowed("PATCH", "/v1/chatrooms/7"));
         assert!(!shadowed("PUT", "/v1/chatrooms/event"), "no PUT route would take it anyway");
         assert!(!shadowed("GET", "/v1/nothing"));
+    }
+
+    #[test]
+    fn a_path_has_its_methods() {
+        assert_eq!(methods_of("/v1/chatrooms"), ["GET", "POST"]);
+        assert_eq!(methods_of("/v1/chatrooms/7"), ["GET", "PATCH", "DELETE"]);
+        assert_eq!(methods_of("/v1/chatrooms/7/users"), ["POST", "DELETE"]);
+        assert_eq!(methods_of("/v1/users/3"), ["PUT", "DELETE"]);
+        assert_eq!(methods_of("/healthz"), ["GET"]);
+        assert!(methods_of("/v1/nothing").is_empty());
     }
 }

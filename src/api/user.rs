@@ -6,14 +6,16 @@ use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
-use super::extract::{self, body, int, param, query_pairs, raw_query, token};
+use super::extract::{self, body, int, param, query_pairs, raw_query};
 use super::views::LoginBody;
-use super::{AppState, answer, json, with_state};
+use super::{AppState, answer, caller, json, reader, with_state};
 use crate::client_addr::ClientAddr;
+use crate::domain::Principal;
 use crate::domain::passwords::Wait;
 use crate::error::{Error, Result};
 use crate::matrix::{ErrCode, MatrixError};
 use crate::reconciler::StepError;
+use crate::store::Reader;
 
 pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let max = state.max_body();
@@ -21,13 +23,13 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
     let credentials = warp::path!("v1" / "user" / "credentials")
         .and(warp::get())
         .and(s())
-        .and(token())
+        .and(reader(state.clone()))
         .and(raw_query())
         .then(credentials);
     let login = warp::path!("v1" / "user" / "login")
         .and(warp::post())
         .and(s())
-        .and(token())
+        .and(caller(state.clone()))
         .and(raw_query())
         .and(body(max, false))
         .and(warp::ext::optional::<ClientAddr>())
@@ -43,10 +45,9 @@ fn user_id_param(query: &str) -> Result<Option<i64>> {
 /// GET /v1/user/credentials — a PAT for its own user; an API token with `?user_id=`.
 /// Rate-limited per caller and user; the derivation is refused with 503 when
 /// too many are under way.
-async fn credentials(state: AppState, token: Option<String>, query: String) -> Response {
+async fn credentials(state: AppState, r: Reader, p: Principal, query: String) -> Response {
     answer(
         async {
-            let (r, p) = state.caller(token.as_deref())?;
             let user = state.domain.acting_user(&r, p, user_id_param(&query)?)?;
             drop(r);
             state.credentials_limit.check((p, user), std::time::Instant::now())?;
@@ -67,18 +68,10 @@ async fn credentials(state: AppState, token: Option<String>, query: String) -> R
 /// Logs the user's Matrix account in with its password, asking for a
 /// refresh token; the app's address (the request's [`ClientAddr`]) goes
 /// along so the homeserver's per-address login limits count the app, not the service.
-async fn login(
-    state: AppState,
-    token: Option<String>,
-    query: String,
-    body: Bytes,
-    client: Option<ClientAddr>,
-) -> Response {
+async fn login(state: AppState, p: Principal, query: String, body: Bytes, client: Option<ClientAddr>) -> Response {
     answer(
         async {
-            let (r, p) = state.caller(token.as_deref())?;
-            let user = state.domain.acting_user(&r, p, user_id_param(&query)?)?;
-            drop(r);
+            let user = state.domain.acting_user(&state.domain.store.read()?, p, user_id_param(&query)?)?;
             state.login_limit.check((p, user), std::time::Instant::now())?;
             let b: LoginBody = if body.is_empty() { LoginBody::default() } else { extract::json(&body)? };
             if let Some(d) = &b.device_id
