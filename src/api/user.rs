@@ -33,6 +33,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
         .and(raw_query())
         .and(body(max, false))
         .and(warp::ext::optional::<ClientAddr>())
+        .and(warp::host::optional())
         .then(login);
     credentials.or(login).unify().boxed()
 }
@@ -68,7 +69,14 @@ async fn credentials(state: AppState, r: Reader, p: Principal, query: String) ->
 /// Logs the user's Matrix account in with its password, asking for a
 /// refresh token; the app's address (the request's [`ClientAddr`]) goes
 /// along so the homeserver's per-address login limits count the app, not the service.
-async fn login(state: AppState, p: Principal, query: String, body: Bytes, client: Option<ClientAddr>) -> Response {
+async fn login(
+    state: AppState,
+    p: Principal,
+    query: String,
+    body: Bytes,
+    client: Option<ClientAddr>,
+    host: Option<warp::host::Authority>,
+) -> Response {
     answer(
         async {
             let user = state.domain.acting_user(&state.domain.store.read()?, p, user_id_param(&query)?)?;
@@ -91,8 +99,14 @@ async fn login(state: AppState, p: Principal, query: String, body: Bytes, client
                 .login_user(&hs.matrix_id(user), &password, b.device_id.as_deref(), client.map(|c| c.ip))
                 .await
                 .map_err(matrix_error)?;
-            let m = &state.domain.config.matrix;
-            let base = if m.public_base_url.is_empty() { &m.homeserver_url } else { &m.public_base_url };
+            // With the proxy on, the app's homeserver is this service, as the app reached it.
+            let base = match (state.domain.config.app_homeserver_url(), host) {
+                (Some(url), _) => url.to_string(),
+                (None, Some(host)) => format!("{}://{host}", client.map_or("https", |c| c.proto())),
+                (None, None) => {
+                    return Err(Error::BadRequest("send a Host header (or the operator sets proxy.public_url)".into()));
+                }
+            };
             Ok(json(
                 StatusCode::OK,
                 &serde_json::json!({
