@@ -361,12 +361,16 @@ impl Domain {
 
     /// Changes a room's automation, name, topic, avatar or scheduled deletion.
     ///
+    /// The default room belongs to the organization: only its owners/admins
+    /// change anything on it (a room admin of it may still manage its users),
+    /// and it never gets a scheduled deletion, whoever asks (409: it is
+    /// removed with `DELETE /v1/chatrooms/default/{organizationID}`).
     /// Turning automation off leaves every role where it is, and where each
     /// came from: turned on again, the roles automation gave follow the
     /// organization roles of that moment.
     ///
     /// # Errors
-    /// 422 invalid fields, 404 unknown room, 403 not allowed.
+    /// 422 invalid fields, 404 unknown room, 403 not allowed, 409 a deletion for the default room.
     pub fn update_room(&self, p: Principal, room: &RoomRef, patch: RoomPatch) -> Result<Room> {
         let name = patch.name.as_deref().map(|n| super::name("name", n)).transpose()?;
         let topic = patch.topic.as_ref().map(|t| t.as_deref().map(super::topic).transpose()).transpose()?;
@@ -379,7 +383,18 @@ impl Domain {
         }
         let room = self.write(|w| {
             let old = Self::resolve_room(w, room)?;
-            require_room_admin(w, p, &old)?;
+            if old.kind == RoomKind::Default {
+                require_default_room_manager(w, p, &old)?;
+                if let Some(Some(_)) = patch.scheduled_deletion {
+                    return Err(Error::Conflict(format!(
+                        "room {} is the default room of organization {} and cannot be given a scheduledDeletion: \
+                         remove it with DELETE /v1/chatrooms/default/{}",
+                        old.id, old.org_id, old.org_id
+                    )));
+                }
+            } else {
+                require_room_admin(w, p, &old)?;
+            }
             let mut room = old.clone();
             if let Some(name) = name {
                 room.name = name;
@@ -591,6 +606,18 @@ fn may_not_change_users(room: &Room) -> Error {
         "only owners and admins of organization {} and admins of room {} may change its users",
         room.org_id, room.id
     ))
+}
+
+/// The default room is the organization's: changed by its owners/admins only.
+fn require_default_room_manager(r: &impl Read, p: Principal, room: &Room) -> Result<()> {
+    match Domain::caller_role(r, p, room.org_id)? {
+        Some(role) if role.manages() => Ok(()),
+        Some(_) => Err(Error::Forbidden(format!(
+            "room {} is the default room of organization {}: only owners and admins of the organization may change it",
+            room.id, room.org_id
+        ))),
+        None => Domain::require_member(r, p, room.org_id).map(|_| ()),
+    }
 }
 
 fn require_room_admin(r: &impl Read, p: Principal, room: &Room) -> Result<()> {
