@@ -169,6 +169,7 @@ impl Store {
                 t.open_table(ROOMID_ROOM)?;
                 t.open_table(ORGIDROOMID_JSON)?;
                 t.open_table(ORGIDROOMID)?;
+                t.open_table(ORGID_AUTOMATEDROOMID)?;
                 t.open_table(ORGID_DEFAULTROOMID)?;
                 t.open_table(ORGIDEVENTID_ROOMID)?;
                 t.open_table(MATRIXROOMID_ROOMID)?;
@@ -347,6 +348,16 @@ pub trait Read {
         let t = self.table(ORGIDROOMID)?;
         let mut ids = Vec::with_capacity(limit.min(64));
         for entry in t.range((org, 0u64)..=(org, u64::MAX))?.skip(offset).take(limit) {
+            ids.push(entry?.0.value().1);
+        }
+        Ok(ids)
+    }
+
+    /// Ids of an organization's rooms with automation on, in id order.
+    fn automated_room_ids(&self, org: OrgId) -> Result<Vec<RoomId>, StoreError> {
+        let t = self.table(ORGID_AUTOMATEDROOMID)?;
+        let mut ids = Vec::new();
+        for entry in t.range((org, 0u64)..=(org, u64::MAX))? {
             ids.push(entry?.0.value().1);
         }
         Ok(ids)
@@ -554,6 +565,14 @@ impl Writer {
                 crate::model::RoomKind::Custom => {}
             }
         }
+        if previous.map_or(room.automation, |p| p.automation != room.automation) {
+            let mut t = self.txn.open_table(ORGID_AUTOMATEDROOMID)?;
+            if room.automation {
+                t.insert((room.org_id, room.id), ())?;
+            } else {
+                t.remove((room.org_id, room.id))?;
+            }
+        }
         let old_matrix = previous.map_or("", |p| p.matrix_room_id.as_str());
         if old_matrix != room.matrix_room_id {
             let mut t = self.txn.open_table(MATRIXROOMID_ROOMID)?;
@@ -593,6 +612,7 @@ impl Writer {
         self.txn.open_table(ROOMID_ROOM)?.remove(room.id)?;
         self.txn.open_table(ORGIDROOMID_JSON)?.remove((room.org_id, room.id))?;
         self.txn.open_table(ORGIDROOMID)?.remove((room.org_id, room.id))?;
+        self.txn.open_table(ORGID_AUTOMATEDROOMID)?.remove((room.org_id, room.id))?;
         self.txn.open_table(ROOMID_AVATAR)?.remove(room.id)?;
         let mut counts = self.txn.open_table(ORGID_ROOMCOUNT)?;
         let n = counts.get(room.org_id)?.map_or(0, |v| v.value());
@@ -726,6 +746,7 @@ mod tests {
             moderators: vec![],
             assigned: vec![2, 3],
             claimed: vec![],
+            automation_given: vec![],
             automation: false,
             scheduled_deletion: None,
             generation: 1,
@@ -779,6 +800,34 @@ mod tests {
         assert_eq!(r.room_count(10).unwrap(), 2);
         assert_eq!(r.room_id_by_matrix_id("!x:hs").unwrap(), None);
         assert_eq!(r.user_room_ids(3).unwrap(), vec![1, 2, 4, 5]);
+    }
+
+    #[test]
+    fn the_automated_rooms_index_follows_automation() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db.redb"), 1 << 20).unwrap();
+        let automated = |id, org| Room { automation: true, ..room(id, org) };
+        store
+            .write(|w| {
+                w.put_room(&automated(1, 10), None)?;
+                w.put_room(&room(2, 10), None)?;
+                w.put_room(&automated(3, 10), None)?;
+                w.put_room(&automated(4, 20), None)
+            })
+            .unwrap();
+        let ids = |org| store.read().unwrap().automated_room_ids(org).unwrap();
+        assert_eq!((ids(10), ids(20), ids(30)), (vec![1, 3], vec![4], vec![]));
+
+        // Off, on, and a change that leaves automation alone.
+        store.write(|w| w.put_room(&room(1, 10), Some(&automated(1, 10)))).unwrap();
+        store.write(|w| w.put_room(&automated(2, 10), Some(&room(2, 10)))).unwrap();
+        let renamed = Room { name: "renamed".into(), ..automated(3, 10) };
+        store.write(|w| w.put_room(&renamed, Some(&automated(3, 10)))).unwrap();
+        assert_eq!(ids(10), vec![2, 3]);
+
+        store.write(|w| w.delete_room(&renamed)).unwrap();
+        store.write(|w| w.delete_room(&automated(4, 20))).unwrap();
+        assert_eq!((ids(10), ids(20)), (vec![2], vec![]));
     }
 
     #[test]
