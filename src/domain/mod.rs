@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::matrix::MatrixIds;
 use crate::model::{OrgId, UserId};
 use crate::secrets::ServerKey;
 use crate::store::Store;
@@ -49,6 +50,8 @@ pub struct Domain {
     pub config: Arc<Config>,
     pub key: ServerKey,
     pub clock: Arc<dyn Clock>,
+    /// The Matrix ids of the service's accounts.
+    pub ids: MatrixIds,
     /// SHA-256 and shown name of the API tokens named in the config, in its order.
     api_hashes: Vec<([u8; 32], String)>,
     /// Woken after every commit that added outbox entries.
@@ -75,7 +78,8 @@ impl Domain {
             .collect::<Result<Vec<_>>>()?;
         let derivations =
             passwords::Derivations::new(config.security.derivations_at_once(), config.security.derivations_waiting());
-        Ok(Domain { store, config, key, clock, api_hashes, outbox_changed: Arc::new(Notify::new()), derivations })
+        let ids = MatrixIds::new(&config.matrix);
+        Ok(Domain { store, config, key, clock, ids, api_hashes, outbox_changed: Arc::new(Notify::new()), derivations })
     }
 
     /// One write transaction with the domain's error type.
@@ -83,11 +87,6 @@ impl Domain {
         self.store.write(f)
     }
 
-    /// Matrix user id of an app user.
-    #[must_use]
-    pub fn matrix_user_id(&self, user: UserId) -> String {
-        format!("@{}{}:{}", self.config.matrix.user_prefix, user, self.config.matrix.server_name)
-    }
 }
 
 /// Checks that an id from a request is positive.

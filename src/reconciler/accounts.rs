@@ -11,18 +11,13 @@ impl Homeserver {
     /// Matrix user id of an app user.
     #[must_use]
     pub fn matrix_id(&self, user: UserId) -> String {
-        self.domain.matrix_user_id(user)
+        self.domain.ids.user(user)
     }
 
     /// Whether a Matrix user id is one of the service's app accounts.
     #[must_use]
     pub fn is_app_user(&self, mxid: &str) -> bool {
-        let m = &self.domain.config.matrix;
-        mxid.strip_prefix('@')
-            .and_then(|s| s.strip_prefix(m.user_prefix.as_str()))
-            .and_then(|s| s.strip_suffix(m.server_name.as_str()))
-            .and_then(|s| s.strip_suffix(':'))
-            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        self.domain.ids.is_app_user(mxid)
     }
 
     /// The user's Matrix password, for the background sync: it waits for a
@@ -68,7 +63,7 @@ impl Homeserver {
                 derived.as_str()
             }
         };
-        let localpart = format!("{}{}", self.domain.config.matrix.user_prefix, user);
+        let localpart = self.domain.ids.localpart(user);
         self.client.register(&localpart, password, false, display.as_deref()).await?;
         self.domain.store.write(|w| w.set_matrix_account(user, true))?;
         self.known_accounts.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(user);

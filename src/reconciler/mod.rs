@@ -81,7 +81,7 @@ impl Homeserver {
         if m.registration_shared_secret.is_empty() && m.registration_shared_secret_file.is_empty() {
             return Ok(None);
         }
-        let bot = format!("@{}:{}", m.bot_localpart, m.server_name);
+        let bot = domain.ids.bot();
         let bot_password = domain.key.matrix_password(&domain.config.security, &bot)?;
         let client = HomeserverClient::new(m, bot_password).map_err(|e| e.to_string())?;
         Ok(Some(Arc::new(Homeserver {
