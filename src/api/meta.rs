@@ -66,11 +66,11 @@ impl Readiness {
 /// Checks the homeserver now and every [`HOMESERVER_CHECK_EVERY`], for
 /// `/readyz`; a no-op without a homeserver.
 pub fn spawn_homeserver_check(state: &AppState) {
-    let Some(hs) = state.hs.clone() else { return };
+    let Some(hs) = state.sessions.homeserver().cloned() else { return };
     let readiness = state.readiness.clone();
     tokio::spawn(async move {
         loop {
-            let health = match tokio::time::timeout(HOMESERVER_CHECK_TIMEOUT, hs.client.versions()).await {
+            let health = match tokio::time::timeout(HOMESERVER_CHECK_TIMEOUT, hs.check()).await {
                 Ok(Ok(_)) => HomeserverHealth::Answers,
                 Ok(Err(e)) => HomeserverHealth::Fails(format!("the homeserver does not answer: {e}")),
                 Err(_) => HomeserverHealth::Fails(format!(
@@ -271,12 +271,12 @@ fn metrics(state: AppState) -> Response {
         out.push_str("# HELP messenger_chat_users Stored app users.\n# TYPE messenger_chat_users gauge\n");
         let _ = writeln!(out, "messenger_chat_users {users}");
     }
-    if let Some(hs) = &state.hs {
+    if let Some(sync) = &state.sync {
         out.push_str(
             "# HELP messenger_chat_homeserver_errors_total Homeserver steps that failed (and were retried).\n",
         );
         out.push_str("# TYPE messenger_chat_homeserver_errors_total counter\n");
-        let _ = writeln!(out, "messenger_chat_homeserver_errors_total {}", hs.errors.load(Ordering::Relaxed));
+        let _ = writeln!(out, "messenger_chat_homeserver_errors_total {}", sync.errors());
     }
     warp::http::Response::builder()
         .header("content-type", "text/plain; version=0.0.4")

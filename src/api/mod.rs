@@ -22,9 +22,10 @@ use warp::filters::path::FullPath;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
+use crate::domain::sessions::Sessions;
 use crate::domain::{Domain, Principal};
 use crate::error::{Error, Result};
-use crate::reconciler::Homeserver;
+use crate::reconciler::Progress;
 use crate::store::{Read, Reader};
 
 /// Shared by every handler.
@@ -35,8 +36,10 @@ pub struct AppState(Arc<State>);
 pub struct State {
     pub domain: Arc<Domain>,
     pub metrics: Arc<meta::Metrics>,
-    /// The homeserver side; `None` when no homeserver is configured.
-    pub hs: Option<Arc<Homeserver>>,
+    /// Accounts and logins of app users on the homeserver.
+    pub sessions: Arc<Sessions>,
+    /// How far the reconciler got; `None` when no homeserver is configured.
+    pub sync: Option<Arc<Progress>>,
     pub login_limit: Arc<limits::RateLimiter>,
     pub token_limit: Arc<limits::RateLimiter>,
     pub credentials_limit: Arc<limits::RateLimiter>,
@@ -46,7 +49,7 @@ pub struct State {
 
 impl AppState {
     #[must_use]
-    pub fn new(domain: Arc<Domain>, hs: Option<Arc<Homeserver>>) -> Self {
+    pub fn new(domain: Arc<Domain>, sessions: Arc<Sessions>, sync: Option<Arc<Progress>>) -> Self {
         let l = &domain.config.limits;
         let login_limit =
             Arc::new(limits::RateLimiter::new("login", l.login_burst, Duration::from_secs(l.login_refill_secs)));
@@ -60,11 +63,12 @@ impl AppState {
             l.credentials_burst,
             Duration::from_secs(l.credentials_refill_secs),
         ));
-        let readiness = Arc::new(meta::Readiness::new(hs.is_some()));
+        let readiness = Arc::new(meta::Readiness::new(sessions.homeserver().is_some()));
         AppState(Arc::new(State {
             domain,
             metrics: Arc::new(meta::Metrics::default()),
-            hs,
+            sessions,
+            sync,
             login_limit,
             token_limit,
             credentials_limit,
@@ -75,10 +79,10 @@ impl AppState {
     /// Waits (at most `matrix.sync_wait`) for a changed room to reach the
     /// homeserver, then answers with the room as stored.
     async fn settled(&self, room: crate::model::Room, status: StatusCode) -> Result<Response> {
-        let Some(hs) = &self.hs else {
+        let Some(sync) = &self.sync else {
             return Ok(json_bytes(status, room.to_json()));
         };
-        hs.wait_synced(room.id, room.generation).await;
+        sync.wait_synced(room.id, room.generation).await;
         let now = self.domain.store.read()?.room(room.id)?.unwrap_or(room);
         Ok(json_bytes(status, now.to_json()))
     }

@@ -6,6 +6,7 @@ pub mod api_tokens;
 pub mod auth;
 pub mod passwords;
 pub mod rooms;
+pub mod sessions;
 
 use std::sync::Arc;
 
@@ -86,7 +87,6 @@ impl Domain {
     pub(crate) fn write<T>(&self, f: impl FnOnce(&mut crate::store::Writer) -> Result<T>) -> Result<T> {
         self.store.write(f)
     }
-
 }
 
 /// Checks that an id from a request is positive.
