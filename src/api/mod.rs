@@ -78,7 +78,7 @@ impl AppState {
 
     /// Waits (at most `matrix.sync_wait`) for a changed room to reach the
     /// homeserver, then answers with the room as stored.
-    async fn settled(&self, room: crate::model::Room, status: StatusCode) -> Result<Response> {
+    async fn settled(&self, room: crate::model::Room, status: StatusCode) -> problem::Handled {
         let Some(sync) = &self.sync else {
             return Ok(json_bytes(status, room.to_json()));
         };
@@ -120,7 +120,9 @@ fn with_state(state: AppState) -> impl Filter<Extract = (AppState,), Error = Inf
 fn reader(state: AppState) -> impl Filter<Extract = (Reader, Principal), Error = Rejection> + Clone {
     extract::token()
         .and_then(move |token| {
-            futures_util::future::ready(state.caller(token).map_err(|e| warp::reject::custom(problem::ApiReject(e))))
+            futures_util::future::ready(
+                state.caller(token).map_err(|e| warp::reject::custom(problem::ApiReject(e.into()))),
+            )
         })
         .untuple_one()
 }
@@ -166,8 +168,9 @@ pub fn routes(
         .unify()
         .or(admin::routes(state.clone()))
         .unify()
-        .or(export::routes(state))
+        .or(export::routes(state).map(Ok))
         .unify()
+        .map(problem::reply)
         .recover(problem::recover)
         .unify();
     warp::path::full().and(api).map(|path: FullPath, resp| problem::with_allow(path.as_str(), resp)).with(log)
@@ -176,10 +179,10 @@ pub fn routes(
 /// 405 for a method that only a parameter route would take at a literal
 /// path (`PATCH /v1/chatrooms/event`): `event` and `default` are paths of
 /// their own there, never room ids. Everything else passes on untouched.
-fn shadowed() -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+fn shadowed() -> impl Filter<Extract = (problem::Handled,), Error = warp::Rejection> + Clone {
     warp::method().and(warp::path::full()).and_then(|method: http::Method, path: warp::path::FullPath| async move {
         if routes::shadowed(method.as_str(), path.as_str()) {
-            Ok(problem::problem(&Error::MethodNotAllowed(
+            Ok(Err(problem::ApiError::MethodNotAllowed(
                 "this path does not answer this method; see /openapi.json for its methods".into(),
             )))
         } else {
@@ -203,11 +206,6 @@ pub(crate) fn json_bytes(status: StatusCode, body: Vec<u8>) -> Response {
 /// 204 No Content.
 pub(crate) fn no_content() -> Response {
     StatusCode::NO_CONTENT.into_response()
-}
-
-/// The answer for a handler's result.
-pub(crate) fn answer(result: Result<Response>) -> Response {
-    result.unwrap_or_else(|e| problem::problem(&e))
 }
 
 /// Runs blocking work (redb writes, Argon2) off the async workers.

@@ -4,17 +4,17 @@ use bytes::Bytes;
 use http::StatusCode;
 use warp::Filter;
 use warp::filters::BoxedFilter;
-use warp::reply::Response;
 
 use super::extract::{self, body, int, param, query_pairs, raw_query};
+use super::problem::Handled;
 use super::views::LoginBody;
-use super::{AppState, answer, caller, json, reader, with_state};
+use super::{AppState, caller, json, reader, with_state};
 use crate::client_addr::ClientAddr;
 use crate::domain::Principal;
 use crate::error::Result;
 use crate::store::Reader;
 
-pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
+pub fn routes(state: AppState) -> BoxedFilter<(Handled,)> {
     let max = state.max_body();
     let s = || with_state(state.clone());
     let credentials = warp::path!("v1" / "user" / "credentials")
@@ -43,19 +43,14 @@ fn user_id_param(query: &str) -> Result<Option<i64>> {
 /// GET /v1/user/credentials — a PAT for its own user; an API token with `?user_id=`.
 /// Rate-limited per caller and user; the derivation is refused with 503 when
 /// too many are under way.
-async fn credentials(state: AppState, r: Reader, p: Principal, query: String) -> Response {
-    answer(
-        async {
-            let user = state.domain.acting_user(&r, p, user_id_param(&query)?)?;
-            drop(r);
-            state.credentials_limit.check((p, user), std::time::Instant::now())?;
-            let c = state.sessions.credentials(user).await?;
-            let mut resp = json(StatusCode::OK, &serde_json::json!({"username": c.username, "password": c.password}));
-            resp.headers_mut().insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
-            Ok(resp)
-        }
-        .await,
-    )
+async fn credentials(state: AppState, r: Reader, p: Principal, query: String) -> Handled {
+    let user = state.domain.acting_user(&r, p, user_id_param(&query)?)?;
+    drop(r);
+    state.credentials_limit.check((p, user), std::time::Instant::now())?;
+    let c = state.sessions.credentials(user).await?;
+    let mut resp = json(StatusCode::OK, &serde_json::json!({"username": c.username, "password": c.password}));
+    resp.headers_mut().insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+    Ok(resp)
 }
 
 /// POST /v1/user/login — a PAT for its own user; an API token with `?user_id=`.
@@ -69,28 +64,23 @@ async fn login(
     body: Bytes,
     client: Option<ClientAddr>,
     host: Option<warp::host::Authority>,
-) -> Response {
-    answer(
-        async {
-            let user = state.domain.acting_user(&state.domain.store.read()?, p, user_id_param(&query)?)?;
-            state.login_limit.check((p, user), std::time::Instant::now())?;
-            let b: LoginBody = if body.is_empty() { LoginBody::default() } else { extract::json(&body)? };
-            // Where the app reached the service: its homeserver, with the proxy on.
-            let reached_at = host.map(|host| format!("{}://{host}", client.map_or("https", |c| c.proto())));
-            let login = state.sessions.login(user, b.device_id.as_deref(), client.map(|c| c.ip), reached_at).await?;
-            let session = login.session;
-            Ok(json(
-                StatusCode::OK,
-                &serde_json::json!({
-                    "accessToken": session.access_token,
-                    "deviceID": session.device_id,
-                    "expiresInMS": session.expires_in_ms.unwrap_or(0),
-                    "refreshToken": session.refresh_token.unwrap_or_default(),
-                    "userID": session.user_id,
-                    "wellKnown": {"m.homeserver": {"base_url": login.homeserver_url}},
-                }),
-            ))
-        }
-        .await,
-    )
+) -> Handled {
+    let user = state.domain.acting_user(&state.domain.store.read()?, p, user_id_param(&query)?)?;
+    state.login_limit.check((p, user), std::time::Instant::now())?;
+    let b: LoginBody = if body.is_empty() { LoginBody::default() } else { extract::json(&body)? };
+    // Where the app reached the service: its homeserver, with the proxy on.
+    let reached_at = host.map(|host| format!("{}://{host}", client.map_or("https", |c| c.proto())));
+    let login = state.sessions.login(user, b.device_id.as_deref(), client.map(|c| c.ip), reached_at).await?;
+    let session = login.session;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "accessToken": session.access_token,
+            "deviceID": session.device_id,
+            "expiresInMS": session.expires_in_ms.unwrap_or(0),
+            "refreshToken": session.refresh_token.unwrap_or_default(),
+            "userID": session.user_id,
+            "wellKnown": {"m.homeserver": {"base_url": login.homeserver_url}},
+        }),
+    ))
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::{Error, Remedy, Result};
 use crate::matrix::MatrixIds;
 use crate::model::{OrgId, UserId};
 use crate::secrets::ServerKey;
@@ -95,7 +95,7 @@ impl Domain {
 /// 422 naming the field.
 pub fn positive(field: &str, id: i64) -> Result<i64> {
     if id <= 0 {
-        return Err(Error::Invalid(format!("{field} must be a positive integer, got {id}")));
+        return Err(Error::invalid(field, format!("must be a positive integer, got {id}")));
     }
     Ok(id)
 }
@@ -108,13 +108,13 @@ pub fn name(field: &str, raw: &str) -> Result<String> {
     let trimmed = raw.trim();
     let n = trimmed.chars().count();
     if n == 0 {
-        return Err(Error::Invalid(format!("{field} must not be empty")));
+        return Err(Error::invalid(field, "must not be empty"));
     }
     if n > 255 {
-        return Err(Error::Invalid(format!("{field} must be at most 255 characters, got {n}")));
+        return Err(Error::invalid(field, format!("must be at most 255 characters, got {n}")));
     }
     if trimmed.chars().any(char::is_control) {
-        return Err(Error::Invalid(format!("{field} must not contain control characters")));
+        return Err(Error::invalid(field, "must not contain control characters"));
     }
     Ok(trimmed.to_string())
 }
@@ -131,14 +131,14 @@ pub fn topic(raw: &str) -> Result<String> {
     let trimmed = raw.trim();
     let n = trimmed.chars().count();
     if n > MAX_TOPIC_CHARS {
-        return Err(Error::Invalid(format!("topic must be at most {MAX_TOPIC_CHARS} characters, got {n}")));
+        return Err(Error::invalid("topic", format!("must be at most {MAX_TOPIC_CHARS} characters, got {n}")));
     }
     if trimmed.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
-        return Err(Error::Invalid("topic must not contain control characters other than line breaks and tabs".into()));
+        return Err(Error::invalid("topic", "must not contain control characters other than line breaks and tabs"));
     }
     Ok(trimmed.to_string())
 }
 
 fn org_not_found(org: OrgId) -> Error {
-    Error::NotFound(format!("no organization {org}: create it with PUT /v1/organizations/{org}"))
+    Error::NotFound(format!("no organization {org}")).with_remedy(Remedy::CreateOrganization(org))
 }

@@ -165,7 +165,7 @@ impl Sessions {
         if let Some(d) = device
             && (d.is_empty() || d.chars().count() > 255 || d.chars().any(char::is_control))
         {
-            return Err(Error::Invalid("deviceID must be 1 to 255 printable characters".into()));
+            return Err(Error::invalid("deviceID", "must be 1 to 255 printable characters"));
         }
         let Some(hs) = &self.hs else {
             return Err(Error::Unavailable(
@@ -179,7 +179,7 @@ impl Sessions {
             (Some(url), _) => url.to_string(),
             (None, Some(here)) => here,
             (None, None) => {
-                return Err(Error::BadRequest("send a Host header (or the operator sets proxy.public_url)".into()));
+                return Err(Error::Malformed("send a Host header (or the operator sets proxy.public_url)".into()));
             }
         };
         Ok(Login { session, homeserver_url })
@@ -205,7 +205,7 @@ fn homeserver_error(e: HomeserverError) -> Error {
         },
         HomeserverError::Deactivated => Error::Forbidden("the Matrix account of this user is deactivated".into()),
         e @ (HomeserverError::Refused(_) | HomeserverError::Failing(_)) => {
-            Error::BadGateway(format!("the homeserver refused the login: {e}"))
+            Error::HomeserverRefused(format!("the homeserver refused the login: {e}"))
         }
         e @ (HomeserverError::Unreachable(_) | HomeserverError::Misconfigured(_)) => {
             Error::Unavailable(format!("the homeserver cannot be reached now: {e}"))
