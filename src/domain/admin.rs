@@ -59,7 +59,6 @@ impl Domain {
             w.delete_org(id)?;
             Ok(())
         })?;
-        self.outbox_changed.notify_one();
         Ok(())
     }
 
@@ -84,7 +83,7 @@ impl Domain {
         let org = positive("organizationID", org)?;
         let user = positive("userID", user)?;
         let now = self.clock.now();
-        let changed = self.write(|w| {
+        self.write(|w| {
             w.org(org)?.ok_or_else(|| org_not_found(org))?;
             match w.user(user)? {
                 Some(u) if u.deactivated => {
@@ -99,9 +98,6 @@ impl Domain {
             w.set_member(org, user, role)?;
             automate_member(w, org, user, now)
         })?;
-        if changed {
-            self.outbox_changed.notify_one();
-        }
         Ok(())
     }
 
@@ -123,7 +119,6 @@ impl Domain {
             remove_from_rooms(w, user, Some(org), now)?;
             Ok(())
         })?;
-        self.outbox_changed.notify_one();
         Ok(())
     }
 
@@ -145,7 +140,6 @@ impl Domain {
             w.push_outbox(&OutboxOp::SyncUser { user_id: id })?;
             Ok((user, created))
         })?;
-        self.outbox_changed.notify_one();
         Ok(result)
     }
 
@@ -177,7 +171,6 @@ impl Domain {
             }
             Ok(())
         })?;
-        self.outbox_changed.notify_one();
         Ok(())
     }
 

@@ -55,7 +55,7 @@ pub struct Domain {
     pub ids: MatrixIds,
     /// SHA-256 and shown name of the API tokens named in the config, in its order.
     api_hashes: Vec<([u8; 32], String)>,
-    /// Woken after every commit that added outbox entries.
+    /// Woken after every commit that added outbox entries (by the store).
     pub outbox_changed: Arc<Notify>,
     /// Where Matrix passwords are derived, a bounded number at a time.
     derivations: passwords::Derivations,
@@ -80,7 +80,8 @@ impl Domain {
         let derivations =
             passwords::Derivations::new(config.security.derivations_at_once(), config.security.derivations_waiting());
         let ids = MatrixIds::new(&config.matrix);
-        Ok(Domain { store, config, key, clock, ids, api_hashes, outbox_changed: Arc::new(Notify::new()), derivations })
+        let outbox_changed = store.outbox_changed().clone();
+        Ok(Domain { store, config, key, clock, ids, api_hashes, outbox_changed, derivations })
     }
 
     /// One write transaction with the domain's error type.

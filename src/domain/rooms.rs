@@ -281,7 +281,6 @@ impl Domain {
             save(w, &mut room, None, now)?;
             Ok(room)
         })?;
-        self.outbox_changed.notify_one();
         Ok(room)
     }
 
@@ -316,7 +315,6 @@ impl Domain {
             save(w, &mut room, None, now)?;
             Ok(room)
         })?;
-        self.outbox_changed.notify_one();
         Ok(room)
     }
 
@@ -335,7 +333,6 @@ impl Domain {
             let room = w.room(id)?.ok_or_else(|| no_room(&RoomRef::Id(id)))?;
             remove_room(w, &room)
         })?;
-        self.outbox_changed.notify_one();
         Ok(())
     }
 
@@ -356,7 +353,6 @@ impl Domain {
             }
             remove_room(w, &room)
         })?;
-        self.outbox_changed.notify_one();
         Ok(())
     }
 
@@ -420,7 +416,6 @@ impl Domain {
             save(w, &mut room, Some(&old), now)?;
             Ok(room)
         })?;
-        self.outbox_changed.notify_one();
         Ok(room)
     }
 
@@ -458,7 +453,6 @@ impl Domain {
             save(w, &mut room, Some(&old), now)?;
             Ok(room)
         })?;
-        self.outbox_changed.notify_one();
         Ok(room)
     }
 
@@ -537,7 +531,6 @@ impl Domain {
             save(w, &mut room, Some(&old), now)?;
             Ok(room)
         })?;
-        self.outbox_changed.notify_one();
         Ok(room)
     }
 
@@ -580,7 +573,6 @@ impl Domain {
             }
             Ok(due.len())
         })?;
-        self.outbox_changed.notify_one();
         Ok(n)
     }
 

@@ -15,6 +15,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::Arc;
 
+use tokio::sync::Notify;
+
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
 
 use crate::model::{OrgId, OrgRole, Organization, OutboxOp, Room, RoomId, Token, TokenKind, User, UserId};
@@ -131,6 +133,9 @@ impl From<redb::DatabaseError> for StoreError {
 #[derive(Clone)]
 pub struct Store {
     db: Arc<Database>,
+    /// Woken by every commit that queued outbox entries: the reconciler
+    /// waits on it, so no writer has to remember to wake it.
+    outbox_changed: Arc<Notify>,
 }
 
 impl Store {
@@ -159,7 +164,7 @@ impl Store {
     /// Brings an open database up to today's schema.
     fn from_database(db: Database) -> Result<(Self, Opened), StoreError> {
         let started = std::time::Instant::now();
-        let store = Store { db: Arc::new(db) };
+        let store = Store { db: Arc::new(db), outbox_changed: Arc::new(Notify::new()) };
         let opened = guarded(|| {
             store.write(|w| {
                 // A newer file is refused before anything is created in it.
@@ -210,7 +215,7 @@ impl Store {
             }
             Err(shared) => shared,
         };
-        Ok((Store { db }, opened))
+        Ok((Store { db, outbox_changed: store.outbox_changed }, opened))
     }
 
     /// A consistent snapshot for reading.
@@ -221,16 +226,27 @@ impl Store {
         Ok(Reader { txn: self.db.begin_read()? })
     }
 
-    /// Runs `f` in one write transaction, committed (durably) only when `f` succeeds.
+    /// What wakes when a commit queued outbox entries.
+    #[must_use]
+    pub fn outbox_changed(&self) -> &Arc<Notify> {
+        &self.outbox_changed
+    }
+
+    /// Runs `f` in one write transaction, committed (durably) only when `f`
+    /// succeeds. A commit that queued outbox entries wakes
+    /// [`Store::outbox_changed`].
     ///
     /// # Errors
     /// `f`'s error, or a storage failure.
     pub fn write<T, E: From<StoreError>>(&self, f: impl FnOnce(&mut Writer) -> Result<T, E>) -> Result<T, E> {
         let txn = self.db.begin_write().map_err(StoreError::from)?;
-        let mut writer = Writer { txn };
+        let mut writer = Writer { txn, queued: false };
         match f(&mut writer) {
             Ok(value) => {
                 writer.txn.commit().map_err(StoreError::from)?;
+                if writer.queued {
+                    self.outbox_changed.notify_one();
+                }
                 Ok(value)
             }
             Err(e) => {
@@ -524,6 +540,8 @@ impl Read for Reader {
 /// One write transaction.
 pub struct Writer {
     txn: WriteTransaction,
+    /// Whether it queued outbox entries.
+    queued: bool,
 }
 
 impl Read for Writer {
@@ -695,6 +713,7 @@ impl Writer {
     pub fn push_outbox(&mut self, op: &OutboxOp) -> Result<u64, StoreError> {
         let seq = self.next_id("outbox_seq")?;
         self.txn.open_table(SEQ_OUTBOX)?.insert(seq, codec::encode(op).as_slice())?;
+        self.queued = true;
         Ok(seq)
     }
 
