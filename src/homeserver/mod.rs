@@ -14,6 +14,7 @@
 //! survive a restart (the Matrix room id, the progress of a deletion) in the
 //! database; an adapter keeps nothing of its own that matters after a crash.
 
+pub mod fake;
 pub mod synapse;
 
 use std::fmt;
