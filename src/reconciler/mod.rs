@@ -7,9 +7,16 @@
 //! changes, and a deletion's progress token is written down and followed to
 //! completion. The work on one room ([`Reconciler::apply`]) reads the room
 //! and writes its outcome itself, so it stands alone.
+//!
+//! Failures: when the homeserver cannot be reached (or the database fails)
+//! everything waits, with a backoff doubling up to 30 s; when one room's or
+//! user's step fails, that room or user waits with its own backoff and the
+//! others go on, so one failing organization does not hold up the rest.
 
 mod accounts;
 mod rooms;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -41,6 +48,16 @@ impl StepError {
         match self {
             StepError::Homeserver(e) => e.is_retryable(),
             StepError::Store(_) | StepError::Other(_) => true,
+        }
+    }
+
+    /// Whether nothing can be done now, whatever the entry: the homeserver
+    /// cannot be reached or limits the service, or the database fails.
+    fn is_outage(&self) -> bool {
+        match self {
+            StepError::Homeserver(e) => e.is_outage(),
+            StepError::Store(_) => true,
+            StepError::Other(_) => false,
         }
     }
 
@@ -140,13 +157,63 @@ pub struct Reconciler {
     /// first needed to know (built once, lazily).
     found_at_start: tokio::sync::Mutex<Option<HashMap<RoomId, String>>>,
     prepared: bool,
+    /// Rooms and users whose last step failed, and when to try them again:
+    /// their entries wait while the others go on.
+    waiting: HashMap<Subject, Backoff>,
 }
 
 /// Longest pause between retries while the homeserver fails.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// First pause after a failure.
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 /// How often the outbox is looked at without a wake-up (administration
 /// subcommands write from another process).
 const IDLE_POLL: Duration = Duration::from_secs(2);
+
+/// What an outbox entry changes: entries of one subject are applied in
+/// order, so when one fails the later ones of the same subject wait too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Subject {
+    Room(RoomId),
+    User(crate::model::UserId),
+}
+
+impl Subject {
+    fn of(op: &OutboxOp) -> Self {
+        match op {
+            OutboxOp::SyncRoom { room_id } | OutboxOp::DeleteRoom { room_id, .. } => Subject::Room(*room_id),
+            OutboxOp::SyncUser { user_id } | OutboxOp::DeactivateUser { user_id } => Subject::User(*user_id),
+        }
+    }
+}
+
+/// A pause that doubles with every failure, up to [`MAX_BACKOFF`].
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    next: Duration,
+    /// When the subject is tried again.
+    until: tokio::time::Instant,
+}
+
+impl Backoff {
+    /// The pause after one more failure, `asked` when the homeserver named one.
+    fn after_failure(previous: Option<Backoff>, asked: Option<Duration>) -> Backoff {
+        let pause = previous.map_or(FIRST_BACKOFF, |b| b.next);
+        let wait = asked.unwrap_or(pause);
+        Backoff { next: (pause * 2).min(MAX_BACKOFF), until: tokio::time::Instant::now() + wait }
+    }
+}
+
+/// How a pass over the outbox ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// Some entry was finished (or went to the back).
+    Worked,
+    /// Nothing to do.
+    Idle,
+    /// Every entry waits after a failure, the first until then.
+    Waiting(tokio::time::Instant),
+}
 
 impl Reconciler {
     #[must_use]
@@ -159,33 +226,43 @@ impl Reconciler {
             suspects: std::sync::Mutex::new(HashSet::new()),
             found_at_start: tokio::sync::Mutex::new(None),
             prepared: false,
+            waiting: HashMap::new(),
         }
     }
 
     /// Runs forever.
     pub async fn run(mut self) {
         let notify = self.domain.outbox_changed.clone();
-        let mut backoff = Duration::from_millis(250);
+        let mut outage: Option<Backoff> = None;
         loop {
             match self.pass().await {
-                Ok(true) => backoff = Duration::from_millis(250),
-                Ok(false) => {
-                    backoff = Duration::from_millis(250);
+                Ok(Pass::Worked) => outage = None,
+                Ok(Pass::Idle) => {
+                    outage = None;
                     let _ = tokio::time::timeout(IDLE_POLL, notify.notified()).await;
                 }
+                Ok(Pass::Waiting(until)) => {
+                    outage = None;
+                    let until = until.min(tokio::time::Instant::now() + IDLE_POLL);
+                    let _ = tokio::time::timeout_at(until, notify.notified()).await;
+                }
                 Err(e) => {
+                    // The homeserver as a whole (or the database) fails: everything waits.
                     self.progress.failed();
-                    let wait = e.retry_after().unwrap_or(backoff);
+                    let b = Backoff::after_failure(outage, e.retry_after());
+                    let wait = b.until.saturating_duration_since(tokio::time::Instant::now());
                     tracing::warn!(error = %e, retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX), "homeserver step failed; will retry");
-                    tokio::time::sleep(wait).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    tokio::time::sleep_until(b.until).await;
+                    outage = Some(b);
                 }
             }
         }
     }
 
-    /// Works through the outbox head. Ok(false) when it was empty.
-    async fn pass(&mut self) -> Result<bool, StepError> {
+    /// Works through the outbox head once. An entry whose step fails waits
+    /// (with its own backoff) while the entries of other rooms and users go
+    /// on; an outage of the homeserver or the database ends the pass.
+    async fn pass(&mut self) -> Result<Pass, StepError> {
         if !self.prepared {
             self.hs.prepare().await?;
             self.prepared = true;
@@ -193,19 +270,41 @@ impl Reconciler {
         }
         let head = self.domain.store.read()?.outbox_head(64)?;
         if head.is_empty() {
-            return Ok(false);
+            self.waiting.clear();
+            return Ok(Pass::Idle);
         }
+        let now = tokio::time::Instant::now();
+        let mut held: HashSet<Subject> = HashSet::new();
+        let mut worked = false;
         for (seq, op) in head {
+            let subject = Subject::of(&op);
+            if held.contains(&subject) || self.waiting.get(&subject).is_some_and(|b| b.until > now) {
+                held.insert(subject);
+                continue;
+            }
             let step = match self.apply(&op).await {
-                Ok(step) => step,
-                Err(e) if e.is_retryable() => {
+                Ok(step) => {
+                    self.waiting.remove(&subject);
+                    step
+                }
+                Err(e) if e.is_outage() => {
                     self.note_failure(&op, &e);
                     return Err(e);
+                }
+                Err(e) if e.is_retryable() => {
+                    self.progress.failed();
+                    let b = Backoff::after_failure(self.waiting.get(&subject).copied(), e.retry_after());
+                    tracing::warn!(error = %e, ?op, retry_in_ms = u64::try_from(b.until.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX), "homeserver step failed; its room or user waits, the others go on");
+                    self.waiting.insert(subject, b);
+                    held.insert(subject);
+                    self.note_failure(&op, &e);
+                    continue;
                 }
                 Err(e) => {
                     // The homeserver refuses this step as it is: keep the
                     // reason on the room and go on with the others.
                     self.progress.failed();
+                    self.waiting.remove(&subject);
                     tracing::error!(error = %e, ?op, "homeserver refused a step; it is not retried");
                     self.note_failure(&op, &e);
                     Step::Done
@@ -218,16 +317,23 @@ impl Reconciler {
                 }
                 Ok::<_, StoreError>(())
             })?;
+            worked = true;
             self.progress.finished_one();
         }
-        Ok(true)
+        if worked {
+            return Ok(Pass::Worked);
+        }
+        let first = self.waiting.values().map(|b| b.until).min().unwrap_or(now + FIRST_BACKOFF);
+        Ok(Pass::Waiting(first))
     }
 
     /// One outbox entry's work.
     async fn apply(&self, op: &OutboxOp) -> Result<Step, StepError> {
         match op {
             OutboxOp::SyncRoom { room_id } => return self.sync_room(*room_id).await,
-            OutboxOp::DeleteRoom { room_id, matrix_room_id } => self.delete_room(*room_id, matrix_room_id).await?,
+            OutboxOp::DeleteRoom { room_id, matrix_room_id } => {
+                return self.delete_room(*room_id, matrix_room_id).await;
+            }
             OutboxOp::SyncUser { user_id } => self.sync_user(*user_id).await?,
             OutboxOp::DeactivateUser { user_id } => self.deactivate_user(*user_id).await?,
         }
