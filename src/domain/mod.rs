@@ -7,6 +7,8 @@ pub mod auth;
 pub mod passwords;
 pub mod rooms;
 pub mod sessions;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 
