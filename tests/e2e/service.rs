@@ -128,6 +128,11 @@ impl Service {
         lines[lines.len().saturating_sub(60)..].join("\n")
     }
 
+    /// Everything the service logged (all starts).
+    pub fn log(&self) -> String {
+        (1..=self.starts).map(|n| std::fs::read_to_string(self.stderr_path(n)).unwrap_or_default()).collect()
+    }
+
     fn spawn(&mut self) {
         self.starts += 1;
         let stderr = File::create(self.stderr_path(self.starts)).expect("create the stderr log");
