@@ -138,3 +138,39 @@ async fn auto_probes_the_admin_api_and_uses_it() {
     })
     .await;
 }
+
+/// A bot that is no server admin (made under `"off"`): `"on"` refuses to go
+/// on (`/readyz` 503 naming the key, nothing made on the homeserver), and
+/// `"auto"` finds the admin API refused and goes on without it.
+#[tokio::test]
+async fn on_waits_for_the_admin_api_and_auto_goes_on_without_it() {
+    const KEY: &str = "MESSENGER_CHAT_MATRIX__ADMIN_API";
+    let hs = shared();
+    let mut svc = Service::start_with(&hs, SYNC_WAIT_MS, &[(KEY, "off")]);
+    settled_readyz(&svc).await;
+    svc.org(1, "Acme").await;
+    svc.user(1, "Ann", Some((1, "member"))).await;
+
+    svc.kill();
+    svc.set_env(KEY, "on");
+    svc.restart();
+    let refused = eventually("/readyz 503 naming matrix.admin_api", CONVERGE, || async {
+        let resp = svc.call("GET", "/readyz", &svc.api, None).await;
+        let detail = resp.body["detail"].as_str().unwrap_or_default().to_string();
+        if resp.status == 503 && detail.contains("matrix.admin_api") { Ok(detail) } else { Err(resp.text) }
+    })
+    .await;
+    assert!(refused.contains("matrix.admin_api = \"on\""), "the detail names the setting: {refused}");
+    let room = svc.create_room(json!({"name": "Waits", "organizationID": 1, "assignedUsers": [1]})).await;
+    let id = room_id(&room);
+    assert_eq!(room["syncState"], "pending", "nothing is made on the homeserver: {room}");
+
+    svc.kill();
+    svc.set_env(KEY, "auto");
+    svc.restart();
+    let ready = settled_readyz(&svc).await;
+    assert_eq!(ready["adminApi"]["setting"], "auto", "{ready}");
+    assert_eq!(ready["adminApi"]["used"], false, "the probe was refused: {ready}");
+    assert!(ready["adminApi"]["why"].as_str().is_some_and(|w| w.contains("no server admin")), "{ready}");
+    svc.ready(id, CONVERGE).await;
+}

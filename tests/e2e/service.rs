@@ -187,6 +187,12 @@ impl Service {
         self.client = None;
     }
 
+    /// Changes one `MESSENGER_CHAT_…` setting for the next start.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
+    }
+
     /// Starts the binary again on the same data directory and settings.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "restart after kill");
