@@ -41,7 +41,9 @@ pub trait Homeserver: Send + Sync {
     /// `None` before that.
     fn offers(&self) -> Option<Offers>;
 
-    /// Whether the homeserver answers at all (for `/readyz`).
+    /// Whether the homeserver answers at all, and can be used as
+    /// configured (`matrix.admin_api = "on"` with the admin API refused:
+    /// [`HomeserverError::Misconfigured`]), for `/readyz`.
     fn check(&self) -> HsFuture<'_, ()>;
 
     /// Makes the service's own account (the bot, which creates and owns

@@ -125,7 +125,18 @@ impl Synapse {
         for m in members {
             let present = matches!(m.membership, Membership::Join | Membership::Invite | Membership::Knock);
             if present && m.user_id != bot {
-                client.kick(room_id, &m.user_id, Some(DELETED_REASON)).await?;
+                match client.kick(room_id, &m.user_id, Some(DELETED_REASON)).await {
+                    Ok(()) => {}
+                    // In a room version before 12 the bot, at 100, cannot
+                    // kick another 100: leaving matters more than stopping here.
+                    Err(e) if e.is(&ErrCode::Forbidden) => tracing::warn!(
+                        room = room_id,
+                        user = %m.user_id,
+                        error = %e,
+                        "could not remove a member from a room the service is deleting; they stay in it"
+                    ),
+                    Err(e) => return Err(e),
+                }
             }
         }
         client.leave_and_forget(room_id).await?;
