@@ -156,7 +156,7 @@ const DESCRIPTION: &[&str] = &[
 
 /// Fills every table; returns the tokens as the manifest lists them.
 fn populate(d: &Domain) -> Fallible<Value> {
-    let api = Principal::Api;
+    let api = Principal::COMMAND_LINE;
     let mut tokens = Vec::new();
     // The first start's API token, as `ensure_api_token` stores it.
     let created = d.clock.now();

@@ -27,7 +27,25 @@ pub struct Config {
     pub matrix: MatrixConfig,
     pub proxy: ProxyConfig,
     pub limits: LimitsConfig,
+    pub events: EventsConfig,
     pub log: LogConfig,
+}
+
+/// `[events]`: the event log (`GET /v1/events`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Events older than this many days are removed in the background.
+    pub retention_days: u32,
+    /// Long polls (`GET /v1/events?wait=`) waiting at once, over all
+    /// callers; beyond it a long poll is answered 503 with Retry-After.
+    pub max_waiters: u32,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self { retention_days: 90, max_waiters: 256 }
+    }
 }
 
 /// `[limits]`: per-user rate limits (429 with Retry-After above them).
@@ -566,6 +584,15 @@ impl Config {
             if burst == 0 {
                 return bad(key, "bursts must be at least 1".into());
             }
+        }
+        if !(1..=36_500).contains(&self.events.retention_days) {
+            return bad(
+                "events.retention_days",
+                format!("must be between 1 and 36500, got {}", self.events.retention_days),
+            );
+        }
+        if !(1..=100_000).contains(&self.events.max_waiters) {
+            return bad("events.max_waiters", format!("must be between 1 and 100000, got {}", self.events.max_waiters));
         }
         if !matches!(self.log.access.as_str(), "all" | "errors" | "none") {
             return bad("log.access", format!("{:?} is not one of all, errors, none", self.log.access));

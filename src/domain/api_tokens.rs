@@ -155,6 +155,11 @@ impl Domain {
                 [] => return Err(Error::NotFound(format!("no API token {id}; `token list-api` shows every id"))),
                 _ => return Err(Error::Malformed(format!("{id} names several API tokens; give more hex digits"))),
             };
+            let was_revoked = stored.iter().any(|t| t.hash == hash && t.revoked);
+            if !was_revoked {
+                let data = serde_json::json!({"apiTokenID": api_token_id(&hash), "reason": "request"});
+                super::events::record(w, now, None, &crate::model::Actor::CommandLine, "token.revoked", &data)?;
+            }
             match stored.into_iter().find(|t| t.hash == hash) {
                 Some(mut t) if !t.revoked => {
                     t.revoked = true;
