@@ -280,6 +280,16 @@ impl TestServer {
         }
     }
 
+    /// Starts the server again after it was killed (`kill -9 <pid>`), on the
+    /// same data directory and settings.
+    pub fn start_after_kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let status = child.wait().expect("wait for the killed server");
+            assert!(!status.success(), "the server was to be killed, but exited cleanly");
+        }
+        self.spawn();
+    }
+
     /// Stops the server and starts it again on the same data directory and settings.
     pub fn restart(&mut self) {
         self.restart_with(&[]);
