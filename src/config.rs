@@ -784,6 +784,20 @@ mod tests {
     }
 
     #[test]
+    fn event_log_keys_are_checked() {
+        for (retention_days, max_waiters, key) in
+            [(0, 1, "events.retention_days"), (36_501, 1, "events.retention_days"), (90, 0, "events.max_waiters")]
+        {
+            let mut c = Config::default();
+            c.events = EventsConfig { retention_days, max_waiters };
+            assert!(c.validate().unwrap_err().0.contains(key), "{key}");
+        }
+        // The shipped file states the defaults.
+        let shipped = Config::load(Some(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml")))).unwrap();
+        assert_eq!((shipped.events.retention_days, shipped.events.max_waiters), (90, 256));
+    }
+
+    #[test]
     fn plain_http_needs_loopback() {
         let mut c = Config::default();
         c.server.plain_http = true;
