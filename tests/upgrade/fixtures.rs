@@ -122,6 +122,13 @@ async fn served_as_written(f: &Fixture) {
     }
     srv.get("/v1/chatrooms?organization_id=1", &api).await.expect(200);
 
+    // The event log (schema 2 on): every event record served, in order.
+    let logged: Vec<(Value, Value)> = records(&export, "event").map(|e| (e["id"].clone(), e["kind"].clone())).collect();
+    let page = srv.get("/v1/events?limit=1000", &api).await;
+    let served: Vec<(Value, Value)> =
+        page.expect(200)["events"].as_array().unwrap().iter().map(|e| (e["id"].clone(), e["type"].clone())).collect();
+    assert_eq!(served, logged, "{name}: the event log");
+
     // Every record, field by field, as the fixture's release exported it.
     assert!(srv.stop(), "{name}: the server stops cleanly");
     let data = crate::support::Data::with_file(&srv.data_dir().join(crate::support::DB_FILE));
