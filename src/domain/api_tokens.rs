@@ -89,7 +89,9 @@ impl Domain {
                 expires_at: None,
                 revoked: false,
             };
-            Ok(w.put_token(&record)?)
+            w.put_token(&record)?;
+            let data = serde_json::json!({"apiTokenID": api_token_id(&hash), "name": FIRST_START_NAME});
+            super::events::record(w, now, None, &crate::model::Actor::System, "token.issued", &data)
         })?;
         Ok(Some(FirstStartToken { secret, id: api_token_id(&hash) }))
     }

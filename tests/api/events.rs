@@ -92,8 +92,10 @@ async fn every_change_is_in_the_log_with_who_made_it() {
     // The whole log (API token only) holds the users and tokens too, never a secret.
     let everything = all_events(&srv, &w.api, "", 0).await;
     let issued: Vec<&Value> = everything.iter().filter(|e| e["type"] == "token.issued").collect();
-    assert_eq!(issued.len(), 9, "a PAT for each of the 8 users, and the one revoked");
-    assert!(issued.iter().all(|e| e["organizationID"].is_null() && e["actor"] == api));
+    assert_eq!(issued.len(), 10, "the first start's API token, a PAT for each of the 8 users, and the one revoked");
+    assert_eq!(issued[0]["actor"], json!({"type": "system"}), "the first start made the API token");
+    assert_eq!(issued[0]["data"]["apiTokenID"], json!(token_id(&w.api)));
+    assert!(issued[1..].iter().all(|e| e["organizationID"].is_null() && e["actor"] == api));
     assert!(everything.iter().any(|e| e["type"] == "token.revoked" && e["data"]["userID"] == json!(13)));
     let text = serde_json::to_string(&everything).unwrap();
     for secret in [&w.owner.token, &w.member.token, &w.revoked, &w.api] {
