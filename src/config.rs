@@ -788,8 +788,7 @@ mod tests {
         for (retention_days, max_waiters, key) in
             [(0, 1, "events.retention_days"), (36_501, 1, "events.retention_days"), (90, 0, "events.max_waiters")]
         {
-            let mut c = Config::default();
-            c.events = EventsConfig { retention_days, max_waiters };
+            let c = Config { events: EventsConfig { retention_days, max_waiters }, ..Config::default() };
             assert!(c.validate().unwrap_err().0.contains(key), "{key}");
         }
         // The shipped file states the defaults.
