@@ -125,6 +125,12 @@ pub async fn serve(config: Config, config_path: Option<&Path>) -> Result<(), Str
     tokio::spawn(delete_scheduled_rooms(domain.clone()));
     tokio::spawn(prune_old_events(domain.clone()));
     let state = AppState::new(domain, sessions, sync);
+    // Long polls of /v1/events end when the stop begins, not after the grace period.
+    let stopping = state.stopping.clone();
+    let stop = async move {
+        stop.await;
+        stopping.send_replace(true);
+    };
     api::meta::spawn_homeserver_check(&state);
     // The operators' listener stops when the public one has stopped.
     let (stop_operators, operators_stopped) = tokio::sync::watch::channel(());

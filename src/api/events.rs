@@ -89,20 +89,30 @@ async fn get_events(state: AppState, p: Principal, query: String) -> Handled {
         }
         .into());
     };
+    let mut stopping = state.stopping.subscribe();
     let deadline = tokio::time::Instant::now() + q.wait;
-    loop {
-        match tokio::time::timeout_at(deadline, appended.changed()).await {
-            Ok(Ok(())) => {
-                // The read transaction is let go before waiting again.
-                let page = d.events(&d.store.read()?, p, q.org, q.after, q.limit)?;
-                if !page.events.is_empty() {
-                    return Ok(answer(&page));
+    while !*stopping.borrow_and_update() {
+        tokio::select! {
+            woke = tokio::time::timeout_at(deadline, appended.changed()) => match woke {
+                Ok(Ok(())) => {
+                    // The read transaction is let go before waiting again.
+                    let page = d.events(&d.store.read()?, p, q.org, q.after, q.limit)?;
+                    if !page.events.is_empty() {
+                        return Ok(answer(&page));
+                    }
+                }
+                // Time is up (or the store is closing): the empty page.
+                Ok(Err(_)) | Err(_) => break,
+            },
+            // The service is stopping: the empty page now.
+            stopped = stopping.changed() => {
+                if stopped.is_err() {
+                    break;
                 }
             }
-            // Time is up (or the store is closing): the empty page.
-            Ok(Err(_)) | Err(_) => return Ok(answer(&page)),
         }
     }
+    Ok(answer(&page))
 }
 
 fn answer(page: &Page) -> warp::reply::Response {

@@ -48,6 +48,9 @@ pub struct State {
     pub readiness: Arc<meta::Readiness>,
     /// Places for long polls of `/v1/events` (`events.max_waiters`).
     pub event_waiters: Arc<tokio::sync::Semaphore>,
+    /// Set when the service begins to stop: long polls answer at once
+    /// rather than hold the shutdown for up to their `wait`.
+    pub stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl AppState {
@@ -78,6 +81,7 @@ impl AppState {
             credentials_limit,
             readiness,
             event_waiters,
+            stopping: tokio::sync::watch::Sender::new(false),
         }))
     }
 

@@ -173,6 +173,29 @@ async fn a_long_poll_wakes_when_a_change_is_committed() {
     assert!(woke < Duration::from_secs(5), "answered {woke:?} after the change");
 }
 
+/// SIGTERM ends a waiting long poll at once with its empty page, rather
+/// than holding the stop for the rest of its wait.
+#[tokio::test]
+async fn a_stopping_service_answers_its_long_polls() {
+    let mut srv = TestServer::start_with(&[("MESSENGER_CHAT_SERVER__SHUTDOWN_GRACE_SECS", "60")]);
+    let api = srv.api_token.clone();
+    let last = all_events(&srv, &api, "", 0).await.last().unwrap()["id"].as_u64().unwrap();
+    let client = srv.client().clone();
+    let auth = format!("Bearer {api}");
+    let poll = tokio::spawn(async move {
+        let path = format!("/v1/events?after={last}&wait=25");
+        client.try_send(crate::common::Http::H1, "GET", &path, &[("authorization", &auth)], Vec::new()).await
+    });
+    // Time for the poll to arrive and wait.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let started = Instant::now();
+    assert!(srv.stop(), "a clean stop");
+    let took = started.elapsed();
+    let page = poll.await.unwrap().expect("an answer before the service went");
+    assert_eq!(page.expect(200), &json!({"events": [], "next": last}));
+    assert!(took < Duration::from_secs(15), "the stop waited {took:?} for the long poll");
+}
+
 /// `events.max_waiters` bounds the long polls waiting at once: one more
 /// gets 503 with Retry-After, and a poll without `wait` is still answered.
 #[tokio::test]
