@@ -150,13 +150,16 @@ const DESCRIPTION: &[&str] = &[
     "Origin of roles (schema 2 on): in rooms 1 and 3 (automation on) Ann and Ben are admins and Cara \
      assigned through automation, except Ben in room 3, named admin explicitly with add-users afterwards; \
      every other role was given explicitly (Ann as the creator of room 2, Eve of room 7).",
+    "Event log (schema 2 on): the events of every change above as the domain wrote them, with their \
+     actors (the command line, or the PATs of the users who made or claimed rooms); none from the \
+     reconciler, whose work is written directly.",
     "Outbox: SyncRoom for rooms 3, 5, 6, 7; DeleteRoom for room 4; SyncUser for user 5; DeactivateUser \
      for user 4. Matrix accounts known to exist: users 1, 2, 3, 4, 7.",
 ];
 
 /// Fills every table; returns the tokens as the manifest lists them.
 fn populate(d: &Domain) -> Fallible<Value> {
-    let api = Principal::Api;
+    let api = Principal::COMMAND_LINE;
     let mut tokens = Vec::new();
     // The first start's API token, as `ensure_api_token` stores it.
     let created = d.clock.now();

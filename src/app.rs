@@ -123,7 +123,14 @@ pub async fn serve(config: Config, config_path: Option<&Path>) -> Result<(), Str
         }
     };
     tokio::spawn(delete_scheduled_rooms(domain.clone()));
+    tokio::spawn(prune_old_events(domain.clone()));
     let state = AppState::new(domain, sessions, sync);
+    // Long polls of /v1/events end when the stop begins, not after the grace period.
+    let stopping = state.stopping.clone();
+    let stop = async move {
+        stop.await;
+        stopping.send_replace(true);
+    };
     api::meta::spawn_homeserver_check(&state);
     // The operators' listener stops when the public one has stopped.
     let (stop_operators, operators_stopped) = tokio::sync::watch::channel(());
@@ -217,6 +224,33 @@ async fn delete_scheduled_rooms(domain: Arc<Domain>) {
             Err(e) => tracing::error!(error = %e, "scheduled deletions task failed; retrying"),
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Removes events older than `events.retention_days`: a batch per write
+/// transaction, so the API's writes go on between batches; checks once a
+/// minute (and at start) once nothing more is due.
+async fn prune_old_events(domain: Arc<Domain>) {
+    loop {
+        let d = domain.clone();
+        let pause = match tokio::task::spawn_blocking(move || d.prune_events()).await {
+            Ok(Ok(n)) if n >= crate::domain::events::PRUNE_BATCH => Duration::from_millis(10),
+            Ok(Ok(n)) => {
+                if n > 0 {
+                    tracing::info!(events = n, "removed events past events.retention_days");
+                }
+                Duration::from_secs(60)
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "pruning old events failed; retrying");
+                Duration::from_secs(60)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "pruning old events failed; retrying");
+                Duration::from_secs(60)
+            }
+        };
+        tokio::time::sleep(pause).await;
     }
 }
 

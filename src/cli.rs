@@ -178,7 +178,7 @@ pub fn run_admin(config: Config, command: Command, config_path: Option<&Path>) -
         Command::Export { out } => export(&config, out.as_deref()),
         other => {
             let d = crate::app::open_domain(config)?;
-            let p = Principal::Api;
+            let p = Principal::COMMAND_LINE;
             let show = |e: crate::error::Error| e.for_cli();
             match other {
                 Command::Token(TokenCommand::Issue { user, name, days }) => {

@@ -27,7 +27,25 @@ pub struct Config {
     pub matrix: MatrixConfig,
     pub proxy: ProxyConfig,
     pub limits: LimitsConfig,
+    pub events: EventsConfig,
     pub log: LogConfig,
+}
+
+/// `[events]`: the event log (`GET /v1/events`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Events older than this many days are removed in the background.
+    pub retention_days: u32,
+    /// Long polls (`GET /v1/events?wait=`) waiting at once, over all
+    /// callers; beyond it a long poll is answered 503 with Retry-After.
+    pub max_waiters: u32,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self { retention_days: 90, max_waiters: 256 }
+    }
 }
 
 /// `[limits]`: per-user rate limits (429 with Retry-After above them).
@@ -612,6 +630,15 @@ impl Config {
                 return bad(key, "bursts must be at least 1".into());
             }
         }
+        if !(1..=36_500).contains(&self.events.retention_days) {
+            return bad(
+                "events.retention_days",
+                format!("must be between 1 and 36500, got {}", self.events.retention_days),
+            );
+        }
+        if !(1..=100_000).contains(&self.events.max_waiters) {
+            return bad("events.max_waiters", format!("must be between 1 and 100000, got {}", self.events.max_waiters));
+        }
         if !matches!(self.log.access.as_str(), "all" | "errors" | "none") {
             return bad("log.access", format!("{:?} is not one of all, errors, none", self.log.access));
         }
@@ -814,6 +841,19 @@ mod tests {
         std::fs::write(&file, "[matrix]\nadmin_api = \"yes\"\n").unwrap();
         let err = Config::load(Some(&file)).unwrap_err().0;
         assert!(err.contains("matrix.admin_api") && err.contains("auto"), "{err}");
+    }
+
+    #[test]
+    fn event_log_keys_are_checked() {
+        for (retention_days, max_waiters, key) in
+            [(0, 1, "events.retention_days"), (36_501, 1, "events.retention_days"), (90, 0, "events.max_waiters")]
+        {
+            let c = Config { events: EventsConfig { retention_days, max_waiters }, ..Config::default() };
+            assert!(c.validate().unwrap_err().0.contains(key), "{key}");
+        }
+        // The shipped file states the defaults.
+        let shipped = Config::load(Some(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml")))).unwrap();
+        assert_eq!((shipped.events.retention_days, shipped.events.max_waiters), (90, 256));
     }
 
     #[test]

@@ -264,6 +264,37 @@ pub enum OutboxOp {
     DeactivateUser { user_id: UserId },
 }
 
+/// Who made a change, as the event log records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Actor {
+    /// An API token, by its id (12 hex digits of its SHA-256).
+    ApiToken(String),
+    /// The user of a personal access token.
+    User(UserId),
+    /// The service itself: a scheduled deletion, the reconciler, retention.
+    System,
+    /// The operator, through the command line on the database.
+    CommandLine,
+}
+
+/// One entry of the event log: what changed, when, where and by whom.
+/// Written in the write transaction of the change it records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Ascending over the whole log, never reused (a counter, not the table's end).
+    pub id: u64,
+    /// Unix seconds, from the service's clock.
+    pub time: i64,
+    /// `None` for events of no one organization (users, tokens).
+    pub org_id: Option<OrgId>,
+    pub actor: Actor,
+    /// `room.created`, `member.removed`, …
+    pub kind: String,
+    /// The event's data as a JSON object (bincode cannot hold a free-form
+    /// JSON value, so it is kept as its text).
+    pub data: String,
+}
+
 /// Version of the room JSON ([`Room::to_json`]) kept in `orgidroomid_json`:
 /// bumped whenever that JSON changes, so that opening a database rebuilds
 /// the kept copies. 2: `topic`.

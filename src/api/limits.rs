@@ -95,12 +95,12 @@ mod tests {
         assert!(l.check(ANN, t0).is_err(), "Ann used up her own bucket");
         // The API token acting for Ann, and another user, are untouched.
         for _ in 0..3 {
-            l.check((Principal::Api, 1), t0).unwrap();
+            l.check((Principal::COMMAND_LINE, 1), t0).unwrap();
             l.check((Principal::User(2), 2), t0).unwrap();
         }
-        assert!(l.check((Principal::Api, 1), t0).is_err(), "the API token's bucket for Ann is used up");
+        assert!(l.check((Principal::COMMAND_LINE, 1), t0).is_err(), "the API token's bucket for Ann is used up");
         // … which leaves its bucket for another user, and Ann's own, as they were.
-        l.check((Principal::Api, 2), t0).unwrap();
+        l.check((Principal::COMMAND_LINE, 2), t0).unwrap();
         assert!(l.check(ANN, t0).is_err());
         l.check(ANN, t0 + Duration::from_secs(60)).unwrap();
     }

@@ -175,7 +175,7 @@ pub fn operator_routes(
 /// Whether the request's token is an API token (details for operators).
 fn is_operator(state: &AppState, token: &Result<String, Error>) -> bool {
     token.as_ref().is_ok_and(|t| {
-        state.domain.store.read().is_ok_and(|r| matches!(state.domain.authenticate(&r, t), Ok(Principal::Api)))
+        state.domain.store.read().is_ok_and(|r| matches!(state.domain.authenticate(&r, t), Ok(Principal::Api(_))))
     })
 }
 
@@ -238,7 +238,7 @@ fn not_ready(what: &str) -> Error {
 /// GET /metrics — an API token (the operators' listener needs none): Prometheus text format.
 fn public_metrics(state: AppState, token: Result<String, Error>) -> Response {
     match state.caller(token) {
-        Ok((_, Principal::Api)) => metrics(state),
+        Ok((_, Principal::Api(_))) => metrics(state),
         Ok((_, Principal::User(_))) => reply(Err(Error::Forbidden(
             "metrics are for operators: send an API token, or read them on the metrics listener (server.metrics_listen)"
                 .into(),

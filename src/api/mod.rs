@@ -2,6 +2,7 @@
 //! rules live in `domain`.
 
 pub mod admin;
+pub mod events;
 pub mod export;
 pub mod extract;
 pub mod limits;
@@ -45,6 +46,11 @@ pub struct State {
     pub credentials_limit: Arc<limits::RateLimiter>,
     /// The latest homeserver check, for `/readyz`.
     pub readiness: Arc<meta::Readiness>,
+    /// Places for long polls of `/v1/events` (`events.max_waiters`).
+    pub event_waiters: Arc<tokio::sync::Semaphore>,
+    /// Set when the service begins to stop: long polls answer at once
+    /// rather than hold the shutdown for up to their `wait`.
+    pub stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl AppState {
@@ -64,6 +70,7 @@ impl AppState {
             Duration::from_secs(l.credentials_refill_secs),
         ));
         let readiness = Arc::new(meta::Readiness::new(sessions.homeserver().is_some()));
+        let event_waiters = Arc::new(tokio::sync::Semaphore::new(domain.config.events.max_waiters as usize));
         AppState(Arc::new(State {
             domain,
             metrics: Arc::new(meta::Metrics::default()),
@@ -73,6 +80,8 @@ impl AppState {
             token_limit,
             credentials_limit,
             readiness,
+            event_waiters,
+            stopping: tokio::sync::watch::Sender::new(false),
         }))
     }
 
@@ -167,6 +176,8 @@ pub fn routes(
         .or(user::routes(state.clone()))
         .unify()
         .or(admin::routes(state.clone()))
+        .unify()
+        .or(events::routes(state.clone()))
         .unify()
         .or(export::routes(state).map(Ok))
         .unify()

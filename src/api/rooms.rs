@@ -249,7 +249,7 @@ async fn claim_room(id: String, state: AppState, r: Reader, p: Principal, query:
     let user = state.domain.acting_user(&r, p, user_id)?;
     drop(r);
     let d = state.domain.clone();
-    let claimed = blocking(move || d.claim(user, &which)).await?;
+    let claimed = blocking(move || d.claim_as(p, user, &which)).await?;
     state.settled(claimed, StatusCode::OK).await
 }
 

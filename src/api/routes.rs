@@ -33,6 +33,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/users/{userID}/tokens"),
     ("DELETE", "/v1/users/{userID}/tokens/{tokenID}"),
     ("GET", "/v1/export"),
+    ("GET", "/v1/events"),
 ];
 
 /// The index in [`ROUTES`] of the route that answers `method` `path`, for

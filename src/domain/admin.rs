@@ -1,10 +1,12 @@
 //! Administration (API token only): organizations, members, users, tokens.
 
 use crate::error::{Error, Remedy, Result};
-use crate::model::{OrgRole, Organization, OutboxOp, Token, TokenKind, User, UserId};
+use crate::model::{Actor, OrgRole, Organization, OutboxOp, Token, TokenKind, User, UserId};
 use crate::secrets::{PAT_PREFIX, new_token, token_hash};
 use crate::store::Read;
+use serde_json::json;
 
+use super::events::{self, Deletion, record};
 use super::rooms::{automate_member, remove_from_rooms, remove_room};
 use super::{Domain, Principal, org_not_found, positive};
 
@@ -25,14 +27,22 @@ impl Domain {
         let id = positive("organizationID", id)?;
         let name = super::name("name", name)?;
         let now = self.clock.now();
+        let actor = Actor::from(p);
         self.write(|w| {
             let created = w.org(id)?.is_none();
             let org = match w.org(id)? {
                 Some(mut org) => {
+                    if org.name != name {
+                        let data = json!({"name": name, "previousName": org.name});
+                        record(w, now, Some(id), &actor, "organization.renamed", &data)?;
+                    }
                     org.name = name;
                     org
                 }
-                None => Organization { id, name, created_at: now },
+                None => {
+                    record(w, now, Some(id), &actor, "organization.created", &json!({"name": name}))?;
+                    Organization { id, name, created_at: now }
+                }
             };
             w.put_org(&org)?;
             Ok((org, created))
@@ -46,14 +56,19 @@ impl Domain {
     pub fn delete_org(&self, p: Principal, id: i64) -> Result<()> {
         Self::require_api(p)?;
         let id = positive("organizationID", id)?;
+        let (now, actor) = (self.clock.now(), Actor::from(p));
         self.write(|w| {
-            w.org(id)?.ok_or_else(|| org_not_found(id))?;
-            for room_id in w.org_room_ids(id, 0, usize::MAX)? {
+            let org = w.org(id)?.ok_or_else(|| org_not_found(id))?;
+            let rooms = w.org_room_ids(id, 0, usize::MAX)?;
+            let members = w.members(id)?;
+            let data = json!({"name": org.name, "rooms": rooms, "members": members.len()});
+            record(w, now, Some(id), &actor, "organization.deleted", &data)?;
+            for room_id in rooms {
                 if let Some(room) = w.room(room_id)? {
-                    remove_room(w, &room)?;
+                    remove_room(w, &room, now, &actor, Deletion::Organization)?;
                 }
             }
-            for (user, _) in w.members(id)? {
+            for (user, _) in members {
                 w.remove_member(id, user)?;
             }
             w.delete_org(id)?;
@@ -83,6 +98,7 @@ impl Domain {
         let org = positive("organizationID", org)?;
         let user = positive("userID", user)?;
         let now = self.clock.now();
+        let actor = Actor::from(p);
         self.write(|w| {
             w.org(org)?.ok_or_else(|| org_not_found(org))?;
             match w.user(user)? {
@@ -93,10 +109,13 @@ impl Domain {
                 Some(_) => {}
                 None => {
                     w.put_user(&User { id: user, display_name: String::new(), deactivated: false, created_at: now })?;
+                    record(w, now, None, &actor, "user.created", &json!({"userID": user, "displayName": ""}))?;
                 }
             }
+            let before = w.member_role(org, user)?;
             w.set_member(org, user, role)?;
-            automate_member(w, org, user, now)
+            events::member_set(w, now, &actor, org, user, before, role)?;
+            automate_member(w, org, user, now, &actor)
         })?;
         Ok(())
     }
@@ -112,11 +131,14 @@ impl Domain {
         let now = self.clock.now();
         self.write(|w| {
             w.org(org)?.ok_or_else(|| org_not_found(org))?;
-            if w.member_role(org, user)?.is_none() {
+            let Some(role) = w.member_role(org, user)? else {
                 return Err(Error::NotFound(format!("user {user} is not a member of organization {org}")));
-            }
+            };
+            let actor = Actor::from(p);
+            let data = json!({"userID": user, "role": role.as_str(), "reason": "request"});
+            record(w, now, Some(org), &actor, "member.removed", &data)?;
             w.remove_member(org, user)?;
-            remove_from_rooms(w, user, Some(org), now)?;
+            remove_from_rooms(w, user, Some(org), now, &actor)?;
             Ok(())
         })?;
         Ok(())
@@ -134,8 +156,22 @@ impl Domain {
         let result = self.write(|w| {
             let existing = w.user(id)?;
             let created = existing.is_none();
-            let user =
-                User { id, display_name, deactivated: false, created_at: existing.map_or(now, |u| u.created_at) };
+            let user = User {
+                id,
+                display_name,
+                deactivated: false,
+                created_at: existing.as_ref().map_or(now, |u| u.created_at),
+            };
+            let (kind, data) = match &existing {
+                None => ("user.created", json!({"userID": id, "displayName": user.display_name})),
+                Some(old) => (
+                    "user.updated",
+                    json!({"userID": id, "displayName": user.display_name, "reactivated": old.deactivated}),
+                ),
+            };
+            if existing.as_ref() != Some(&user) {
+                record(w, now, None, &Actor::from(p), kind, &data)?;
+            }
             w.put_user(&user)?;
             w.push_outbox(&OutboxOp::SyncUser { user_id: id })?;
             Ok((user, created))
@@ -152,15 +188,25 @@ impl Domain {
         Self::require_api(p)?;
         let id = positive("userID", id)?;
         let now = self.clock.now();
+        let actor = Actor::from(p);
         self.write(|w| {
             let mut user = w.user(id)?.ok_or_else(|| no_user(id))?;
+            if !user.deactivated {
+                record(w, now, None, &actor, "user.deactivated", &json!({"userID": id}))?;
+            }
             for mut token in w.tokens_of(id)? {
                 if !token.revoked {
                     token.revoked = true;
                     w.put_token(&token)?;
+                    let data = json!({"userID": id, "tokenID": token.id, "reason": "deactivated"});
+                    record(w, now, None, &actor, "token.revoked", &data)?;
                 }
             }
-            remove_from_rooms(w, id, None, now)?;
+            for (org, role) in w.orgs_of(id)? {
+                let data = json!({"userID": id, "role": role.as_str(), "reason": "deactivated"});
+                record(w, now, Some(org), &actor, "member.removed", &data)?;
+            }
+            remove_from_rooms(w, id, None, now, &actor)?;
             for (org, _) in w.orgs_of(id)? {
                 w.remove_member(org, id)?;
             }
@@ -209,6 +255,11 @@ impl Domain {
                 revoked: false,
             };
             w.put_token(&record)?;
+            let data = json!({
+                "userID": user, "tokenID": record.id, "name": record.name,
+                "expiresAt": record.expires_at.map(crate::model::rfc3339),
+            });
+            events::record(w, now, None, &Actor::from(p), "token.issued", &data)?;
             Ok(record)
         })?;
         Ok(IssuedToken { record: issued, secret })
@@ -233,6 +284,7 @@ impl Domain {
         Self::require_api(p)?;
         let user = positive("userID", user)?;
         let token_id = positive("tokenID", token_id)?;
+        let now = self.clock.now();
         self.write(|w| {
             let mut token = w
                 .tokens_of(user)?
@@ -242,6 +294,8 @@ impl Domain {
             if !token.revoked {
                 token.revoked = true;
                 w.put_token(&token)?;
+                let data = json!({"userID": user, "tokenID": token.id, "reason": "request"});
+                record(w, now, None, &Actor::from(p), "token.revoked", &data)?;
             }
             Ok(())
         })
@@ -259,8 +313,8 @@ impl Domain {
             (Principal::User(_), Some(_)) => {
                 return Err(Error::Forbidden("a personal access token acts for its own user only".into()));
             }
-            (Principal::Api, Some(v)) => positive("user_id", v)?,
-            (Principal::Api, None) => {
+            (Principal::Api(_), Some(v)) => positive("user_id", v)?,
+            (Principal::Api(_), None) => {
                 return Err(Error::Malformed("an API token must name the user: add ?user_id=<id>".into()));
             }
         };

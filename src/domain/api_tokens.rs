@@ -89,7 +89,9 @@ impl Domain {
                 expires_at: None,
                 revoked: false,
             };
-            Ok(w.put_token(&record)?)
+            w.put_token(&record)?;
+            let data = serde_json::json!({"apiTokenID": api_token_id(&hash), "name": FIRST_START_NAME});
+            super::events::record(w, now, None, &crate::model::Actor::System, "token.issued", &data)
         })?;
         Ok(Some(FirstStartToken { secret, id: api_token_id(&hash) }))
     }
@@ -155,6 +157,11 @@ impl Domain {
                 [] => return Err(Error::NotFound(format!("no API token {id}; `token list-api` shows every id"))),
                 _ => return Err(Error::Malformed(format!("{id} names several API tokens; give more hex digits"))),
             };
+            let was_revoked = stored.iter().any(|t| t.hash == hash && t.revoked);
+            if !was_revoked {
+                let data = serde_json::json!({"apiTokenID": api_token_id(&hash), "reason": "request"});
+                super::events::record(w, now, None, &crate::model::Actor::CommandLine, "token.revoked", &data)?;
+            }
             match stored.into_iter().find(|t| t.hash == hash) {
                 Some(mut t) if !t.revoked => {
                     t.revoked = true;

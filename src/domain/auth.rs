@@ -21,9 +21,9 @@ impl Domain {
             let stored = r.token_by_hash(&hash)?.filter(|t| t.kind == TokenKind::Api && hashes_equal(&t.hash, &hash));
             return match stored {
                 Some(t) if t.revoked => Err(Error::Unauthorized("this API token was revoked".into())),
-                _ if listed => Ok(Principal::Api),
+                _ if listed => Ok(Principal::api_token(&hash)),
                 // The first-start token stands in only while the config lists none.
-                Some(_) if self.api_hashes.is_empty() => Ok(Principal::Api),
+                Some(_) if self.api_hashes.is_empty() => Ok(Principal::api_token(&hash)),
                 Some(_) => Err(Error::Unauthorized(
                     "this API token is no longer accepted: auth.api_token_hashes does not list it".into(),
                 )),
@@ -53,7 +53,7 @@ impl Domain {
     /// The caller's role in an organization (`None` for the API token, which needs none).
     pub(crate) fn caller_role(r: &impl Read, p: Principal, org: OrgId) -> Result<Option<OrgRole>, StoreError> {
         match p {
-            Principal::Api => Ok(Some(OrgRole::Owner)),
+            Principal::Api(_) => Ok(Some(OrgRole::Owner)),
             Principal::User(u) => r.member_role(org, u),
         }
     }
@@ -83,7 +83,7 @@ impl Domain {
             return Ok(Some(RoomRole::Admin));
         }
         match p {
-            Principal::Api => Ok(Some(RoomRole::Admin)),
+            Principal::Api(_) => Ok(Some(RoomRole::Admin)),
             Principal::User(u) => Ok(room.role_of(u)),
         }
     }
@@ -91,7 +91,7 @@ impl Domain {
     /// API-token-only operations (administration).
     pub(crate) fn require_api(p: Principal) -> Result<()> {
         match p {
-            Principal::Api => Ok(()),
+            Principal::Api(_) => Ok(()),
             Principal::User(_) => Err(Error::Forbidden("administration needs an API token".into())),
         }
     }
@@ -100,6 +100,6 @@ impl Domain {
 fn not_member(p: Principal, org: OrgId) -> Error {
     match p {
         Principal::User(u) => Error::Forbidden(format!("user {u} is not a member of organization {org}")),
-        Principal::Api => Error::Forbidden(format!("not a member of organization {org}")),
+        Principal::Api(_) => Error::Forbidden(format!("not a member of organization {org}")),
     }
 }

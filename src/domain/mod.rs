@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod api_tokens;
 pub mod auth;
+pub mod events;
 pub mod passwords;
 pub mod rooms;
 pub mod sessions;
@@ -70,10 +71,34 @@ impl Clock for ManualClock {
 /// Who is calling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Principal {
-    /// An API token: may do everything.
-    Api,
+    /// An API token, or the operator's command line: may do everything.
+    /// Which one is kept for the event log's actor.
+    Api(ApiCaller),
     /// A personal access token of this user.
     User(UserId),
+}
+
+/// Who holds the powers of an API token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ApiCaller {
+    /// The API token whose SHA-256 starts with these bytes (its id, as
+    /// `token list-api` shows it: [`api_tokens::api_token_id`]).
+    Token([u8; 6]),
+    /// The operator, through the `messenger-chat` command line on the database.
+    CommandLine,
+}
+
+impl Principal {
+    /// The command line's administration subcommands.
+    pub const COMMAND_LINE: Principal = Principal::Api(ApiCaller::CommandLine);
+
+    /// An API token caller, from its SHA-256.
+    #[must_use]
+    pub fn api_token(hash: &[u8; 32]) -> Principal {
+        let mut id = [0; 6];
+        id.copy_from_slice(&hash[..6]);
+        Principal::Api(ApiCaller::Token(id))
+    }
 }
 
 /// Everything the rules need, shared by all requests.

@@ -2,9 +2,10 @@
 //! Every change commits the room and an outbox entry in one transaction.
 
 use crate::error::{Error, Remedy, Result};
-use crate::model::{OrgId, OrgRole, OutboxOp, Room, RoomId, RoomKind, RoomRole, UserId};
+use crate::model::{Actor, OrgId, OrgRole, OutboxOp, Room, RoomId, RoomKind, RoomRole, UserId};
 use crate::store::{Read, Writer};
 
+use super::events::{self, Cause, Deletion};
 use super::{Domain, Principal, org_not_found, positive};
 
 /// A room as named in a path: the service's number or the Matrix room id.
@@ -278,7 +279,7 @@ impl Domain {
             if room.automation {
                 apply_automation(w, &mut room)?;
             }
-            save(w, &mut room, None, now)?;
+            save(w, &mut room, None, now, &p.into(), Cause::Request)?;
             Ok(room)
         })?;
         Ok(room)
@@ -312,7 +313,7 @@ impl Domain {
             if automation {
                 apply_automation(w, &mut room)?;
             }
-            save(w, &mut room, None, now)?;
+            save(w, &mut room, None, now, &p.into(), Cause::Request)?;
             Ok(room)
         })?;
         Ok(room)
@@ -324,6 +325,7 @@ impl Domain {
     /// 422 bad id, 404 unknown organization or no default room, 403 not an owner/admin.
     pub fn delete_default_room(&self, p: Principal, org: i64) -> Result<()> {
         let org = positive("organizationID", org)?;
+        let now = self.clock.now();
         self.write(|w| {
             Self::require_org(w, org)?;
             Self::require_org_manager(w, p, org)?;
@@ -331,7 +333,7 @@ impl Domain {
                 .default_room_id(org)?
                 .ok_or_else(|| Error::NotFound(format!("organization {org} has no default room")))?;
             let room = w.room(id)?.ok_or_else(|| no_room(&RoomRef::Id(id)))?;
-            remove_room(w, &room)
+            remove_room(w, &room, now, &p.into(), Deletion::Request)
         })?;
         Ok(())
     }
@@ -341,6 +343,7 @@ impl Domain {
     /// # Errors
     /// 404 unknown room, 403 not allowed, 409 for the default room.
     pub fn delete_room(&self, p: Principal, room: &RoomRef) -> Result<()> {
+        let now = self.clock.now();
         self.write(|w| {
             let room = Self::resolve_room(w, room)?;
             require_room_admin(w, p, &room)?;
@@ -351,7 +354,7 @@ impl Domain {
                 ))
                 .with_remedy(Remedy::RemoveDefaultRoom(room.org_id)));
             }
-            remove_room(w, &room)
+            remove_room(w, &room, now, &p.into(), Deletion::Request)
         })?;
         Ok(())
     }
@@ -413,7 +416,8 @@ impl Domain {
                     apply_automation(w, &mut room)?;
                 }
             }
-            save(w, &mut room, Some(&old), now)?;
+            // Only automation changes members here.
+            save(w, &mut room, Some(&old), now, &p.into(), Cause::Automation)?;
             Ok(room)
         })?;
         Ok(room)
@@ -426,6 +430,15 @@ impl Domain {
     /// # Errors
     /// 404 unknown room, 403 not a member or not entitled to the room.
     pub fn claim(&self, user: UserId, room: &RoomRef) -> Result<Room> {
+        self.claim_as(Principal::User(user), user, room)
+    }
+
+    /// [`Domain::claim`] for `user`, as `p` asked it (the user's own PAT, or
+    /// an API token acting for them): the event log names `p`.
+    ///
+    /// # Errors
+    /// As [`Domain::claim`].
+    pub fn claim_as(&self, p: Principal, user: UserId, room: &RoomRef) -> Result<Room> {
         let user = positive("user_id", user)?;
         let now = self.clock.now();
         let room = self.write(|w| {
@@ -450,7 +463,7 @@ impl Domain {
             if room == old {
                 return Ok(room);
             }
-            save(w, &mut room, Some(&old), now)?;
+            save(w, &mut room, Some(&old), now, &p.into(), Cause::Request)?;
             Ok(room)
         })?;
         Ok(room)
@@ -528,7 +541,7 @@ impl Domain {
                 w.put_room(&room, Some(&old))?;
                 return Ok(room);
             }
-            save(w, &mut room, Some(&old), now)?;
+            save(w, &mut room, Some(&old), now, &p.into(), Cause::Request)?;
             Ok(room)
         })?;
         Ok(room)
@@ -584,7 +597,7 @@ impl Domain {
                     continue;
                 }
                 tracing::info!(room = room.id, organization = room.org_id, "scheduled deletion");
-                remove_room(w, &room)?;
+                remove_room(w, &room, now, &Actor::System, Deletion::Schedule)?;
                 deleted += 1;
             }
             Ok(deleted)
@@ -669,17 +682,26 @@ pub(crate) fn blank_room(id: RoomId, org: OrgId, now: i64) -> Room {
     }
 }
 
-/// Writes a changed room with a new generation and queues its sync.
-pub(crate) fn save(w: &mut Writer, room: &mut Room, old: Option<&Room>, now: i64) -> Result<()> {
+/// Writes a changed room with a new generation, queues its sync and records
+/// what changed in the event log, by `actor`; members changed for `cause`.
+pub(crate) fn save(
+    w: &mut Writer,
+    room: &mut Room,
+    old: Option<&Room>,
+    now: i64,
+    actor: &Actor,
+    cause: Cause,
+) -> Result<()> {
     room.generation += 1;
     room.updated_at = now;
     w.put_room(room, old)?;
     w.push_outbox(&OutboxOp::SyncRoom { room_id: room.id })?;
-    Ok(())
+    events::room_saved(w, now, actor, old, room, cause)
 }
 
-/// Deletes a stored room and queues the removal of its Matrix room.
-pub(crate) fn remove_room(w: &mut Writer, room: &Room) -> Result<()> {
+/// Deletes a stored room, queues the removal of its Matrix room and records it.
+pub(crate) fn remove_room(w: &mut Writer, room: &Room, now: i64, actor: &Actor, why: Deletion) -> Result<()> {
+    events::room_deleted(w, now, actor, room, why)?;
     w.delete_room(room)?;
     w.push_outbox(&OutboxOp::DeleteRoom { room_id: room.id, matrix_room_id: room.matrix_room_id.clone() })?;
     Ok(())
@@ -783,7 +805,7 @@ fn merged(a: &[UserId], b: impl Iterator<Item = UserId>) -> Vec<UserId> {
 /// rooms: joins them, raises an owner/admin to room admin, drops a demoted
 /// one to assignedUsers where automation gave the admin role. Reads only the
 /// automated rooms (their own index), not every room of the organization.
-pub(crate) fn automate_member(w: &mut Writer, org: OrgId, user: UserId, now: i64) -> Result<bool> {
+pub(crate) fn automate_member(w: &mut Writer, org: OrgId, user: UserId, now: i64, actor: &Actor) -> Result<bool> {
     let mut changed = false;
     let Some(role) = w.member_role(org, user)? else { return Ok(false) };
     for id in w.automated_room_ids(org)? {
@@ -791,14 +813,21 @@ pub(crate) fn automate_member(w: &mut Writer, org: OrgId, user: UserId, now: i64
         let Some(to) = automation_change(&old, user, role).filter(|_| old.automation) else { continue };
         let mut room = old.clone();
         room.set_role_by(user, to, true);
-        save(w, &mut room, Some(&old), now)?;
+        save(w, &mut room, Some(&old), now, actor, Cause::Automation)?;
         changed = true;
     }
     Ok(changed)
 }
 
-/// Takes a user out of rooms: those of one organization, or all.
-pub(crate) fn remove_from_rooms(w: &mut Writer, user: UserId, org: Option<OrgId>, now: i64) -> Result<bool> {
+/// Takes a user out of rooms: those of one organization, or all. The rule
+/// does it, not a request naming the room: the cause is automation.
+pub(crate) fn remove_from_rooms(
+    w: &mut Writer,
+    user: UserId,
+    org: Option<OrgId>,
+    now: i64,
+    actor: &Actor,
+) -> Result<bool> {
     let mut changed = false;
     for id in w.user_room_ids(user)? {
         let Some(old) = w.room(id)? else { continue };
@@ -807,7 +836,7 @@ pub(crate) fn remove_from_rooms(w: &mut Writer, user: UserId, org: Option<OrgId>
         }
         let mut room = old.clone();
         if room.remove_user(user) {
-            save(w, &mut room, Some(&old), now)?;
+            save(w, &mut room, Some(&old), now, actor, Cause::Automation)?;
             changed = true;
         }
     }

@@ -12,12 +12,15 @@ use crate::config::Config;
 use crate::error::{Error, Remedy};
 use crate::homeserver::Homeserver;
 use crate::homeserver::fake::FakeHomeserver;
-use crate::model::{OrgRole, RoomId, RoomRole};
+use crate::model::{Actor, OrgRole, RoomId, RoomRole};
 use crate::secrets::ServerKey;
 use crate::store::{Read, Store};
 
 /// 2026-01-01T00:00:00Z.
 const T0: i64 = 1_767_225_600;
+
+/// An API token caller: the token whose id is `0a0b0c0d0e0f`.
+const API: Principal = Principal::Api(super::ApiCaller::Token([10, 11, 12, 13, 14, 15]));
 
 struct World {
     _dir: tempfile::TempDir,
@@ -42,9 +45,9 @@ fn world() -> World {
     config.security.argon2_iterations = 1;
     let clock = Arc::new(ManualClock::new(T0));
     let d = Arc::new(Domain::new(store, Arc::new(config), ServerKey::from_bytes([3; 32]), clock.clone()).unwrap());
-    d.put_org(Principal::Api, 1, "Acme").unwrap();
+    d.put_org(API, 1, "Acme").unwrap();
     for u in OWNER..=OUTSIDER {
-        d.put_user(Principal::Api, u, &format!("User {u}")).unwrap();
+        d.put_user(API, u, &format!("User {u}")).unwrap();
     }
     for (u, role) in [
         (OWNER, OrgRole::Owner),
@@ -54,7 +57,7 @@ fn world() -> World {
         (LISTED, OrgRole::Member),
         (UNLISTED, OrgRole::Member),
     ] {
-        d.set_member(Principal::Api, 1, u, role).unwrap();
+        d.set_member(API, 1, u, role).unwrap();
     }
     World { _dir: dir, d, clock }
 }
@@ -68,7 +71,7 @@ impl World {
             users: UserLists { admins: vec![ROOM_ADMIN], moderators: vec![MODERATOR], assigned: vec![LISTED] },
             ..NewRoom::default()
         };
-        self.d.create_room(Principal::Api, spec).unwrap().id
+        self.d.create_room(API, spec).unwrap().id
     }
 
     fn stored(&self, id: RoomId) -> crate::model::Room {
@@ -79,7 +82,7 @@ impl World {
 /// The callers of the role table, as (name, principal).
 fn callers() -> Vec<(&'static str, Principal)> {
     vec![
-        ("API token", Principal::Api),
+        ("API token", API),
         ("org owner", Principal::User(OWNER)),
         ("org admin", Principal::User(ADMIN)),
         ("room admin", Principal::User(ROOM_ADMIN)),
@@ -120,7 +123,7 @@ fn the_role_table() {
             allowed("create default", "", w.d.create_default_room(p, 1, false, None))
         }),
         ("remove the default room", [true, true, true, false, false, false, false, false], |w, p| {
-            w.d.create_default_room(Principal::Api, 1, false, None).unwrap();
+            w.d.create_default_room(API, 1, false, None).unwrap();
             allowed("remove default", "", w.d.delete_default_room(p, 1))
         }),
         ("update a custom room", [true, true, true, true, false, false, false, false], |w, p| {
@@ -156,15 +159,15 @@ fn the_role_table() {
         ("claim a custom room", [true, false, false, true, true, true, false, false], |w, p| {
             let id = w.room();
             let user = match p {
-                Principal::Api => LISTED,
+                Principal::Api(_) => LISTED,
                 Principal::User(u) => u,
             };
             allowed("claim", "", w.d.claim(user, &RoomRef::Id(id)))
         }),
         ("claim the default room", [true, true, true, true, true, true, true, false], |w, p| {
-            let id = w.d.create_default_room(Principal::Api, 1, false, None).unwrap().id;
+            let id = w.d.create_default_room(API, 1, false, None).unwrap().id;
             let user = match p {
-                Principal::Api => UNLISTED,
+                Principal::Api(_) => UNLISTED,
                 Principal::User(u) => u,
             };
             allowed("claim default", "", w.d.claim(user, &RoomRef::Id(id)))
@@ -184,23 +187,23 @@ fn the_role_table() {
 #[test]
 fn the_default_room_rules() {
     let w = world();
-    let id = w.d.create_default_room(Principal::Api, 1, false, None).unwrap().id;
+    let id = w.d.create_default_room(API, 1, false, None).unwrap().id;
     let at = RoomRef::Id(id);
-    w.d.add_users(Principal::Api, &at, &UserLists { admins: vec![ROOM_ADMIN], ..UserLists::default() }).unwrap();
+    w.d.add_users(API, &at, &UserLists { admins: vec![ROOM_ADMIN], ..UserLists::default() }).unwrap();
     let rename = || RoomPatch { name: Some("Ours".into()), ..RoomPatch::default() };
     assert!(matches!(w.d.update_room(Principal::User(ROOM_ADMIN), &at, rename()), Err(Error::Forbidden(_))));
     let lists = UserLists { assigned: vec![UNLISTED], ..UserLists::default() };
     w.d.add_users(Principal::User(ROOM_ADMIN), &at, &lists).expect("a room admin manages its users");
     w.d.update_room(Principal::User(ADMIN), &at, rename()).expect("an org admin changes it");
-    for p in [Principal::Api, Principal::User(OWNER)] {
+    for p in [API, Principal::User(OWNER)] {
         let deletion = RoomPatch { scheduled_deletion: Some(Some(T0 + 60)), ..RoomPatch::default() };
         let e = w.d.update_room(p, &at, deletion).unwrap_err();
         assert!(matches!(e.kind(), Error::Conflict(_)), "{e:?}");
         assert_eq!(e.remedy(), Some(Remedy::RemoveDefaultRoom(1)));
     }
-    let e = w.d.delete_room(Principal::Api, &at).unwrap_err();
+    let e = w.d.delete_room(API, &at).unwrap_err();
     assert!(matches!(e.kind(), Error::Conflict(_)) && e.remedy() == Some(Remedy::RemoveDefaultRoom(1)), "{e:?}");
-    let e = w.d.create_default_room(Principal::Api, 1, false, None).unwrap_err();
+    let e = w.d.create_default_room(API, 1, false, None).unwrap_err();
     assert!(matches!(e, Error::Conflict(_)), "one default room: {e:?}");
     w.d.delete_default_room(Principal::User(OWNER), 1).unwrap();
     assert!(w.d.store.read().unwrap().room(id).unwrap().is_none());
@@ -225,17 +228,17 @@ fn automation_and_demotion() {
     assert_eq!(room.moderators, vec![LISTED], "an explicit role stays");
     assert_eq!(room.assigned, vec![ROOM_ADMIN, MODERATOR, UNLISTED], "every other member joins");
     // The owner created it (explicit admin); the admin's role is automation's.
-    w.d.set_member(Principal::Api, 1, ADMIN, OrgRole::Member).unwrap();
-    w.d.set_member(Principal::Api, 1, OWNER, OrgRole::Member).unwrap();
+    w.d.set_member(API, 1, ADMIN, OrgRole::Member).unwrap();
+    w.d.set_member(API, 1, OWNER, OrgRole::Member).unwrap();
     let room = w.stored(id);
     assert_eq!(room.role_of(ADMIN), Some(RoomRole::Assigned), "the demoted admin drops");
     assert_eq!(room.role_of(OWNER), Some(RoomRole::Admin), "the creator's role is explicit");
-    w.d.set_member(Principal::Api, 1, ADMIN, OrgRole::Admin).unwrap();
+    w.d.set_member(API, 1, ADMIN, OrgRole::Admin).unwrap();
     assert_eq!(w.stored(id).role_of(ADMIN), Some(RoomRole::Admin), "and rises again when promoted");
     // A new member joins; a removed one leaves.
-    w.d.set_member(Principal::Api, 1, OUTSIDER, OrgRole::Member).unwrap();
+    w.d.set_member(API, 1, OUTSIDER, OrgRole::Member).unwrap();
     assert_eq!(w.stored(id).role_of(OUTSIDER), Some(RoomRole::Assigned));
-    w.d.remove_member(Principal::Api, 1, LISTED).unwrap();
+    w.d.remove_member(API, 1, LISTED).unwrap();
     assert_eq!(w.stored(id).role_of(LISTED), None, "removed from the organization: out of its rooms");
 }
 
@@ -246,7 +249,7 @@ fn scheduled_deletion_by_moving_the_clock() {
     let w = world();
     let in_an_hour = RoomPatch { scheduled_deletion: Some(Some(T0 + 3600)), ..RoomPatch::default() };
     let id = w.room();
-    w.d.update_room(Principal::Api, &RoomRef::Id(id), in_an_hour).unwrap();
+    w.d.update_room(API, &RoomRef::Id(id), in_an_hour).unwrap();
     let other = w.room();
     assert_eq!(w.d.delete_due_rooms().unwrap(), 0);
     w.clock.advance(3599);
@@ -256,7 +259,7 @@ fn scheduled_deletion_by_moving_the_clock() {
     assert!(w.d.store.read().unwrap().room(id).unwrap().is_none(), "deleted when due");
     assert!(w.d.store.read().unwrap().room(other).unwrap().is_some(), "the other room stays");
     let past = RoomPatch { scheduled_deletion: Some(Some(T0)), ..RoomPatch::default() };
-    let e = w.d.update_room(Principal::Api, &RoomRef::Id(other), past).unwrap_err();
+    let e = w.d.update_room(API, &RoomRef::Id(other), past).unwrap_err();
     assert!(matches!(&e, Error::Invalid { field, .. } if field == "scheduledDeletion"), "{e:?}");
 }
 
@@ -265,7 +268,7 @@ fn scheduled_deletion_by_moving_the_clock() {
 #[test]
 fn the_timer_keeps_a_default_room() {
     let w = world();
-    let id = w.d.create_default_room(Principal::Api, 1, false, None).unwrap().id;
+    let id = w.d.create_default_room(API, 1, false, None).unwrap().id;
     let room = w.stored(id);
     let mut scheduled = room.clone();
     scheduled.scheduled_deletion = Some(T0 + 60);
@@ -283,15 +286,15 @@ fn the_timer_keeps_a_default_room() {
 #[test]
 fn token_expiry_by_moving_the_clock() {
     let w = world();
-    let issued = w.d.issue_token(Principal::Api, LISTED, Some("phone"), Some(2)).unwrap();
+    let issued = w.d.issue_token(API, LISTED, Some("phone"), Some(2)).unwrap();
     let who = || w.d.authenticate(&w.d.store.read().unwrap(), &issued.secret);
     assert_eq!(who().unwrap(), Principal::User(LISTED));
     w.clock.advance(2 * 86_400 - 1);
     assert_eq!(who().unwrap(), Principal::User(LISTED), "a second before its expiry");
     w.clock.advance(1);
     assert!(matches!(who(), Err(Error::Unauthorized(m)) if m.contains("expired")));
-    let fresh = w.d.issue_token(Principal::Api, LISTED, None, None).unwrap();
-    w.d.revoke_token(Principal::Api, LISTED, i64::try_from(fresh.record.id).unwrap()).unwrap();
+    let fresh = w.d.issue_token(API, LISTED, None, None).unwrap();
+    w.d.revoke_token(API, LISTED, i64::try_from(fresh.record.id).unwrap()).unwrap();
     let e = w.d.authenticate(&w.d.store.read().unwrap(), &fresh.secret).unwrap_err();
     assert!(matches!(e, Error::Unauthorized(m) if m.contains("revoked")));
 }
@@ -300,11 +303,11 @@ fn token_expiry_by_moving_the_clock() {
 #[test]
 fn remedies_speak_to_each_front_end() {
     let w = world();
-    let e = w.d.set_member(Principal::Api, 9, 1, OrgRole::Member).unwrap_err();
+    let e = w.d.set_member(API, 9, 1, OrgRole::Member).unwrap_err();
     assert_eq!(e.to_string(), "no organization 9");
     assert_eq!(e.for_cli(), "no organization 9: create it with `messenger-chat org put 9 --name <name>`");
-    w.d.deactivate_user(Principal::Api, UNLISTED).unwrap();
-    let e = w.d.set_member(Principal::Api, 1, UNLISTED, OrgRole::Member).unwrap_err();
+    w.d.deactivate_user(API, UNLISTED).unwrap();
+    let e = w.d.set_member(API, 1, UNLISTED, OrgRole::Member).unwrap_err();
     assert!(e.for_cli().contains("messenger-chat user put 6"), "{}", e.for_cli());
     assert!(!e.for_cli().contains("/v1/"), "no HTTP in a shell user's message: {}", e.for_cli());
 }
@@ -347,4 +350,227 @@ async fn login_through_the_session_service() {
     assert!(matches!(none.login(LISTED, None, None, None).await, Err(Error::Unavailable(_))));
     let creds = none.credentials(LISTED).await.expect("credentials need no homeserver");
     assert_eq!(creds.password, sessions.credentials(LISTED).await.unwrap().password, "stable across calls");
+}
+
+/// The whole event log, oldest first, as (type, organization, actor, data).
+fn log_after(w: &World, after: u64) -> Vec<crate::model::Event> {
+    w.d.store.read().unwrap().events_after(None, after, usize::MAX).unwrap()
+}
+
+fn last_event(w: &World) -> u64 {
+    w.d.store.read().unwrap().last_event_id().unwrap()
+}
+
+/// What a stretch of the log says: (type, organization, actor), in order.
+fn kinds(events: &[crate::model::Event]) -> Vec<(&str, Option<i64>, Actor)> {
+    events.iter().map(|e| (e.kind.as_str(), e.org_id, e.actor.clone())).collect()
+}
+
+fn data(e: &crate::model::Event) -> serde_json::Value {
+    serde_json::from_str(&e.data).unwrap()
+}
+
+/// The actor of [`API`] in the log: the id of the token.
+fn api_actor() -> Actor {
+    Actor::ApiToken("0a0b0c0d0e0f".into())
+}
+
+/// Every event type, produced by the action that should produce it, with
+/// the actor that did it, in the order of the changes.
+#[test]
+fn every_change_is_in_the_event_log_with_its_actor() {
+    let w = world();
+    // The world's own making: the organization, the users, the members.
+    let made = log_after(&w, 0);
+    assert_eq!(
+        kinds(&made[..2]),
+        vec![("organization.created", Some(1), api_actor()), ("user.created", None, api_actor())]
+    );
+    assert_eq!(made.iter().filter(|e| e.kind == "member.added").count(), 6);
+    assert!(made.windows(2).all(|p| p[0].id < p[1].id && p[0].time <= p[1].time), "ascending ids");
+    assert!(made.iter().all(|e| e.time == T0), "times from the pinned clock");
+
+    // Rooms: created by an owner's PAT, renamed by the API token, users
+    // added by a room admin, one removed, a claim.
+    let mut at = last_event(&w);
+    let spec = NewRoom {
+        org_id: 1,
+        name: Some("Board".into()),
+        users: UserLists { admins: vec![ROOM_ADMIN], assigned: vec![LISTED, MODERATOR], ..UserLists::default() },
+        ..NewRoom::default()
+    };
+    let id = w.d.create_room(Principal::User(OWNER), spec).unwrap().id;
+    let room = RoomRef::Id(id);
+    w.clock.advance(10);
+    w.d.update_room(API, &room, RoomPatch { name: Some("Board 2".into()), ..RoomPatch::default() }).unwrap();
+    let lists = UserLists { moderators: vec![MODERATOR], assigned: vec![UNLISTED], ..UserLists::default() };
+    w.d.add_users(Principal::User(ROOM_ADMIN), &room, &lists).unwrap();
+    let gone = UserLists { assigned: vec![UNLISTED], ..UserLists::default() };
+    w.d.remove_users(Principal::User(ROOM_ADMIN), &room, &gone).unwrap();
+    w.d.claim(LISTED, &room).unwrap();
+    w.d.claim_as(API, UNLISTED, &RoomRef::Id(w.d.create_default_room(API, 1, true, None).unwrap().id)).unwrap();
+    let step = log_after(&w, at);
+    let owner = Actor::User(OWNER);
+    assert_eq!(
+        kinds(&step),
+        vec![
+            ("room.created", Some(1), owner.clone()),
+            ("room.updated", Some(1), api_actor()),
+            ("room.members_changed", Some(1), Actor::User(ROOM_ADMIN)),
+            ("room.members_changed", Some(1), Actor::User(ROOM_ADMIN)),
+            ("room.claimed", Some(1), Actor::User(LISTED)),
+            ("room.created", Some(1), api_actor()),
+            ("room.claimed", Some(1), api_actor()),
+        ]
+    );
+    assert_eq!(data(&step[0])["room"]["admins"], serde_json::json!([OWNER, ROOM_ADMIN]), "the room as created");
+    assert_eq!(data(&step[1])["changed"], serde_json::json!({"name": "Board 2"}));
+    assert_eq!(step[1].time, T0 + 10);
+    assert_eq!(
+        data(&step[2]),
+        serde_json::json!({
+            "roomID": id, "by": "request",
+            "added": [{"userID": UNLISTED, "role": "assignedUser"}], "removed": [],
+            "promoted": [{"userID": MODERATOR, "from": "assignedUser", "to": "moderator"}], "demoted": [],
+        })
+    );
+    assert_eq!(data(&step[3])["removed"], serde_json::json!([UNLISTED]));
+    assert_eq!(data(&step[4]), serde_json::json!({"roomID": id, "userID": LISTED}));
+    assert_eq!(data(&step[6])["userID"], serde_json::json!(UNLISTED), "an API token claiming for a user");
+
+    // Organization roles: a demotion moves the automated default room by automation.
+    at = last_event(&w);
+    w.d.set_member(API, 1, ADMIN, OrgRole::Member).unwrap();
+    let step = log_after(&w, at);
+    assert_eq!(
+        kinds(&step),
+        vec![("member.role_changed", Some(1), api_actor()), ("room.members_changed", Some(1), api_actor()),]
+    );
+    assert_eq!(data(&step[0]), serde_json::json!({"userID": ADMIN, "from": "admin", "to": "member"}));
+    assert_eq!(data(&step[1])["by"], "automation");
+    assert_eq!(
+        data(&step[1])["demoted"],
+        serde_json::json!([{"userID": ADMIN, "from": "admin", "to": "assignedUser"}])
+    );
+
+    // Tokens: issued and revoked, never the secret.
+    at = last_event(&w);
+    let issued = w.d.issue_token(API, LISTED, Some("phone"), Some(2)).unwrap();
+    w.d.revoke_token(API, LISTED, i64::try_from(issued.record.id).unwrap()).unwrap();
+    let step = log_after(&w, at);
+    assert_eq!(kinds(&step), vec![("token.issued", None, api_actor()), ("token.revoked", None, api_actor())]);
+    assert_eq!(data(&step[0])["tokenID"], serde_json::json!(issued.record.id));
+    assert!(step.iter().all(|e| !e.data.contains(&issued.secret)), "no secret in the log");
+
+    // A member removed, a user deactivated: they leave the rooms by automation.
+    at = last_event(&w);
+    w.d.remove_member(API, 1, UNLISTED).unwrap();
+    w.d.issue_token(API, MODERATOR, None, None).unwrap();
+    w.d.deactivate_user(API, MODERATOR).unwrap();
+    let step = log_after(&w, at);
+    assert_eq!(
+        kinds(&step),
+        vec![
+            ("member.removed", Some(1), api_actor()),
+            ("room.members_changed", Some(1), api_actor()),
+            ("token.issued", None, api_actor()),
+            ("user.deactivated", None, api_actor()),
+            ("token.revoked", None, api_actor()),
+            ("member.removed", Some(1), api_actor()),
+            ("room.members_changed", Some(1), api_actor()),
+            ("room.members_changed", Some(1), api_actor()),
+        ]
+    );
+    assert_eq!(data(&step[1])["removed"], serde_json::json!([UNLISTED]), "out of the default room it claimed");
+    assert_eq!(data(&step[5])["reason"], "deactivated");
+    assert_eq!(data(&step[6])["removed"], serde_json::json!([MODERATOR]));
+
+    // Deletions: by request, by schedule (the system), with the organization.
+    at = last_event(&w);
+    let doomed = w.room();
+    let in_an_hour = RoomPatch { scheduled_deletion: Some(Some(T0 + 3600)), ..RoomPatch::default() };
+    w.d.update_room(Principal::User(ROOM_ADMIN), &RoomRef::Id(doomed), in_an_hour).unwrap();
+    w.clock.advance(3600);
+    assert_eq!(w.d.delete_due_rooms().unwrap(), 1);
+    w.d.delete_room(Principal::User(OWNER), &room).unwrap();
+    w.d.put_org(API, 1, "Acme 2").unwrap();
+    w.d.delete_org(API, 1).unwrap();
+    let step = log_after(&w, at);
+    assert_eq!(
+        kinds(&step),
+        vec![
+            ("room.created", Some(1), api_actor()),
+            ("room.updated", Some(1), Actor::User(ROOM_ADMIN)),
+            ("room.deleted", Some(1), Actor::System),
+            ("room.deleted", Some(1), owner),
+            ("organization.renamed", Some(1), api_actor()),
+            ("organization.deleted", Some(1), api_actor()),
+            ("room.deleted", Some(1), api_actor()),
+        ]
+    );
+    let reasons: Vec<_> = [2, 3, 6].iter().map(|&i| data(&step[i])["reason"].clone()).collect();
+    assert_eq!(reasons, ["schedule", "request", "organizationDeleted"]);
+    assert_eq!(data(&step[4]), serde_json::json!({"name": "Acme 2", "previousName": "Acme"}));
+}
+
+/// Pages of one organization, cursors and who may read them.
+#[test]
+fn the_log_is_read_a_page_after_a_cursor() {
+    let w = world();
+    w.d.put_org(API, 2, "Beta").unwrap();
+    w.d.set_member(API, 2, OUTSIDER, OrgRole::Owner).unwrap();
+    let r = w.d.store.read().unwrap();
+    let all = w.d.events(&r, API, None, 0, 1000).unwrap();
+    assert_eq!(all.events.len(), 16, "1 organization, 7 users, 6 members, then another organization and its owner");
+    let of_1 = w.d.events(&r, Principal::User(OWNER), Some(1), 0, 1000).unwrap();
+    assert!(of_1.events.iter().all(|e| e.org_id == Some(1)));
+    assert_eq!(of_1.events.len(), 7);
+    // Two at a time, each page after the last one's cursor.
+    let first = w.d.events(&r, Principal::User(ADMIN), Some(1), 0, 2).unwrap();
+    let second = w.d.events(&r, Principal::User(ADMIN), Some(1), first.next, 2).unwrap();
+    let ids: Vec<u64> = first.events.iter().chain(&second.events).map(|e| e.id).collect();
+    assert_eq!(ids, of_1.events[..4].iter().map(|e| e.id).collect::<Vec<_>>());
+    let end = w.d.events(&r, API, Some(1), of_1.next, 10).unwrap();
+    assert_eq!((end.events.len(), end.next), (0, of_1.next), "nothing after the last: the same cursor");
+
+    // Plain members and outsiders may not; a PAT names its organization.
+    for p in [Principal::User(LISTED), Principal::User(OUTSIDER)] {
+        assert!(matches!(w.d.events(&r, p, Some(1), 0, 10), Err(Error::Forbidden(_))), "{p:?}");
+    }
+    assert!(matches!(w.d.events(&r, Principal::User(OWNER), None, 0, 10), Err(Error::Malformed(_))));
+    // A cursor from the future, and one of another organization.
+    let last = all.next;
+    let e = w.d.events(&r, API, Some(1), last + 1, 10).unwrap_err();
+    assert!(matches!(&e, Error::Malformed(m) if m.contains("beyond the last event")), "{e:?}");
+    let e = w.d.events(&r, Principal::User(OWNER), Some(1), last, 10).unwrap_err();
+    assert!(matches!(&e, Error::Forbidden(m) if m.contains("organization 1")), "{e:?}");
+    assert!(matches!(w.d.events(&r, API, Some(9), 0, 10), Err(Error::Remedied { .. })), "unknown organization: 404");
+}
+
+/// Retention: events older than `events.retention_days` go, by the clock,
+/// a bounded batch at a time; ids go on from where they were.
+#[test]
+fn old_events_are_pruned_by_the_clock() {
+    let w = world();
+    let before = log_after(&w, 0);
+    assert_eq!(w.d.prune_events().unwrap(), 0, "nothing is 90 days old");
+    w.clock.advance(90 * 86_400);
+    w.d.put_org(API, 2, "Beta").unwrap();
+    assert_eq!(w.d.prune_events().unwrap(), 0, "90 days old is not older than 90 days");
+    w.clock.advance(1);
+    assert_eq!(w.d.prune_events().unwrap(), before.len(), "the world's events, 90 days old");
+    let left = log_after(&w, 0);
+    assert_eq!(kinds(&left), vec![("organization.created", Some(2), api_actor())]);
+    assert!(w.d.store.read().unwrap().events_after(Some(1), 0, 100).unwrap().is_empty(), "the index follows");
+    w.d.put_org(API, 3, "Gamma").unwrap();
+    assert_eq!(log_after(&w, 0).last().unwrap().id, left[0].id + 1, "ids never reused");
+
+    // A batch at a time: more than one batch is due.
+    for i in 0..crate::domain::events::PRUNE_BATCH + 5 {
+        w.d.put_org(API, 10 + i64::try_from(i).unwrap(), "Many").unwrap();
+    }
+    w.clock.advance(91 * 86_400);
+    assert_eq!(w.d.prune_events().unwrap(), crate::domain::events::PRUNE_BATCH);
+    assert_eq!(w.d.prune_events().unwrap(), 7);
+    assert_eq!(w.d.prune_events().unwrap(), 0);
 }

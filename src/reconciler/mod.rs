@@ -398,6 +398,7 @@ impl Reconciler {
                 let mut room = old.clone();
                 room.sync_error = Some(message.clone());
                 w.put_room(&room, Some(&old))?;
+                crate::domain::events::room_sync_failed(w, self.domain.clock.now(), &room, &message)?;
             }
             Ok::<_, StoreError>(())
         });

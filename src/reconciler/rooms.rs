@@ -92,6 +92,7 @@ impl Reconciler {
                 done.synced_generation = generation;
                 done.sync_error = None;
                 w.put_room(&done, Some(&old))?;
+                crate::domain::events::room_ready(w, self.domain.clock.now(), &done)?;
             }
             Ok::<_, StoreError>(())
         })?;

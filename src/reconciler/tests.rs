@@ -63,10 +63,10 @@ impl World {
     /// Organization 1 with users 1 (owner), 2 and 3 (members).
     fn org(&self) {
         let d = &self.domain;
-        d.put_org(Principal::Api, 1, "Acme").unwrap();
+        d.put_org(Principal::COMMAND_LINE, 1, "Acme").unwrap();
         for (u, role) in [(1, OrgRole::Owner), (2, OrgRole::Member), (3, OrgRole::Member)] {
-            d.put_user(Principal::Api, u, &format!("User {u}")).unwrap();
-            d.set_member(Principal::Api, 1, u, role).unwrap();
+            d.put_user(Principal::COMMAND_LINE, u, &format!("User {u}")).unwrap();
+            d.set_member(Principal::COMMAND_LINE, 1, u, role).unwrap();
         }
     }
 
@@ -79,7 +79,7 @@ impl World {
             users: UserLists { admins: vec![1], moderators: vec![2], assigned: vec![3] },
             ..NewRoom::default()
         };
-        self.domain.create_room(Principal::Api, spec).unwrap().id
+        self.domain.create_room(Principal::COMMAND_LINE, spec).unwrap().id
     }
 
     fn reconciler(&self) -> Reconciler {
@@ -167,14 +167,14 @@ async fn each_step_failing_once_is_retried() {
                 avatar: Some(png),
                 ..NewRoom::default()
             };
-            let id = w.domain.create_room(Principal::Api, spec).unwrap().id;
+            let id = w.domain.create_room(Principal::COMMAND_LINE, spec).unwrap().id;
             w.domain.claim(3, &crate::domain::rooms::RoomRef::Id(id)).unwrap();
             w.fake.fail(op, 1, error.clone());
             w.settle().await;
             // A change afterwards goes through update_room.
             w.domain
                 .update_room(
-                    Principal::Api,
+                    Principal::COMMAND_LINE,
                     &crate::domain::rooms::RoomRef::Id(id),
                     crate::domain::rooms::RoomPatch { name: Some("Board 2".into()), ..Default::default() },
                 )
@@ -260,9 +260,9 @@ async fn a_rate_limit_is_waited_out_as_asked() {
 async fn one_failing_organization_does_not_hold_up_others() {
     let w = World::new();
     w.org();
-    w.domain.put_org(Principal::Api, 2, "Beta").unwrap();
-    w.domain.put_user(Principal::Api, 9, "Nine").unwrap();
-    w.domain.set_member(Principal::Api, 2, 9, OrgRole::Owner).unwrap();
+    w.domain.put_org(Principal::COMMAND_LINE, 2, "Beta").unwrap();
+    w.domain.put_user(Principal::COMMAND_LINE, 9, "Nine").unwrap();
+    w.domain.set_member(Principal::COMMAND_LINE, 2, 9, OrgRole::Owner).unwrap();
     let failing = w.room(1, "Board");
     let spec = NewRoom {
         org_id: 2,
@@ -270,7 +270,7 @@ async fn one_failing_organization_does_not_hold_up_others() {
         users: UserLists { admins: vec![9], ..UserLists::default() },
         ..NewRoom::default()
     };
-    let other = w.domain.create_room(Principal::Api, spec).unwrap().id;
+    let other = w.domain.create_room(Principal::COMMAND_LINE, spec).unwrap().id;
     // The first room's creation, first in the outbox, fails ten times.
     let error = HomeserverError::Failing("homeserver error 500 for this room".into());
     w.fake.fail_about(Op::CreateRoom, &failing.to_string(), 10, error);
@@ -302,7 +302,7 @@ async fn a_deletion_is_followed_to_completion_across_restarts() {
     w.settle().await;
     let mx = w.stored(id).matrix_room_id.clone();
     w.fake.set_deletion_polls(30);
-    w.domain.delete_room(Principal::Api, &crate::domain::rooms::RoomRef::Id(id)).unwrap();
+    w.domain.delete_room(Principal::COMMAND_LINE, &crate::domain::rooms::RoomRef::Id(id)).unwrap();
     let first = tokio::spawn(w.reconciler().run());
     while w.fake.calls_of(Op::DeletionProgress).len() < 3 {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -327,7 +327,7 @@ async fn a_lost_deletion_is_started_again() {
     let id = w.room(1, "Doomed");
     w.settle().await;
     w.fake.set_deletion_polls(30);
-    w.domain.delete_room(Principal::Api, &crate::domain::rooms::RoomRef::Id(id)).unwrap();
+    w.domain.delete_room(Principal::COMMAND_LINE, &crate::domain::rooms::RoomRef::Id(id)).unwrap();
     let first = tokio::spawn(w.reconciler().run());
     while w.fake.calls_of(Op::DeletionProgress).is_empty() {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -350,7 +350,7 @@ async fn a_long_deletion_does_not_hold_up_other_rooms() {
     let doomed = w.room(1, "Doomed");
     w.settle().await;
     w.fake.set_deletion_polls(1000);
-    w.domain.delete_room(Principal::Api, &crate::domain::rooms::RoomRef::Id(doomed)).unwrap();
+    w.domain.delete_room(Principal::COMMAND_LINE, &crate::domain::rooms::RoomRef::Id(doomed)).unwrap();
     let next = w.room(1, "Next");
     let task = tokio::spawn(w.reconciler().run());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -387,8 +387,8 @@ async fn membership_and_deactivation_follow_the_database() {
     w.org();
     let id = w.room(1, "Board");
     w.settle().await;
-    w.domain.remove_member(Principal::Api, 1, 3).unwrap();
-    w.domain.deactivate_user(Principal::Api, 2).unwrap();
+    w.domain.remove_member(Principal::COMMAND_LINE, 1, 3).unwrap();
+    w.domain.deactivate_user(Principal::COMMAND_LINE, 2).unwrap();
     w.settle().await;
     w.assert_one_matching_room(id);
     let (_, hs) = &w.fake.rooms_of(id)[0];
@@ -417,8 +417,8 @@ async fn without_the_admin_api_claims_and_accounts_go_through_the_users_own_sess
     assert!(joins.iter().all(|j| j.ends_with("(own session)")), "{joins:?}");
     assert!(w.fake.offers().is_some_and(|o| !o.all()), "settled at start: no admin API");
 
-    w.domain.put_user(Principal::Api, 2, "Renamed").unwrap();
-    w.domain.deactivate_user(Principal::Api, 3).unwrap();
+    w.domain.put_user(Principal::COMMAND_LINE, 2, "Renamed").unwrap();
+    w.domain.deactivate_user(Principal::COMMAND_LINE, 3).unwrap();
     w.settle().await;
     assert_eq!(w.fake.account(2).unwrap().display_name.as_deref(), Some("Renamed"));
     assert!(w.fake.account(3).unwrap().deactivated);
@@ -437,7 +437,7 @@ async fn without_the_admin_api_a_deleted_room_is_emptied_and_left() {
     w.settle().await;
     let mx = w.stored(id).matrix_room_id.clone();
     assert_eq!(w.progress.rooms_left_with_history(), 0);
-    w.domain.delete_room(Principal::Api, &crate::domain::rooms::RoomRef::Id(id)).unwrap();
+    w.domain.delete_room(Principal::COMMAND_LINE, &crate::domain::rooms::RoomRef::Id(id)).unwrap();
     w.settle().await;
     let rooms = w.fake.rooms();
     let left = rooms.get(&mx).expect("the room stays on the homeserver");
@@ -466,7 +466,7 @@ async fn a_purge_begun_with_the_admin_api_is_finished_without_it() {
     w.settle().await;
     let mx = w.stored(id).matrix_room_id.clone();
     w.fake.set_deletion_polls(30);
-    w.domain.delete_room(Principal::Api, &crate::domain::rooms::RoomRef::Id(id)).unwrap();
+    w.domain.delete_room(Principal::COMMAND_LINE, &crate::domain::rooms::RoomRef::Id(id)).unwrap();
     let first = tokio::spawn(w.reconciler().run());
     while w.fake.calls_of(Op::DeletionProgress).is_empty() {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -479,4 +479,41 @@ async fn a_purge_begun_with_the_admin_api_is_finished_without_it() {
     assert!(w.fake.rooms().get(&mx).is_some_and(|r| r.left && r.present().is_empty()));
     assert_eq!(w.domain.store.read().unwrap().delete_id(&mx).unwrap(), None, "its token forgotten");
     assert_eq!(w.progress.rooms_left_with_history(), 1);
+}
+
+/// The reconciler writes `room.ready` once the homeserver's room matches,
+/// and `room.sync_failed` with the homeserver's error when a step fails,
+/// both as the system.
+#[tokio::test(start_paused = true)]
+async fn ready_and_failed_syncs_are_in_the_event_log() {
+    let w = World::new();
+    w.org();
+    let id = w.room(1, "Board");
+    w.fake.fail(Op::CreateRoom, 1, HomeserverError::Failing("homeserver error 500: try later".into()));
+    w.settle().await;
+    let log = w.domain.store.read().unwrap().events_after(Some(1), 0, 100).unwrap();
+    let rooms: Vec<(&str, &crate::model::Actor)> =
+        log.iter().filter(|e| e.kind.starts_with("room.")).map(|e| (e.kind.as_str(), &e.actor)).collect();
+    let system = crate::model::Actor::System;
+    assert_eq!(
+        rooms,
+        vec![
+            ("room.created", &crate::model::Actor::CommandLine),
+            ("room.sync_failed", &system),
+            ("room.ready", &system)
+        ]
+    );
+    let data = |kind: &str| -> serde_json::Value {
+        serde_json::from_str(&log.iter().find(|e| e.kind == kind).unwrap().data).unwrap()
+    };
+    assert!(data("room.sync_failed")["error"].as_str().unwrap().contains("homeserver error 500"));
+    assert_eq!(data("room.ready")["matrixRoomID"], serde_json::json!(w.stored(id).matrix_room_id));
+
+    // Each change is ready again once the homeserver has it.
+    let patch = crate::domain::rooms::RoomPatch { name: Some("Board 2".into()), ..Default::default() };
+    w.domain.update_room(Principal::COMMAND_LINE, &crate::domain::rooms::RoomRef::Id(id), patch).unwrap();
+    w.settle().await;
+    let after = w.domain.store.read().unwrap().events_after(Some(1), log.last().unwrap().id, 100).unwrap();
+    let kinds: Vec<&str> = after.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["room.updated", "room.ready"]);
 }

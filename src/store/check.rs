@@ -20,7 +20,7 @@ use redb::{Database, ReadableTable, ReadableTableMetadata};
 use super::migrate::{self, ROOM_VIEW_KEY, SCHEMA_KEY, SCHEMA_VERSION};
 use super::tables::*;
 use super::{Opened, Read, Store, StoreError, Writer, codec, guarded, log_repair, role_from_byte};
-use crate::model::{OutboxOp, ROOM_VIEW_VERSION, Room, RoomId, Token, TokenKind};
+use crate::model::{Event, OutboxOp, ROOM_VIEW_VERSION, Room, RoomId, Token, TokenKind};
 
 /// Problems shown per table; the rest are counted.
 const SHOWN_PER_TABLE: usize = 20;
@@ -622,10 +622,46 @@ fn check_tables(
     }
     records.insert("seq_outbox", outbox.len()?);
 
+    // --- event log -------------------------------------------------------------
+    *part = "eventid_event and orgideventid";
+    let log = r.table(EVENTID_EVENT)?;
+    let log_index = r.table(ORGIDEVENTID)?;
+    let mut max_event = 0;
+    for entry in log.iter()? {
+        let (k, v) = entry?;
+        let id = k.value();
+        max_event = max_event.max(id);
+        match codec::decode::<Event>(v.value()) {
+            Ok(e) if e.id != id => {
+                problem(&mut p, "eventid_event", id, format!("the record says it is event {}", e.id), Fix::Decide);
+            }
+            Ok(e) => {
+                let org = e.org_id.unwrap_or(0);
+                if log_index.get((org, id))?.is_none() {
+                    let what = format!("missing for event {id} (organization {org})");
+                    problem(&mut p, "orgideventid", format!("{org},{id}"), what, Fix::Rebuild);
+                }
+            }
+            Err(why) => problem(&mut p, "eventid_event", id, why, Fix::Restore),
+        }
+    }
+    for entry in log_index.iter()? {
+        let (org, id) = entry?.0.value();
+        let ok = match log.get(id)? {
+            Some(v) => codec::decode::<Event>(v.value()).is_ok_and(|e| e.org_id.unwrap_or(0) == org),
+            None => false,
+        };
+        if !ok {
+            let what = format!("names an event {id} of organization {org} that eventid_event does not hold");
+            problem(&mut p, "orgideventid", format!("{org},{id}"), what, Fix::Rebuild);
+        }
+    }
+    records.insert("eventid_event", log.len()?);
+
     // --- counters and versions ------------------------------------------------
     *part = "name_counter and name_meta";
     let counters = r.table(NAME_COUNTER)?;
-    for (name, max) in [("room", max_room), ("token", max_token), ("outbox_seq", max_seq)] {
+    for (name, max) in [("room", max_room), ("token", max_token), ("outbox_seq", max_seq), ("event", max_event)] {
         let value = counters.get(name)?.map_or(0, |v| v.value());
         if value < max {
             let what = format!("is {value}, below the highest id in use ({max}): it would hand out a used id");
@@ -699,6 +735,7 @@ fn rebuild(w: &mut Writer) -> Result<(), StoreError> {
     t.delete_table(ORGID_ROOMCOUNT)?;
     t.delete_table(USERIDORGID_ROLE)?;
     t.delete_table(USERIDTOKENID_TOKENHASH)?;
+    t.delete_table(ORGIDEVENTID)?;
     migrate::rebuild_room_json(&w.txn)?;
     let t = &w.txn;
     let mut rooms = t.open_table(ROOMID_ROOM)?;
@@ -784,6 +821,19 @@ fn rebuild(w: &mut Writer) -> Result<(), StoreError> {
     for id in orphans {
         avatars.remove(id)?;
     }
+    let log = t.open_table(EVENTID_EVENT)?;
+    let mut log_index = t.open_table(ORGIDEVENTID)?;
+    let mut max_event = 0;
+    for entry in log.iter()? {
+        let (k, v) = entry?;
+        let event: Event = codec::decode(v.value()).map_err(|why| StoreError::Corrupt {
+            table: "eventid_event",
+            key: k.value().to_string(),
+            why,
+        })?;
+        max_event = max_event.max(k.value());
+        log_index.insert((event.org_id.unwrap_or(0), k.value()), ())?;
+    }
     for room in &marks_fixed {
         rooms.insert(room.id, codec::encode(room).as_slice())?;
     }
@@ -802,6 +852,8 @@ fn rebuild(w: &mut Writer) -> Result<(), StoreError> {
         tokens,
         token_index,
         avatars,
+        log,
+        log_index,
     ));
 
     let outbox = w.outbox_head(usize::MAX)?;
@@ -810,7 +862,7 @@ fn rebuild(w: &mut Writer) -> Result<(), StoreError> {
     }
     let max_seq = outbox.last().map_or(0, |(seq, _)| *seq);
     let mut counters = w.txn.open_table(NAME_COUNTER)?;
-    for (name, max) in [("room", max_room), ("token", max_token), ("outbox_seq", max_seq)] {
+    for (name, max) in [("room", max_room), ("token", max_token), ("outbox_seq", max_seq), ("event", max_event)] {
         if counters.get(name)?.map_or(0, |v| v.value()) < max {
             counters.insert(name, max)?;
         }

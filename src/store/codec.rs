@@ -11,7 +11,7 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::model::{Organization, OutboxOp, Room, Token, User};
+use crate::model::{Event, Organization, OutboxOp, Room, Token, User};
 
 /// A stored type and the version of the record it is written as today.
 pub trait Versioned: Serialize + DeserializeOwned {
@@ -35,6 +35,10 @@ impl Versioned for Token {
     const VERSION: u8 = 1;
 }
 impl Versioned for OutboxOp {
+    const VERSION: u8 = 1;
+}
+/// New in schema 2.
+impl Versioned for Event {
     const VERSION: u8 = 1;
 }
 /// Facts in `name_meta` (schema version, cache versions).

@@ -10,12 +10,12 @@ use serde::{Deserialize, Serialize};
 
 use super::tables::*;
 use super::{Read, Reader, Store, StoreError, Writer, decode};
-use crate::model::{Organization, OutboxOp, Room, Token, User};
+use crate::model::{Event, Organization, OutboxOp, Room, Token, User};
 
 /// Name of the dump format, in its first line.
 pub const FORMAT: &str = "messenger-chat-export";
 /// Version of the dump format written today. 2: rooms carry `topic` and
-/// `automation_given` (who gave each role). Import reads every version up
+/// `automation_given` (who gave each role); `event` records hold the event log. Import reads every version up
 /// to this one: a version 1 room has no topic, read as empty, and the
 /// origin of its roles is inferred as the migration from schema 1 infers it
 /// (`migrate::settle_schema_1_room`, from the organization roles the dump
@@ -28,17 +28,41 @@ pub const VERSION: u32 = 2;
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "record", rename_all = "snake_case")]
 pub enum Record {
-    Header { format: String, version: u32, records: u64 },
-    Counter { name: String, value: u64 },
+    Header {
+        format: String,
+        version: u32,
+        records: u64,
+    },
+    Counter {
+        name: String,
+        value: u64,
+    },
     Organization(Organization),
     User(User),
-    Member { organization: i64, user: i64, role: u8 },
+    Member {
+        organization: i64,
+        user: i64,
+        role: u8,
+    },
     Token(Token),
     Room(Room),
-    Avatar { room: u64, base64: String },
-    Outbox { seq: u64, op: OutboxOp },
-    MatrixAccount { user: i64 },
-    DeleteId { matrix_room_id: String, delete_id: String },
+    Avatar {
+        room: u64,
+        base64: String,
+    },
+    Outbox {
+        seq: u64,
+        op: OutboxOp,
+    },
+    MatrixAccount {
+        user: i64,
+    },
+    DeleteId {
+        matrix_room_id: String,
+        delete_id: String,
+    },
+    /// An entry of the event log (the audit trail survives a restore).
+    Event(Event),
 }
 
 /// Why a dump cannot be written or read.
@@ -123,6 +147,9 @@ impl Store {
         for e in r.table(MATRIXROOMID_DELETEID)?.iter()? {
             let (k, v) = e?;
             emit(&Record::DeleteId { matrix_room_id: k.value().to_string(), delete_id: v.value().to_string() })?;
+        }
+        for e in r.table(EVENTID_EVENT)?.iter()? {
+            emit(&Record::Event(decode("eventid_event", e?.1.value())?))?;
         }
         out.flush()?;
         progress(done, total);
@@ -220,6 +247,7 @@ fn apply(w: &mut Writer, records: impl Iterator<Item = Record>, schema_1: bool) 
             }
             Record::MatrixAccount { user } => w.set_matrix_account(user, true)?,
             Record::DeleteId { matrix_room_id, delete_id } => w.set_delete_id(&matrix_room_id, Some(&delete_id))?,
+            Record::Event(e) => w.put_event(&e)?,
         }
         n += 1;
     }
@@ -238,7 +266,8 @@ impl Reader {
             + self.table(ROOMID_AVATAR)?.len()?
             + self.table(SEQ_OUTBOX)?.len()?
             + self.table(USERID_MATRIXACCOUNT)?.len()?
-            + self.table(MATRIXROOMID_DELETEID)?.len()?)
+            + self.table(MATRIXROOMID_DELETEID)?.len()?
+            + self.table(EVENTID_EVENT)?.len()?)
     }
 }
 
@@ -274,6 +303,14 @@ mod tests {
                 w.set_avatar(1, Some(b"\x89PNG\r\n\x1a\nxx"))?;
                 w.push_outbox(&OutboxOp::SyncRoom { room_id: 1 })?;
                 w.set_matrix_account(7, true)?;
+                w.append_event(
+                    5,
+                    Some(1),
+                    crate::model::Actor::User(7),
+                    "room.created",
+                    &serde_json::json!({"roomID": 1}),
+                )?;
+                w.append_event(6, None, crate::model::Actor::System, "user.deactivated", &serde_json::json!({}))?;
                 Ok::<_, StoreError>(())
             })
             .unwrap();
@@ -299,6 +336,8 @@ mod tests {
         assert_eq!(r.rooms_due(2000, 10).unwrap(), vec![1]);
         assert_eq!(r.orgs_of(7).unwrap(), vec![(1, OrgRole::Owner)]);
         assert_eq!(r.tokens_of(7).unwrap().len(), 1);
+        let org_events: Vec<u64> = r.events_after(Some(1), 0, 10).unwrap().iter().map(|e| e.id).collect();
+        assert_eq!((org_events, r.last_event_id().unwrap()), (vec![1], 2), "the event log and its index");
         drop(r);
         assert!(matches!(b.import(first.as_slice(), false, |_, _| {}), Err(DumpError::NotEmpty)));
     }

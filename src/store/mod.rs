@@ -15,13 +15,18 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::Arc;
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
 
-use crate::model::{OrgId, OrgRole, Organization, OutboxOp, Room, RoomId, Token, TokenKind, User, UserId};
+use crate::model::{
+    Actor, Event, OrgId, OrgRole, Organization, OutboxOp, Room, RoomId, Token, TokenKind, User, UserId,
+};
 pub use migrate::{Opened, SCHEMA_VERSION};
 use tables::*;
+
+/// `name_counter` key of the last event id.
+const EVENT_COUNTER: &str = "event";
 
 /// What to do about a database that cannot be read as it is.
 const RESTORE: &str = "restore the data directory from a backup (`messenger-chat import` of an export), \
@@ -136,6 +141,9 @@ pub struct Store {
     /// Woken by every commit that queued outbox entries: the reconciler
     /// waits on it, so no writer has to remember to wake it.
     outbox_changed: Arc<Notify>,
+    /// The id of the last event committed to the event log: long polls
+    /// wait on it.
+    events: Arc<watch::Sender<u64>>,
 }
 
 impl Store {
@@ -164,7 +172,11 @@ impl Store {
     /// Brings an open database up to today's schema.
     fn from_database(db: Database) -> Result<(Self, Opened), StoreError> {
         let started = std::time::Instant::now();
-        let store = Store { db: Arc::new(db), outbox_changed: Arc::new(Notify::new()) };
+        let store = Store {
+            db: Arc::new(db),
+            outbox_changed: Arc::new(Notify::new()),
+            events: Arc::new(watch::Sender::new(0)),
+        };
         let opened = guarded(|| {
             store.write(|w| {
                 // A newer file is refused before anything is created in it.
@@ -193,10 +205,13 @@ impl Store {
                 t.open_table(DELETIONTIME_ROOMID)?;
                 t.open_table(USERID_MATRIXACCOUNT)?;
                 t.open_table(MATRIXROOMID_DELETEID)?;
+                t.open_table(EVENTID_EVENT)?;
+                t.open_table(ORGIDEVENTID)?;
                 Ok(opened)
             })
         })?;
         let ms = |since: std::time::Instant| u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        store.events.send_replace(store.read()?.last_event_id()?);
         let Some(from) = opened.migrated_from else { return Ok((store, opened)) };
         tracing::info!(from, to = SCHEMA_VERSION, elapsed_ms = ms(started), "migrated the database (committed)");
         // A migration rewrites every room: copy-on-write leaves the old pages
@@ -215,7 +230,7 @@ impl Store {
             }
             Err(shared) => shared,
         };
-        Ok((Store { db, outbox_changed: store.outbox_changed }, opened))
+        Ok((Store { db, outbox_changed: store.outbox_changed, events: store.events }, opened))
     }
 
     /// A consistent snapshot for reading.
@@ -232,20 +247,29 @@ impl Store {
         &self.outbox_changed
     }
 
+    /// The id of the last committed event, watched by long polls.
+    #[must_use]
+    pub fn events_watch(&self) -> watch::Receiver<u64> {
+        self.events.subscribe()
+    }
+
     /// Runs `f` in one write transaction, committed (durably) only when `f`
     /// succeeds. A commit that queued outbox entries wakes
-    /// [`Store::outbox_changed`].
+    /// [`Store::outbox_changed`]; one that appended events, the long polls.
     ///
     /// # Errors
     /// `f`'s error, or a storage failure.
     pub fn write<T, E: From<StoreError>>(&self, f: impl FnOnce(&mut Writer) -> Result<T, E>) -> Result<T, E> {
         let txn = self.db.begin_write().map_err(StoreError::from)?;
-        let mut writer = Writer { txn, queued: false };
+        let mut writer = Writer { txn, queued: false, appended: None };
         match f(&mut writer) {
             Ok(value) => {
                 writer.txn.commit().map_err(StoreError::from)?;
                 if writer.queued {
                     self.outbox_changed.notify_one();
+                }
+                if let Some(id) = writer.appended {
+                    self.events.send_replace(id);
                 }
                 Ok(value)
             }
@@ -505,6 +529,46 @@ pub trait Read {
         Ok((self.table(ROOMID_ROOM)?.len()?, self.table(USERID_USER)?.len()?))
     }
 
+    /// The id of the last event ever appended (0 for none); pruning does not lower it.
+    fn last_event_id(&self) -> Result<u64, StoreError> {
+        Ok(self.table(NAME_COUNTER)?.get(EVENT_COUNTER)?.map_or(0, |v| v.value()))
+    }
+
+    /// One event of the log, while it is kept.
+    fn event(&self, id: u64) -> Result<Option<Event>, StoreError> {
+        let t = self.table(EVENTID_EVENT)?;
+        t.get(id)?.map(|v| decode_at("eventid_event", id, v.value())).transpose()
+    }
+
+    /// At most `limit` events with ids above `after`, oldest first: all of
+    /// them (`org` `None`), or one organization's (`Some(0)`: those of none).
+    fn events_after(&self, org: Option<OrgId>, after: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let Some(start) = after.checked_add(1) else { return Ok(Vec::new()) };
+        let events = self.table(EVENTID_EVENT)?;
+        let mut out = Vec::new();
+        match org {
+            None => {
+                for entry in events.range(start..)?.take(limit) {
+                    let (k, v) = entry?;
+                    out.push(decode_at("eventid_event", k.value(), v.value())?);
+                }
+            }
+            Some(org) => {
+                let index = self.table(ORGIDEVENTID)?;
+                for entry in index.range((org, start)..=(org, u64::MAX))?.take(limit) {
+                    let id = entry?.0.value().1;
+                    let v = events.get(id)?.ok_or_else(|| StoreError::Corrupt {
+                        table: "orgideventid",
+                        key: format!("({org}, {id})"),
+                        why: "names an event that eventid_event does not hold".into(),
+                    })?;
+                    out.push(decode_at("eventid_event", id, v.value())?);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Number of entries waiting in the outbox.
     fn outbox_depth(&self) -> Result<u64, StoreError> {
         let t = self.table(SEQ_OUTBOX)?;
@@ -542,6 +606,8 @@ pub struct Writer {
     txn: WriteTransaction,
     /// Whether it queued outbox entries.
     queued: bool,
+    /// The id of the last event it appended.
+    appended: Option<u64>,
 }
 
 impl Read for Writer {
@@ -736,6 +802,56 @@ impl Writer {
             None => t.remove(matrix_room_id)?,
         };
         Ok(())
+    }
+
+    /// Appends an event to the log, in this transaction; returns its id.
+    pub fn append_event(
+        &mut self,
+        time: i64,
+        org_id: Option<OrgId>,
+        actor: Actor,
+        kind: &str,
+        data: &serde_json::Value,
+    ) -> Result<u64, StoreError> {
+        let id = self.next_id(EVENT_COUNTER)?;
+        let event = Event { id, time, org_id, actor, kind: kind.to_string(), data: data.to_string() };
+        self.txn.open_table(EVENTID_EVENT)?.insert(id, codec::encode(&event).as_slice())?;
+        self.txn.open_table(ORGIDEVENTID)?.insert((org_id.unwrap_or(0), id), ())?;
+        self.appended = Some(id);
+        Ok(id)
+    }
+
+    /// Writes an event as it was (an import), with its index; the `event`
+    /// counter is restored by its own record.
+    pub fn put_event(&mut self, event: &Event) -> Result<(), StoreError> {
+        self.txn.open_table(EVENTID_EVENT)?.insert(event.id, codec::encode(event).as_slice())?;
+        self.txn.open_table(ORGIDEVENTID)?.insert((event.org_id.unwrap_or(0), event.id), ())?;
+        Ok(())
+    }
+
+    /// Removes at most `max` of the oldest events whose time is before
+    /// `cutoff`; returns how many. Ids are handed out in time order, so the
+    /// oldest are the first ones.
+    pub fn prune_events(&mut self, cutoff: i64, max: usize) -> Result<usize, StoreError> {
+        let mut doomed = Vec::new();
+        {
+            let t = self.txn.open_table(EVENTID_EVENT)?;
+            for entry in t.iter()?.take(max) {
+                let (k, v) = entry?;
+                let event: Event = decode_at("eventid_event", k.value(), v.value())?;
+                if event.time >= cutoff {
+                    break;
+                }
+                doomed.push((event.id, event.org_id.unwrap_or(0)));
+            }
+        }
+        let mut events = self.txn.open_table(EVENTID_EVENT)?;
+        let mut index = self.txn.open_table(ORGIDEVENTID)?;
+        for &(id, org) in &doomed {
+            events.remove(id)?;
+            index.remove((org, id))?;
+        }
+        Ok(doomed.len())
     }
 
     /// Removes a finished outbox entry.

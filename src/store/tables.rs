@@ -50,3 +50,8 @@ pub const DELETIONTIME_ROOMID: TableDefinition<(i64, u64), ()> = TableDefinition
 pub const USERID_MATRIXACCOUNT: TableDefinition<i64, ()> = TableDefinition::new("userid_matrixaccount");
 /// Matrix room id → delete id of the homeserver's asynchronous room delete being followed.
 pub const MATRIXROOMID_DELETEID: TableDefinition<&str, &str> = TableDefinition::new("matrixroomid_deleteid");
+/// event id → encoded `Event`: the event log, oldest first (schema 2).
+pub const EVENTID_EVENT: TableDefinition<u64, &[u8]> = TableDefinition::new("eventid_event");
+/// (organization id, event id) → (): one organization's events in order;
+/// organization 0 holds the events of no organization (users, tokens).
+pub const ORGIDEVENTID: TableDefinition<(i64, u64), ()> = TableDefinition::new("orgideventid");

@@ -12,6 +12,7 @@ mod api_tokens;
 mod auth;
 mod automation;
 mod connections;
+mod events;
 mod limits;
 mod matrix;
 mod openapi;

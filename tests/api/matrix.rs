@@ -67,6 +67,14 @@ async fn a_room_reaches_the_homeserver_and_answers_to_its_matrix_id() {
     // Room version 12 ids have no `:server` part; older ones do.
     assert!(matrix_id.starts_with('!') && matrix_id.len() > 1, "{ready}");
     assert!(ready["syncError"].is_null(), "{ready}");
+    // The event log says so, as the system: `room.ready` with the Matrix id, after `room.created`.
+    let log = srv.get("/v1/events?organization_id=1&limit=1000", &w.api).await.expect(200).clone();
+    let of_room: Vec<&serde_json::Value> =
+        log["events"].as_array().unwrap().iter().filter(|e| e["data"]["roomID"] == json!(room)).collect();
+    assert_eq!(of_room[0]["type"], "room.created", "{log}");
+    let ready_event = of_room.iter().find(|e| e["type"] == "room.ready").expect("a room.ready event");
+    assert_eq!(ready_event["actor"], json!({"type": "system"}));
+    assert_eq!(ready_event["data"]["matrixRoomID"], matrix_id.as_str());
 
     // Changes reach the homeserver too.
     let path = format!("/v1/chatrooms/{room}");

@@ -1,7 +1,9 @@
 """Schemathesis hooks for tests/schemathesis.rs.
 
-One fact of the contract lies outside what a schema can say: a room's
-`scheduledDeletion` must lie in the future, and the future moves. A case
+Two facts of the contract lie outside what a schema can say: a room's
+`scheduledDeletion` must lie in the future, and the future moves; and an
+event-log cursor (`GET /v1/events?after=`) must name an event that exists
+(see `_cursor`). A case
 that schemathesis generated as valid but whose deletion time has already
 passed (or is due within the hour) is moved forward by whole 400-year
 cycles until it is ahead: the Gregorian calendar repeats every 400 years,
@@ -75,12 +77,53 @@ def _move(case):
         body["scheduledDeletion"] = _later(body["scheduledDeletion"])
 
 
+# The fixtures write more events than this before the run starts.
+EVENTS_BEFORE_THE_RUN = 16
+# Longest long poll of a valid case, in seconds: a case waits this long when
+# no event follows its cursor, and thousands of cases must fit in the run.
+LONGEST_WAIT = 2
+
+
+def _cursor(case):
+    """A valid `GET /v1/events` cursor names an event that exists: one from
+    the future is refused (400) however well-formed, as a past deletion time
+    is. Valid cursors are kept among the events written before the run, and
+    long polls short."""
+    if case.operation.path != "/v1/events" or not isinstance(case.query, dict):
+        return
+    after = _integer(case.query.get("after"))
+    if after is not None and after >= 0:
+        case.query["after"] = after % EVENTS_BEFORE_THE_RUN
+    wait = _integer(case.query.get("wait"))
+    if wait is not None and wait > LONGEST_WAIT:
+        case.query["wait"] = LONGEST_WAIT
+
+
+def _integer(value):
+    """A query value as the integer it stands for (phases send numbers or their text)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            return None
+    return None
+
+
 @schemathesis.hook
 def map_case(context, case):
     """Generated cases (coverage and fuzzing phases): the valid ones."""
     meta = case.meta
     if meta is not None and meta.generation.mode == GenerationMode.POSITIVE:
         _move(case)
+    # The stateful phase's cases carry no generation mode; they are valid ones.
+    if meta is None or meta.generation.mode == GenerationMode.POSITIVE:
+        _cursor(case)
     return case
 
 
@@ -89,3 +132,4 @@ def before_add_examples(context, examples):
     """The examples phase: cases built from the document's examples, all meant valid."""
     for case in examples:
         _move(case)
+        _cursor(case)

@@ -156,3 +156,41 @@ async fn check_finds_the_automated_rooms_index_and_stray_role_origins() {
     assert!(crate::common::ids(&room["assignedUsers"]).contains(&w.admin.id), "the demotion reached it: {room}");
     assert!(!crate::common::ids(&room["admins"]).contains(&w.admin.id), "{room}");
 }
+
+/// The event log's index and counter: an entry deleted and the counter set
+/// back are found by check, rebuilt by repair, and the service then serves
+/// the organization's whole log and goes on with a fresh id.
+#[tokio::test]
+async fn check_finds_the_event_log_index_and_repair_rebuilds_it() {
+    let srv = TestServer::start();
+    let w = World::new(&srv).await;
+    let log = srv.get("/v1/events?organization_id=1&limit=1000", &w.api).await.expect(200).clone();
+    let last = srv.get("/v1/events?limit=1000", &w.api).await.expect(200)["next"].as_u64().unwrap();
+    let mut srv = srv;
+    assert!(srv.stop());
+    let data = Data::with_file(&srv.data_dir().join(DB_FILE));
+    let victim = log["events"][0]["id"].as_u64().unwrap();
+    {
+        let raw = open_raw(&data.db());
+        let t = raw.begin_write().unwrap();
+        assert!(t.open_table(tables::ORGIDEVENTID).unwrap().remove((1, victim)).unwrap().is_some());
+        t.open_table(tables::NAME_COUNTER).unwrap().insert("event", 1).unwrap();
+        t.commit().unwrap();
+    }
+    data.cli(&["check"]).refused_saying(&[
+        &format!("orgideventid [1,{victim}]: missing for event {victim} (organization 1)"),
+        "name_counter [event]",
+        "2 problems: 2 that `messenger-chat check --repair` rebuilds",
+    ]);
+    let repaired = data.cli(&["check", "--repair"]);
+    assert!(repaired.ok, "repair succeeds:\n{}", repaired.text());
+    let again = data.cli(&["check"]);
+    assert!(again.ok && again.stdout.contains("no problems found"), "{}", again.text());
+
+    let srv = TestServer::start_on(&data.db(), &w.api);
+    let served = srv.get("/v1/events?organization_id=1&limit=1000", &w.api).await;
+    assert_eq!(served.expect(200), &log, "the organization's log, whole again");
+    srv.put("/v1/organizations/1", &w.api, Some(json!({"name": "Acme 2"}))).await.expect(200);
+    let next = srv.get(&format!("/v1/events?after={last}"), &w.api).await;
+    assert_eq!(next.expect(200)["events"][0]["id"], json!(last + 1), "the repaired counter hands out a fresh id");
+}

@@ -33,7 +33,9 @@ async fn every_fixture_is_served_as_its_release_served_it() {
 async fn served_as_written(f: &Fixture) {
     let name = &f.name;
     let export = f.export();
-    let mut srv = TestServer::start_on(&f.db, f.api_token());
+    // The fixtures' events are older than the default retention: kept here.
+    let keep = [("MESSENGER_CHAT_EVENTS__RETENTION_DAYS", "36500")];
+    let mut srv = TestServer::start_on_with(&f.db, f.api_token(), &keep);
     let api = srv.api_token.clone();
 
     // Every room, one by one and by Matrix id.
@@ -122,6 +124,13 @@ async fn served_as_written(f: &Fixture) {
     }
     srv.get("/v1/chatrooms?organization_id=1", &api).await.expect(200);
 
+    // The event log (schema 2 on): every event record served, in order.
+    let logged: Vec<(Value, Value)> = records(&export, "event").map(|e| (e["id"].clone(), e["kind"].clone())).collect();
+    let page = srv.get("/v1/events?limit=1000", &api).await;
+    let served: Vec<(Value, Value)> =
+        page.expect(200)["events"].as_array().unwrap().iter().map(|e| (e["id"].clone(), e["type"].clone())).collect();
+    assert_eq!(served, logged, "{name}: the event log");
+
     // Every record, field by field, as the fixture's release exported it.
     assert!(srv.stop(), "{name}: the server stops cleanly");
     let data = crate::support::Data::with_file(&srv.data_dir().join(crate::support::DB_FILE));
@@ -142,6 +151,22 @@ async fn served_as_written(f: &Fixture) {
     assert_eq!(meta(&db, "schema_version"), Some(messenger_chat::store::SCHEMA_VERSION), "{name}");
     let check = data.cli(&["check"]);
     assert!(check.ok && check.stdout.contains("no problems found"), "{name}: check\n{}", check.text());
+
+    // With the default retention (90 days), the events of the fixture's
+    // pinned 2026-01-01 go in the background soon after the start.
+    let srv = TestServer::start_on(&data.db(), &api);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let page = srv.get("/v1/events?limit=1000", &api).await.expect(200).clone();
+        if page["events"].as_array().unwrap().is_empty() {
+            let last = logged.last().map_or(json!(0), |(id, _)| id.clone());
+            let later = srv.get(&format!("/v1/events?after={last}"), &api).await;
+            later.expect(200);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{name}: old events never pruned: {page}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 /// Unix seconds (or null) as the API shows them.

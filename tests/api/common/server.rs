@@ -98,6 +98,12 @@ impl TestServer {
     /// database holds its own API token (nothing is printed): `api_token`.
     #[allow(dead_code, reason = "used by the upgrade target, not by every target that shares the harness")]
     pub fn start_on(db_file: &Path, api_token: &str) -> TestServer {
+        TestServer::start_on_with(db_file, api_token, &[])
+    }
+
+    /// [`TestServer::start_on`] with extra `MESSENGER_CHAT_…` variables.
+    #[allow(dead_code, reason = "used by the upgrade target, not by every target that shares the harness")]
+    pub fn start_on_with(db_file: &Path, api_token: &str, env: &[(&str, &str)]) -> TestServer {
         let dir = tempfile::Builder::new().prefix("messenger-chat-test-").tempdir().expect("create a temp dir");
         let data_dir = dir.path().join("data");
         std::fs::create_dir_all(&data_dir).expect("create the data directory");
@@ -106,7 +112,7 @@ impl TestServer {
         let mut server = TestServer {
             dir,
             data_dir,
-            extra_env: Vec::new(),
+            extra_env: env.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect(),
             child: None,
             starts: 0,
             url: String::new(),
@@ -278,6 +284,16 @@ impl TestServer {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Starts the server again after it was killed (`kill -9 <pid>`), on the
+    /// same data directory and settings.
+    pub fn start_after_kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let status = child.wait().expect("wait for the killed server");
+            assert!(!status.success(), "the server was to be killed, but exited cleanly");
+        }
+        self.spawn();
     }
 
     /// Stops the server and starts it again on the same data directory and settings.
