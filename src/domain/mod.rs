@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod api_tokens;
 pub mod auth;
+pub mod auth_cache;
 pub mod passwords;
 pub mod rooms;
 
@@ -55,6 +56,8 @@ pub struct Domain {
     pub outbox_changed: Arc<Notify>,
     /// Where Matrix passwords are derived, a bounded number at a time.
     derivations: passwords::Derivations,
+    /// Who holds a token, remembered between requests (see `auth_cache`).
+    tokens: auth_cache::TokenCache,
 }
 
 impl Domain {
@@ -75,7 +78,17 @@ impl Domain {
             .collect::<Result<Vec<_>>>()?;
         let derivations =
             passwords::Derivations::new(config.security.derivations_at_once(), config.security.derivations_waiting());
-        Ok(Domain { store, config, key, clock, api_hashes, outbox_changed: Arc::new(Notify::new()), derivations })
+        let tokens = auth_cache::TokenCache::new(config.auth.token_cache_entries);
+        Ok(Domain {
+            store,
+            config,
+            key,
+            clock,
+            api_hashes,
+            outbox_changed: Arc::new(Notify::new()),
+            derivations,
+            tokens,
+        })
     }
 
     /// One write transaction with the domain's error type.
