@@ -1,7 +1,7 @@
 //! Chatrooms: reading, creating, changing, claiming and deleting them.
 //! Every change commits the room and an outbox entry in one transaction.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Remedy, Result};
 use crate::model::{OrgId, OrgRole, OutboxOp, Room, RoomId, RoomKind, RoomRole, UserId};
 use crate::store::{Read, Writer};
 
@@ -64,7 +64,7 @@ impl UserLists {
         for (i, list) in self.lists().into_iter().enumerate() {
             for &u in list {
                 if u <= 0 {
-                    return Err(Error::Invalid(format!("{} holds {u}: user ids are positive integers", LISTS[i].0)));
+                    return Err(Error::invalid(LISTS[i].0, format!("holds {u}: user ids are positive integers")));
                 }
                 all.push((u, i));
             }
@@ -74,7 +74,7 @@ impl UserLists {
         for (at, &(u, i)) in all.iter().enumerate() {
             let previous = at.checked_sub(1).map(|p| all[p]);
             if previous == Some((u, i)) {
-                return Err(Error::Invalid(format!("{} names user {u} twice: list each user once", LISTS[i].0)));
+                return Err(Error::invalid(LISTS[i].0, format!("names user {u} twice: list each user once")));
             }
             // Lists come in order of power: a user's first entry is their highest role.
             if previous.is_none_or(|(v, _)| v != u) {
@@ -131,13 +131,13 @@ impl RoomPatch {
 /// 422 when it is empty, too large, or not PNG, JPEG, GIF or WebP.
 pub fn avatar_type(bytes: &[u8], max: u64) -> Result<&'static str> {
     if bytes.is_empty() {
-        return Err(Error::Invalid("avatar is empty: send the image's bytes, or null for no avatar".into()));
+        return Err(Error::invalid("avatar", "is empty: send the image's bytes, or null for no avatar"));
     }
     if bytes.len() as u64 > max {
-        return Err(Error::Invalid(format!(
-            "avatar is {} bytes; the limit is {max} bytes (rooms.max_avatar_bytes)",
-            bytes.len()
-        )));
+        return Err(Error::invalid(
+            "avatar",
+            format!("is {} bytes; the limit is {max} bytes (rooms.max_avatar_bytes)", bytes.len()),
+        ));
     }
     if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
         Ok("image/png")
@@ -148,7 +148,7 @@ pub fn avatar_type(bytes: &[u8], max: u64) -> Result<&'static str> {
     } else if bytes.len() >= 12 && bytes.starts_with(b"RIFF") && &bytes[8..12] == b"WEBP" {
         Ok("image/webp")
     } else {
-        Err(Error::Invalid("avatar is not a PNG, JPEG, GIF or WebP image".into()))
+        Err(Error::invalid("avatar", "is not a PNG, JPEG, GIF or WebP image"))
     }
 }
 
@@ -228,9 +228,9 @@ impl Domain {
         let event_id = spec.event_id.map(|e| positive("eventID", e)).transpose()?;
         let name = super::name(
             "name",
-            spec.name.as_deref().ok_or_else(|| {
-                Error::Invalid("name is required: give the room a name of 1 to 255 characters".into())
-            })?,
+            spec.name
+                .as_deref()
+                .ok_or_else(|| Error::invalid("name", "is required: give the room a name of 1 to 255 characters"))?,
         )?;
         let topic = spec.topic.as_deref().map(super::topic).transpose()?.unwrap_or_default();
         // Who may create and how many users, before any work on the lists.
@@ -281,7 +281,6 @@ impl Domain {
             save(w, &mut room, None, now)?;
             Ok(room)
         })?;
-        self.outbox_changed.notify_one();
         Ok(room)
     }
 
@@ -316,7 +315,6 @@ impl Domain {
             save(w, &mut room, None, now)?;
             Ok(room)
         })?;
-        self.outbox_changed.notify_one();
         Ok(room)
     }
 
@@ -335,7 +333,6 @@ impl Domain {
             let room = w.room(id)?.ok_or_else(|| no_room(&RoomRef::Id(id)))?;
             remove_room(w, &room)
         })?;
-        self.outbox_changed.notify_one();
         Ok(())
     }
 
@@ -349,13 +346,13 @@ impl Domain {
             require_room_admin(w, p, &room)?;
             if room.kind == RoomKind::Default {
                 return Err(Error::Conflict(format!(
-                    "room {} is the default room of organization {}: remove it with DELETE /v1/chatrooms/default/{}",
-                    room.id, room.org_id, room.org_id
-                )));
+                    "room {} is the default room of organization {}",
+                    room.id, room.org_id
+                ))
+                .with_remedy(Remedy::RemoveDefaultRoom(room.org_id)));
             }
             remove_room(w, &room)
         })?;
-        self.outbox_changed.notify_one();
         Ok(())
     }
 
@@ -387,10 +384,10 @@ impl Domain {
                 require_default_room_manager(w, p, &old)?;
                 if let Some(Some(_)) = patch.scheduled_deletion {
                     return Err(Error::Conflict(format!(
-                        "room {} is the default room of organization {} and cannot be given a scheduledDeletion: \
-                         remove it with DELETE /v1/chatrooms/default/{}",
-                        old.id, old.org_id, old.org_id
-                    )));
+                        "room {} is the default room of organization {} and cannot be given a scheduledDeletion",
+                        old.id, old.org_id
+                    ))
+                    .with_remedy(Remedy::RemoveDefaultRoom(old.org_id)));
                 }
             } else {
                 require_room_admin(w, p, &old)?;
@@ -419,7 +416,6 @@ impl Domain {
             save(w, &mut room, Some(&old), now)?;
             Ok(room)
         })?;
-        self.outbox_changed.notify_one();
         Ok(room)
     }
 
@@ -457,7 +453,6 @@ impl Domain {
             save(w, &mut room, Some(&old), now)?;
             Ok(room)
         })?;
-        self.outbox_changed.notify_one();
         Ok(room)
     }
 
@@ -493,7 +488,7 @@ impl Domain {
 
     fn change_users(&self, p: Principal, room: &RoomRef, lists: &UserLists, add: bool) -> Result<Room> {
         if lists.is_empty() {
-            return Err(Error::BadRequest("name at least one user in admins, moderators or assignedUsers".into()));
+            return Err(Error::Malformed("name at least one user in admins, moderators or assignedUsers".into()));
         }
         self.may_change_users(&self.store.read()?, p, room)?;
         self.check_list_size(lists)?;
@@ -536,7 +531,6 @@ impl Domain {
             save(w, &mut room, Some(&old), now)?;
             Ok(room)
         })?;
-        self.outbox_changed.notify_one();
         Ok(room)
     }
 
@@ -548,10 +542,13 @@ impl Domain {
         let max = self.config.rooms.max_users_per_request as usize;
         let n = lists.len();
         if n > max {
-            return Err(Error::Invalid(format!(
-                "admins, moderators and assignedUsers name {n} users together; at most {max} are accepted in one \
-                 request (rooms.max_users_per_request): send the rest in further requests"
-            )));
+            return Err(Error::invalid(
+                "admins, moderators and assignedUsers",
+                format!(
+                    "name {n} users together; at most {max} are accepted in one request \
+                     (rooms.max_users_per_request): send the rest in further requests"
+                ),
+            ));
         }
         Ok(())
     }
@@ -576,18 +573,18 @@ impl Domain {
             }
             Ok(due.len())
         })?;
-        self.outbox_changed.notify_one();
         Ok(n)
     }
 
     fn check_deletion_time(&self, at: Option<i64>, now: i64) -> Result<()> {
         match at {
             Some(t) if t <= now => {
-                Err(Error::Invalid("scheduledDeletion lies in the past: give a future time, or null for none".into()))
+                Err(Error::invalid("scheduledDeletion", "lies in the past: give a future time, or null for none"))
             }
             // Rooms are answered with the time in RFC 3339, whose years have four digits.
-            Some(t) if t > LAST_DELETION_TIME => Err(Error::Invalid(
-                "scheduledDeletion lies after 9999-12-31T23:59:59Z: give an earlier time, or null for none".into(),
+            Some(t) if t > LAST_DELETION_TIME => Err(Error::invalid(
+                "scheduledDeletion",
+                "lies after 9999-12-31T23:59:59Z: give an earlier time, or null for none",
             )),
             _ => Ok(()),
         }
@@ -843,11 +840,11 @@ mod tests {
         assigned.push(123_456);
         let lists = UserLists { admins: vec![123_456], assigned, ..UserLists::default() };
         let e = lists.normalize().unwrap_err();
-        assert_eq!(e.status(), 422);
+        assert!(matches!(&e, Error::Invalid { field, .. } if field == "assignedUsers"), "{e:?}");
         assert!(e.to_string().contains("assignedUsers names user 123456 twice"), "{e}");
 
         let e = UserLists { moderators: vec![4, 0], ..UserLists::default() }.normalize().unwrap_err();
-        assert!(e.status() == 422 && e.to_string().contains("moderators holds 0"), "{e}");
+        assert!(matches!(e, Error::Invalid { .. }) && e.to_string().contains("moderators holds 0"), "{e}");
         let e = UserLists { admins: vec![-3], ..UserLists::default() }.normalize().unwrap_err();
         assert!(e.to_string().contains("admins holds -3"), "{e}");
         // The same user in different lists is not a repeat.

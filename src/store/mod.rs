@@ -16,6 +16,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use tokio::sync::Notify;
+
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
 
 use crate::model::{OrgId, OrgRole, Organization, OutboxOp, Room, RoomId, Token, TokenKind, User, UserId};
@@ -134,6 +136,9 @@ pub struct Store {
     db: Arc<Database>,
     /// Moved on after every commit that wrote a token record: see [`Read::token_generation`].
     token_generation: Arc<AtomicU64>,
+    /// Woken by every commit that queued outbox entries: the reconciler
+    /// waits on it, so no writer has to remember to wake it.
+    outbox_changed: Arc<Notify>,
 }
 
 impl Store {
@@ -162,7 +167,8 @@ impl Store {
     /// Brings an open database up to today's schema.
     fn from_database(db: Database) -> Result<(Self, Opened), StoreError> {
         let started = std::time::Instant::now();
-        let store = Store { db: Arc::new(db), token_generation: Arc::default() };
+        let store =
+            Store { db: Arc::new(db), token_generation: Arc::default(), outbox_changed: Arc::new(Notify::new()) };
         let opened = guarded(|| {
             store.write(|w| {
                 // A newer file is refused before anything is created in it.
@@ -214,7 +220,7 @@ impl Store {
             }
             Err(shared) => shared,
         };
-        Ok((Store { db, token_generation: store.token_generation }, opened))
+        Ok((Store { db, token_generation: store.token_generation, outbox_changed: store.outbox_changed }, opened))
     }
 
     /// A consistent snapshot for reading.
@@ -228,13 +234,21 @@ impl Store {
         Ok(Reader { txn: self.db.begin_read()?, token_generation })
     }
 
-    /// Runs `f` in one write transaction, committed (durably) only when `f` succeeds.
+    /// What wakes when a commit queued outbox entries.
+    #[must_use]
+    pub fn outbox_changed(&self) -> &Arc<Notify> {
+        &self.outbox_changed
+    }
+
+    /// Runs `f` in one write transaction, committed (durably) only when `f`
+    /// succeeds. A commit that queued outbox entries wakes
+    /// [`Store::outbox_changed`].
     ///
     /// # Errors
     /// `f`'s error, or a storage failure.
     pub fn write<T, E: From<StoreError>>(&self, f: impl FnOnce(&mut Writer) -> Result<T, E>) -> Result<T, E> {
         let txn = self.db.begin_write().map_err(StoreError::from)?;
-        let mut writer = Writer { txn, wrote_token: false };
+        let mut writer = Writer { txn, wrote_token: false, queued: false };
         match f(&mut writer) {
             Ok(value) => {
                 writer.txn.commit().map_err(StoreError::from)?;
@@ -242,6 +256,9 @@ impl Store {
                     // After the commit: whoever sees the new generation also
                     // sees the new token records in the snapshot it opens next.
                     self.token_generation.fetch_add(1, Ordering::Release);
+                }
+                if writer.queued {
+                    self.outbox_changed.notify_one();
                 }
                 Ok(value)
             }
@@ -619,6 +636,8 @@ pub struct Writer {
     txn: WriteTransaction,
     /// A token record was written: the token generation moves on at commit.
     wrote_token: bool,
+    /// Whether it queued outbox entries.
+    queued: bool,
 }
 
 impl Read for Writer {
@@ -807,6 +826,7 @@ impl Writer {
     pub fn push_outbox(&mut self, op: &OutboxOp) -> Result<u64, StoreError> {
         let seq = self.next_id("outbox_seq")?;
         self.txn.open_table(SEQ_OUTBOX)?.insert(seq, codec::encode(op).as_slice())?;
+        self.queued = true;
         Ok(seq)
     }
 
