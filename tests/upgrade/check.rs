@@ -37,6 +37,8 @@ async fn check_finds_deleted_index_entries_and_repair_restores_them() {
         t.open_table(tables::ORGID_ROOMCOUNT).unwrap().insert(org, 99).unwrap();
         // The count of the first 1,024 room ids: a deep page would land elsewhere.
         t.open_table(tables::ORGIDRANGE_ROOMCOUNT).unwrap().insert((org, 1, 0), 42).unwrap();
+        // The count of the first 1,048,576 room ids gone: the offset would find no range.
+        assert!(t.open_table(tables::ORGIDRANGE_ROOMCOUNT).unwrap().remove((org, 2, 0)).unwrap().is_some());
         t.open_table(tables::NAME_COUNTER).unwrap().insert("room", 1).unwrap();
         t.commit().unwrap();
     }
@@ -48,8 +50,9 @@ async fn check_finds_deleted_index_entries_and_repair_restores_them() {
         &format!("useridorgid_role [{member},{org}]"),
         &format!("orgid_roomcount [{org}]: says 99 rooms"),
         &format!("orgidrange_roomcount [{org},1,0]: says 42 rooms, the range holds 5"),
+        &format!("orgidrange_roomcount [{org},2,0]: missing; the range holds 5 rooms"),
         "name_counter [room]",
-        "6 problems: 6 that `messenger-chat check --repair` rebuilds",
+        "7 problems: 7 that `messenger-chat check --repair` rebuilds",
         &data.db().display().to_string(),
     ]);
 
