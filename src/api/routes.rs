@@ -99,9 +99,8 @@ impl<'a> Segments<'a> {
 
 /// Every template of [`ROUTES`], split.
 fn templates() -> &'static [Segments<'static>] {
-    static SPLIT: std::sync::LazyLock<Vec<Segments<'static>>> = std::sync::LazyLock::new(|| {
-        ROUTES.iter().filter_map(|(_, t)| Segments::of(t)).collect()
-    });
+    static SPLIT: std::sync::LazyLock<Vec<Segments<'static>>> =
+        std::sync::LazyLock::new(|| ROUTES.iter().filter_map(|(_, t)| Segments::of(t)).collect());
     &SPLIT
 }
 
