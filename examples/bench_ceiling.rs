@@ -18,6 +18,11 @@ use tokio::signal::unix::{SignalKind, signal};
 use warp::Filter;
 use warp::path::FullPath;
 
+/// The service's allocator (see `src/main.rs`), so the ceiling differs from
+/// the service only in the handlers' work.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(about = "Serves fixed JSON bodies over the service's TLS code")]
 struct Args {

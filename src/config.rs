@@ -185,11 +185,19 @@ pub struct AuthConfig {
     pub pat_max_days: u32,
     /// Lifetime of a personal access token when the request names none.
     pub pat_default_days: u32,
+    /// Tokens whose holder is remembered in memory, so that a request
+    /// authenticates without reading the database (about 100 bytes each);
+    /// 0 turns it off. A revocation, a deactivation or an expiry applies to
+    /// the very next request whatever this is.
+    pub token_cache_entries: usize,
 }
+
+/// Most tokens `auth.token_cache_entries` may remember (about 100 MiB).
+pub const MAX_TOKEN_CACHE_ENTRIES: usize = 1_000_000;
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        Self { api_token_hashes: Vec::new(), pat_max_days: 365, pat_default_days: 90 }
+        Self { api_token_hashes: Vec::new(), pat_max_days: 365, pat_default_days: 90, token_cache_entries: 10_000 }
     }
 }
 
@@ -576,6 +584,12 @@ impl Config {
         if self.auth.pat_default_days > self.auth.pat_max_days {
             return bad("auth.pat_default_days", "must not exceed auth.pat_max_days".into());
         }
+        if self.auth.token_cache_entries > MAX_TOKEN_CACHE_ENTRIES {
+            return bad(
+                "auth.token_cache_entries",
+                format!("must be at most {MAX_TOKEN_CACHE_ENTRIES} (0 turns the cache off)"),
+            );
+        }
         if self.rooms.default_name.trim().is_empty() {
             return bad("rooms.default_name", "must not be empty".into());
         }
@@ -854,6 +868,15 @@ mod tests {
         // The shipped file states the defaults.
         let shipped = Config::load(Some(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml")))).unwrap();
         assert_eq!((shipped.events.retention_days, shipped.events.max_waiters), (90, 256));
+    }
+
+    #[test]
+    fn the_token_cache_is_bounded() {
+        let mut c = Config::default();
+        c.auth.token_cache_entries = MAX_TOKEN_CACHE_ENTRIES + 1;
+        assert!(c.validate().unwrap_err().0.contains("auth.token_cache_entries"));
+        c.auth.token_cache_entries = 0;
+        c.validate().unwrap();
     }
 
     #[test]

@@ -8,12 +8,35 @@ use crate::store::{Read, StoreError};
 use super::{Domain, Principal};
 
 impl Domain {
-    /// Finds who holds `token`. One hash and at most one point lookup.
+    /// Finds who holds `token`: one hash, then the token cache, or at most
+    /// one point lookup in `r` (remembered when `r` is a snapshot).
     ///
     /// # Errors
     /// 401 for a missing, unknown, revoked or expired token.
     pub fn authenticate(&self, r: &impl Read, token: &str) -> Result<Principal> {
         let hash = token_hash(token);
+        let generation = r.token_generation();
+        let now = self.clock.now();
+        if let Some(p) = generation.and_then(|g| self.tokens.get(&hash, g, now)) {
+            return Ok(p);
+        }
+        let (p, expires_at) = self.authenticate_stored(r, token, &hash, now)?;
+        if let Some(g) = generation {
+            self.tokens.insert(hash, p, expires_at, g);
+        }
+        Ok(p)
+    }
+
+    /// Finds who holds `token` in the token records and the config; the
+    /// principal comes with the time from which the token is refused.
+    fn authenticate_stored(
+        &self,
+        r: &impl Read,
+        token: &str,
+        hash: &[u8; 32],
+        now: i64,
+    ) -> Result<(Principal, Option<i64>)> {
+        let hash = *hash;
         if token.starts_with(API_TOKEN_PREFIX) {
             // Compare against every configured hash so the time does not tell which matched.
             let listed = self.api_hashes.iter().fold(false, |acc, (h, _)| acc | hashes_equal(h, &hash));
@@ -21,9 +44,9 @@ impl Domain {
             let stored = r.token_by_hash(&hash)?.filter(|t| t.kind == TokenKind::Api && hashes_equal(&t.hash, &hash));
             return match stored {
                 Some(t) if t.revoked => Err(Error::Unauthorized("this API token was revoked".into())),
-                _ if listed => Ok(Principal::api_token(&hash)),
+                _ if listed => Ok((Principal::api_token(&hash), None)),
                 // The first-start token stands in only while the config lists none.
-                Some(_) if self.api_hashes.is_empty() => Ok(Principal::api_token(&hash)),
+                Some(_) if self.api_hashes.is_empty() => Ok((Principal::api_token(&hash), None)),
                 Some(_) => Err(Error::Unauthorized(
                     "this API token is no longer accepted: auth.api_token_hashes does not list it".into(),
                 )),
@@ -40,10 +63,10 @@ impl Domain {
             if t.revoked {
                 return Err(Error::Unauthorized("this personal access token was revoked; issue a new one".into()));
             }
-            if t.expires_at.is_some_and(|at| at <= self.clock.now()) {
+            if t.expires_at.is_some_and(|at| at <= now) {
                 return Err(Error::Unauthorized("this personal access token has expired; issue a new one".into()));
             }
-            return Ok(Principal::User(t.user_id));
+            return Ok((Principal::User(t.user_id), t.expires_at));
         }
         Err(Error::Unauthorized(format!(
             "send a token starting {API_TOKEN_PREFIX} or {PAT_PREFIX} as `Authorization: Bearer <token>` or `API-TOKEN: <token>`"

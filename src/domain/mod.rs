@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod api_tokens;
 pub mod auth;
+pub mod auth_cache;
 pub mod events;
 pub mod passwords;
 pub mod rooms;
@@ -115,6 +116,8 @@ pub struct Domain {
     pub outbox_changed: Arc<Notify>,
     /// Where Matrix passwords are derived, a bounded number at a time.
     derivations: passwords::Derivations,
+    /// Who holds a token, remembered between requests (see `auth_cache`).
+    tokens: auth_cache::TokenCache,
 }
 
 impl Domain {
@@ -137,7 +140,8 @@ impl Domain {
             passwords::Derivations::new(config.security.derivations_at_once(), config.security.derivations_waiting());
         let ids = MatrixIds::new(&config.matrix);
         let outbox_changed = store.outbox_changed().clone();
-        Ok(Domain { store, config, key, clock, ids, api_hashes, outbox_changed, derivations })
+        let tokens = auth_cache::TokenCache::new(config.auth.token_cache_entries);
+        Ok(Domain { store, config, key, clock, ids, api_hashes, outbox_changed, derivations, tokens })
     }
 
     /// One write transaction with the domain's error type.

@@ -121,8 +121,11 @@ impl Derivations {
                 drop(memory);
             }
             drop(pool);
-            drop(slot);
+            // The admission before the slot: the next derivation starts once
+            // the slot is free, and must not count this one as still running,
+            // or as the last one out it would keep the buffers.
             drop(admission);
+            drop(slot);
             result
         })
         .await

@@ -5,10 +5,11 @@
 //! The records (rooms, organizations, memberships by organization, users,
 //! tokens, the outbox, avatars, Matrix facts) are the truth. Everything else
 //! is derived from them and can be rebuilt: the room indexes and the room
-//! JSON, room counts, the reverse membership and token indexes, the id
-//! counters. One part of a room record is checked against the rest of it:
-//! the users whose role automation gave must be listed in the room, and
-//! repair drops those who are not. A record that cannot be read cannot be
+//! JSON, room counts (per organization and per range of room ids), the
+//! reverse membership and token indexes, the id counters. One part of a
+//! room record is checked against the rest of it: the users whose role
+//! automation gave must be listed in the room, and repair drops those who
+//! are not. A record that cannot be read cannot be
 //! rebuilt: that needs a backup, and repair refuses to run around it.
 
 use std::collections::{BTreeMap, HashMap};
@@ -19,7 +20,7 @@ use redb::{Database, ReadableTable, ReadableTableMetadata};
 
 use super::migrate::{self, ROOM_VIEW_KEY, SCHEMA_KEY, SCHEMA_VERSION};
 use super::tables::*;
-use super::{Opened, Read, Store, StoreError, Writer, codec, guarded, log_repair, role_from_byte};
+use super::{Opened, RangeCounts, Read, Store, StoreError, Writer, codec, guarded, log_repair, role_from_byte};
 use crate::model::{Event, OutboxOp, ROOM_VIEW_VERSION, Room, RoomId, Token, TokenKind};
 
 /// Problems shown per table; the rest are counted.
@@ -253,6 +254,7 @@ fn check_tables(
     let deletions = r.table(DELETIONTIME_ROOMID)?;
     let user_rooms = r.table(USERIDROOMID)?;
     let mut counts: HashMap<i64, u64> = HashMap::new();
+    let mut ranges = RangeCounts::default();
     let mut max_room = 0;
     let mut readable_rooms = std::collections::HashSet::new();
     let mut unreadable_rooms = 0;
@@ -274,6 +276,7 @@ fn check_tables(
         }
         readable_rooms.insert(id);
         *counts.entry(room.org_id).or_default() += 1;
+        ranges.add(room.org_id, id);
         let key = (room.org_id, id);
         if by_org.get(key)?.is_none() {
             problem(
@@ -495,6 +498,23 @@ fn check_tables(
     for (org, n) in counts.iter().filter(|_| unreadable_rooms == 0) {
         if room_counts.get(*org)?.is_none() {
             problem(&mut p, "orgid_roomcount", org, format!("missing; the organization has {n} rooms"), Fix::Rebuild);
+        }
+    }
+    let range_counts = r.table(ORGIDRANGE_ROOMCOUNT)?;
+    let range_key = |(org, level, range): (i64, u8, u64)| format!("{org},{level},{range}");
+    for entry in range_counts.iter()?.filter(|_| unreadable_rooms == 0) {
+        let (k, v) = entry?;
+        let (key, n) = (k.value(), v.value());
+        let actual = ranges.get(key);
+        if n != actual {
+            let what = format!("says {n} rooms, the range holds {actual} (deep pages of GetRooms would be off)");
+            problem(&mut p, "orgidrange_roomcount", range_key(key), what, Fix::Rebuild);
+        }
+    }
+    for (key, n) in ranges.iter().filter(|_| unreadable_rooms == 0) {
+        if range_counts.get(key)?.is_none() {
+            let what = format!("missing; the range holds {n} rooms (deep pages of GetRooms would be off)");
+            problem(&mut p, "orgidrange_roomcount", range_key(key), what, Fix::Rebuild);
         }
     }
     let avatars = r.table(ROOMID_AVATAR)?;
@@ -733,6 +753,7 @@ fn rebuild(w: &mut Writer) -> Result<(), StoreError> {
     t.delete_table(USERIDROOMID)?;
     t.delete_table(DELETIONTIME_ROOMID)?;
     t.delete_table(ORGID_ROOMCOUNT)?;
+    t.delete_table(ORGIDRANGE_ROOMCOUNT)?;
     t.delete_table(USERIDORGID_ROLE)?;
     t.delete_table(USERIDTOKENID_TOKENHASH)?;
     t.delete_table(ORGIDEVENTID)?;
@@ -747,6 +768,7 @@ fn rebuild(w: &mut Writer) -> Result<(), StoreError> {
     let mut user_rooms = t.open_table(USERIDROOMID)?;
     let mut deletions = t.open_table(DELETIONTIME_ROOMID)?;
     let mut counts: BTreeMap<i64, u64> = BTreeMap::new();
+    let mut ranges = RangeCounts::default();
     let mut max_room = 0;
     let mut marks_fixed = Vec::new();
     for entry in rooms.iter()? {
@@ -758,6 +780,7 @@ fn rebuild(w: &mut Writer) -> Result<(), StoreError> {
         })?;
         max_room = max_room.max(room.id);
         *counts.entry(room.org_id).or_default() += 1;
+        ranges.add(room.org_id, room.id);
         by_org.insert((room.org_id, room.id), ())?;
         if room.automation {
             automated.insert((room.org_id, room.id), ())?;
@@ -790,6 +813,7 @@ fn rebuild(w: &mut Writer) -> Result<(), StoreError> {
     for (org, n) in counts {
         room_counts.insert(org, n)?;
     }
+    ranges.write(t)?;
     let roles = t.open_table(ORGIDUSERID_ROLE)?;
     let mut reverse = t.open_table(USERIDORGID_ROLE)?;
     for entry in roles.iter()? {

@@ -12,18 +12,19 @@
 //! 1. The first release: every record version 1, no room JSON version.
 //! 2. Rooms gain a `topic` and the origin of their roles (`automation_given`,
 //!    inferred by [`settle_schema_1_room`]), with an index of the rooms that
-//!    have automation on; a default room loses a scheduled deletion (room
-//!    record version 2, room JSON version 2).
+//!    have automation on and counts of each organization's rooms over fixed
+//!    ranges of room ids (deep pages of GetRooms); a default room loses a
+//!    scheduled deletion (room record version 2, room JSON version 2).
 
 use std::time::Instant;
 
 use redb::{ReadableTable, ReadableTableMetadata, TableHandle, WriteTransaction};
 
 use super::tables::{
-    DELETIONTIME_ROOMID, NAME_COUNTER, NAME_META, ORGID_AUTOMATEDROOMID, ORGID_ORG, ORGIDROOMID_JSON, ORGIDUSERID_ROLE,
-    ROOMID_ROOM, TOKENHASH_TOKEN, USERID_USER,
+    DELETIONTIME_ROOMID, NAME_COUNTER, NAME_META, ORGID_AUTOMATEDROOMID, ORGID_ORG, ORGIDRANGE_ROOMCOUNT,
+    ORGIDROOMID_JSON, ORGIDUSERID_ROLE, ROOMID_ROOM, TOKENHASH_TOKEN, USERID_USER,
 };
-use super::{StoreError, codec, role_from_byte};
+use super::{RangeCounts, StoreError, codec, role_from_byte};
 use crate::model::{OrgRole, ROOM_VIEW_VERSION, Room, RoomKind, UserId};
 
 /// The schema this release writes, and the newest it reads.
@@ -52,7 +53,7 @@ struct Step {
 const STEPS: &[Step] = &[Step {
     from: 1,
     what: "rooms gain a topic and the origin of their roles (room record version 2)",
-    tables: "roomid_room, orgiduserid_role, orgid_automatedroomid, deletiontime_roomid",
+    tables: "roomid_room, orgiduserid_role, orgid_automatedroomid, orgidrange_roomcount, deletiontime_roomid",
     run: rooms_gain_topic_and_role_origin,
 }];
 
@@ -141,12 +142,14 @@ fn migrate(txn: &WriteTransaction, from: u64) -> Result<(), StoreError> {
 
 /// Step 1 → 2: every room record is rewritten with an empty topic and the
 /// origin of its roles ([`settle_schema_1_room`]); the rooms with automation
-/// on are indexed.
+/// on are indexed, and each organization's rooms counted per range of ids.
 fn rooms_gain_topic_and_role_origin(txn: &WriteTransaction, progress: &mut Progress) -> Result<(), StoreError> {
     let mut table = txn.open_table(ROOMID_ROOM)?;
     let roles = txn.open_table(ORGIDUSERID_ROLE)?;
     let mut automated = txn.open_table(ORGID_AUTOMATEDROOMID)?;
     let mut deletions = txn.open_table(DELETIONTIME_ROOMID)?;
+    // Written at the end: a few entries per 1,024 rooms, held in memory meanwhile.
+    let mut ranges = RangeCounts::default();
     let mut next = Some(0u64);
     while let Some(start) = next {
         let mut batch: Vec<Room> = Vec::with_capacity(BATCH);
@@ -177,11 +180,13 @@ fn rooms_gain_topic_and_role_origin(txn: &WriteTransaction, progress: &mut Progr
             if room.automation {
                 automated.insert((room.org_id, room.id), ())?;
             }
+            ranges.add(room.org_id, room.id);
             table.insert(room.id, codec::encode(&*room).as_slice())?;
         }
         progress.add(batch.len() as u64);
     }
-    Ok(())
+    txn.delete_table(ORGIDRANGE_ROOMCOUNT)?;
+    ranges.write(txn)
 }
 
 /// What a room of schema 1 needs beyond its fields, decided from the

@@ -14,6 +14,7 @@ pub mod tables;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{Notify, watch};
 
@@ -138,6 +139,8 @@ impl From<redb::DatabaseError> for StoreError {
 #[derive(Clone)]
 pub struct Store {
     db: Arc<Database>,
+    /// Moved on after every commit that wrote a token record: see [`Read::token_generation`].
+    token_generation: Arc<AtomicU64>,
     /// Woken by every commit that queued outbox entries: the reconciler
     /// waits on it, so no writer has to remember to wake it.
     outbox_changed: Arc<Notify>,
@@ -174,6 +177,7 @@ impl Store {
         let started = std::time::Instant::now();
         let store = Store {
             db: Arc::new(db),
+            token_generation: Arc::default(),
             outbox_changed: Arc::new(Notify::new()),
             events: Arc::new(watch::Sender::new(0)),
         };
@@ -194,6 +198,7 @@ impl Store {
                 t.open_table(ROOMID_AVATAR)?;
                 t.open_table(ORGID_ORG)?;
                 t.open_table(ORGID_ROOMCOUNT)?;
+                t.open_table(ORGIDRANGE_ROOMCOUNT)?;
                 t.open_table(ORGIDUSERID_ROLE)?;
                 t.open_table(USERIDORGID_ROLE)?;
                 t.open_table(USERID_USER)?;
@@ -230,7 +235,15 @@ impl Store {
             }
             Err(shared) => shared,
         };
-        Ok((Store { db, outbox_changed: store.outbox_changed, events: store.events }, opened))
+        Ok((
+            Store {
+                db,
+                token_generation: store.token_generation,
+                outbox_changed: store.outbox_changed,
+                events: store.events,
+            },
+            opened,
+        ))
     }
 
     /// A consistent snapshot for reading.
@@ -238,7 +251,10 @@ impl Store {
     /// # Errors
     /// The database cannot start a transaction.
     pub fn read(&self) -> Result<Reader, StoreError> {
-        Ok(Reader { txn: self.db.begin_read()? })
+        // Taken before the snapshot begins: a commit this snapshot misses
+        // moves the generation on after this load, never before it.
+        let token_generation = self.token_generation.load(Ordering::Acquire);
+        Ok(Reader { txn: self.db.begin_read()?, token_generation })
     }
 
     /// What wakes when a commit queued outbox entries.
@@ -261,10 +277,15 @@ impl Store {
     /// `f`'s error, or a storage failure.
     pub fn write<T, E: From<StoreError>>(&self, f: impl FnOnce(&mut Writer) -> Result<T, E>) -> Result<T, E> {
         let txn = self.db.begin_write().map_err(StoreError::from)?;
-        let mut writer = Writer { txn, queued: false, appended: None };
+        let mut writer = Writer { txn, wrote_token: false, queued: false, appended: None };
         match f(&mut writer) {
             Ok(value) => {
                 writer.txn.commit().map_err(StoreError::from)?;
+                if writer.wrote_token {
+                    // After the commit: whoever sees the new generation also
+                    // sees the new token records in the snapshot it opens next.
+                    self.token_generation.fetch_add(1, Ordering::Release);
+                }
                 if writer.queued {
                     self.outbox_changed.notify_one();
                 }
@@ -310,6 +331,49 @@ fn log_repair(session: &mut redb::RepairSession) {
             progress_pct = u32::from(tenth) * 10,
             "the database was not closed cleanly (a crash or kill): redb is checking and repairing it"
         );
+    }
+}
+
+/// Width of a level of `orgidrange_roomcount` in bits of the room id: a
+/// range of level `l` holds the ids sharing `id >> (RANGE_BITS × l)`.
+const RANGE_BITS: u32 = 10;
+/// Levels of `orgidrange_roomcount`, 1 (finest) to this (coarsest). Finding
+/// an offset reads at most one level-2 count per 1,048,576 room ids, then
+/// at most 1,024 level-1 counts and 1,023 keys.
+const RANGE_LEVELS: u8 = 2;
+
+/// The `orgidrange_roomcount` keys that count room `id` of `org`, one per level.
+pub(crate) fn room_ranges(org: OrgId, id: RoomId) -> impl Iterator<Item = (OrgId, u8, u64)> {
+    (1..=RANGE_LEVELS).map(move |level| (org, level, id >> (RANGE_BITS * u32::from(level))))
+}
+
+/// The counts of `orgidrange_roomcount` gathered from the rooms themselves,
+/// for building the table (migration, `--repair`) and checking it.
+#[derive(Debug, Default)]
+pub(crate) struct RangeCounts(std::collections::BTreeMap<(OrgId, u8, u64), u64>);
+
+impl RangeCounts {
+    pub(crate) fn add(&mut self, org: OrgId, id: RoomId) {
+        for key in room_ranges(org, id) {
+            *self.0.entry(key).or_default() += 1;
+        }
+    }
+
+    pub(crate) fn get(&self, key: (OrgId, u8, u64)) -> u64 {
+        self.0.get(&key).copied().unwrap_or(0)
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = ((OrgId, u8, u64), u64)> + '_ {
+        self.0.iter().map(|(k, n)| (*k, *n))
+    }
+
+    /// Writes every count into the (emptied) table.
+    pub(crate) fn write(&self, txn: &WriteTransaction) -> Result<(), StoreError> {
+        let mut t = txn.open_table(ORGIDRANGE_ROOMCOUNT)?;
+        for (key, n) in self.iter() {
+            t.insert(key, n)?;
+        }
+        Ok(())
     }
 }
 
@@ -359,6 +423,16 @@ pub trait Read {
         def: redb::TableDefinition<'static, K, V>,
     ) -> Result<impl ReadableTable<K, V>, StoreError>;
 
+    /// The generation of the token records this snapshot reads, for
+    /// remembering what a token authenticates as: it changes after every
+    /// commit that wrote a token record, and is taken before the snapshot
+    /// begins, so a snapshot older than a token's revocation never carries
+    /// the generation that revocation set. `None` inside a write transaction,
+    /// whose reads are not to be remembered.
+    fn token_generation(&self) -> Option<u64> {
+        None
+    }
+
     /// One room by id.
     fn room(&self, id: RoomId) -> Result<Option<Room>, StoreError> {
         let t = self.table(ROOMID_ROOM)?;
@@ -403,16 +477,39 @@ pub trait Read {
         Ok(ids)
     }
 
+    /// The id of the organization's room at `offset` (0-based) in id order.
+    ///
+    /// The range counts are summed coarse to fine, each level only inside
+    /// the range the level above found, and the keys are walked inside one
+    /// level-1 range: the time does not grow with the offset.
+    fn org_room_at(&self, org: OrgId, offset: usize) -> Result<Option<RoomId>, StoreError> {
+        let counts = self.table(ORGIDRANGE_ROOMCOUNT)?;
+        let mut left = u64::try_from(offset).unwrap_or(u64::MAX);
+        let (mut lo, mut hi) = (0u64, u64::MAX);
+        for level in (1..=RANGE_LEVELS).rev() {
+            let shift = RANGE_BITS * u32::from(level);
+            let mut found = None;
+            for entry in counts.range((org, level, lo >> shift)..=(org, level, hi >> shift))? {
+                let (k, v) = entry?;
+                if left < v.value() {
+                    found = Some(k.value().2);
+                    break;
+                }
+                left -= v.value();
+            }
+            let Some(range) = found else { return Ok(None) };
+            lo = range << shift;
+            hi = lo | ((1u64 << shift) - 1);
+        }
+        let keys = self.table(ORGIDROOMID)?;
+        let skip = usize::try_from(left).unwrap_or(usize::MAX);
+        let found = keys.range((org, lo)..=(org, hi))?.nth(skip).transpose()?;
+        Ok(found.map(|(k, _)| k.value().1))
+    }
+
     /// The API JSON of an organization's rooms in id order: `offset` skipped, at most `limit`.
     fn org_rooms_json(&self, org: OrgId, offset: usize, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
-        // A deep offset is skipped over the key-only index, then the page is read.
-        let first = if offset == 0 {
-            Some(0)
-        } else {
-            let keys = self.table(ORGIDROOMID)?;
-            let found = keys.range((org, 0u64)..=(org, u64::MAX))?.nth(offset).transpose()?;
-            found.map(|(k, _)| k.value().1)
-        };
+        let first = if offset == 0 { Some(0) } else { self.org_room_at(org, offset)? };
         let Some(first) = first else { return Ok(Vec::new()) };
         let t = self.table(ORGIDROOMID_JSON)?;
         let mut out = Vec::with_capacity(limit.min(64));
@@ -590,9 +687,14 @@ pub trait Read {
 /// A read-only snapshot.
 pub struct Reader {
     txn: ReadTransaction,
+    token_generation: u64,
 }
 
 impl Read for Reader {
+    fn token_generation(&self) -> Option<u64> {
+        Some(self.token_generation)
+    }
+
     fn table<K: redb::Key + 'static, V: redb::Value + 'static>(
         &self,
         def: redb::TableDefinition<'static, K, V>,
@@ -604,6 +706,8 @@ impl Read for Reader {
 /// One write transaction.
 pub struct Writer {
     txn: WriteTransaction,
+    /// A token record was written: the token generation moves on at commit.
+    wrote_token: bool,
     /// Whether it queued outbox entries.
     queued: bool,
     /// The id of the last event it appended.
@@ -639,6 +743,12 @@ impl Writer {
             let n = counts.get(room.org_id)?.map_or(0, |v| v.value());
             counts.insert(room.org_id, n + 1)?;
             drop(counts);
+            let mut ranges = self.txn.open_table(ORGIDRANGE_ROOMCOUNT)?;
+            for key in room_ranges(room.org_id, room.id) {
+                let n = ranges.get(key)?.map_or(0, |v| v.value());
+                ranges.insert(key, n + 1)?;
+            }
+            drop(ranges);
             match room.kind {
                 crate::model::RoomKind::Default => {
                     self.txn.open_table(ORGID_DEFAULTROOMID)?.insert(room.org_id, room.id)?;
@@ -706,6 +816,16 @@ impl Writer {
             counts.insert(room.org_id, n - 1)?;
         }
         drop(counts);
+        let mut ranges = self.txn.open_table(ORGIDRANGE_ROOMCOUNT)?;
+        for key in room_ranges(room.org_id, room.id) {
+            let n = ranges.get(key)?.map_or(0, |v| v.value());
+            if n <= 1 {
+                ranges.remove(key)?;
+            } else {
+                ranges.insert(key, n - 1)?;
+            }
+        }
+        drop(ranges);
         match room.kind {
             crate::model::RoomKind::Default => {
                 self.txn.open_table(ORGID_DEFAULTROOMID)?.remove(room.org_id)?;
@@ -769,6 +889,7 @@ impl Writer {
 
     /// Writes a token record and its per-user index (API tokens under user 0).
     pub fn put_token(&mut self, token: &Token) -> Result<(), StoreError> {
+        self.wrote_token = true;
         self.txn.open_table(TOKENHASH_TOKEN)?.insert(token.hash.as_slice(), codec::encode(token).as_slice())?;
         let owner = if token.kind == TokenKind::Api { 0 } else { token.user_id };
         self.txn.open_table(USERIDTOKENID_TOKENHASH)?.insert((owner, token.id), token.hash.as_slice())?;
@@ -963,6 +1084,110 @@ mod tests {
         store.write(|w| w.delete_room(&renamed)).unwrap();
         store.write(|w| w.delete_room(&automated(4, 20))).unwrap();
         assert_eq!((ids(10), ids(20)), (vec![2], vec![]));
+    }
+
+    /// Every page of every organization, at every offset, against a full
+    /// scan of the room JSON, through a shuffled run of creations and
+    /// deletions in several organizations whose ids interleave. The ids are
+    /// spread over small ones, both sides of a level-2 boundary and the top
+    /// of the id space, so every level of the range counts splits and empties.
+    #[test]
+    fn every_offset_pages_as_a_full_scan_does() {
+        use rand::seq::SliceRandom;
+        use rand::{Rng, SeedableRng};
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db.redb"), 4 << 20).unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(20_261_129);
+        let orgs = [3i64, 5, 8];
+        let mut ids: Vec<u64> = (1..=1500).collect();
+        ids.extend((1 << 20) - 700..(1 << 20) + 700);
+        ids.extend((0..300).map(|_| rng.random_range(1 << 21..1 << 40)));
+        ids.extend(u64::MAX - 40..=u64::MAX);
+        ids.sort_unstable();
+        ids.dedup();
+        let mut rooms: Vec<Room> = ids.iter().map(|&id| room(id, orgs[rng.random_range(0..orgs.len())])).collect();
+        rooms.shuffle(&mut rng);
+
+        let agree = |stage: &str| {
+            let r = store.read().unwrap();
+            for org in orgs {
+                let all = r.org_rooms_json(org, 0, usize::MAX).unwrap();
+                assert_eq!(r.room_count(org).unwrap(), all.len() as u64, "{stage}: total of {org}");
+                let keys = r.org_room_ids(org, 0, usize::MAX).unwrap();
+                for offset in 0..=all.len() + 1 {
+                    assert_eq!(
+                        r.org_room_at(org, offset).unwrap(),
+                        keys.get(offset).copied(),
+                        "{stage}: room at offset {offset} of organization {org}"
+                    );
+                    let limit = if offset % 7 == 0 { 50 } else { 3 };
+                    let want = &all[offset.min(all.len())..(offset + limit).min(all.len())];
+                    assert_eq!(
+                        r.org_rooms_json(org, offset, limit).unwrap(),
+                        want,
+                        "{stage}: page at offset {offset}, limit {limit} of organization {org}"
+                    );
+                }
+            }
+        };
+
+        // Created in shuffled order, in transactions of shuffled sizes.
+        let mut created = Vec::new();
+        while !rooms.is_empty() {
+            let n = rng.random_range(1..200).min(rooms.len());
+            let batch: Vec<Room> = rooms.drain(..n).collect();
+            store
+                .write(|w| {
+                    for room in &batch {
+                        w.put_room(room, None)?;
+                    }
+                    Ok::<_, StoreError>(())
+                })
+                .unwrap();
+            created.extend(batch);
+        }
+        agree("after the creations");
+
+        // Deletions in shuffled order, with a few rooms created again in between.
+        created.shuffle(&mut rng);
+        let (gone, kept) = created.split_at(created.len() * 2 / 3);
+        for (i, chunk) in gone.chunks(97).enumerate() {
+            store
+                .write(|w| {
+                    for room in chunk {
+                        w.delete_room(room)?;
+                    }
+                    if i % 3 == 0 {
+                        w.put_room(&chunk[0], None)?;
+                    }
+                    Ok::<_, StoreError>(())
+                })
+                .unwrap();
+            if i == 5 {
+                agree("halfway through the deletions");
+            }
+        }
+        agree("after the deletions");
+        assert!(kept.len() > 1000, "rooms are left to page through");
+        // The ids were not handed out by the counter; `check` wants it above them.
+        store
+            .write(|w| Ok::<_, StoreError>(w.txn.open_table(NAME_COUNTER)?.insert("room", u64::MAX).map(drop)?))
+            .unwrap();
+        let report = store.check(check::Integrity::Clean, Opened::default()).unwrap();
+        assert!(report.is_clean(), "{report}");
+
+        // Emptied: every count goes with the last room.
+        let left: Vec<Room> = {
+            let r = store.read().unwrap();
+            orgs.iter()
+                .flat_map(|&org| r.org_room_ids(org, 0, usize::MAX).unwrap())
+                .map(|id| r.room(id).unwrap().unwrap())
+                .collect()
+        };
+        store.write(|w| left.iter().try_for_each(|room| w.delete_room(room))).unwrap();
+        agree("emptied");
+        assert_eq!(store.read().unwrap().table(ORGIDRANGE_ROOMCOUNT).unwrap().len().unwrap(), 0);
     }
 
     #[test]

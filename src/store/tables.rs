@@ -28,6 +28,12 @@ pub const ROOMID_AVATAR: TableDefinition<u64, &[u8]> = TableDefinition::new("roo
 pub const ORGID_ORG: TableDefinition<i64, &[u8]> = TableDefinition::new("orgid_org");
 /// organization id → number of its rooms (GetRooms' `total` without a scan).
 pub const ORGID_ROOMCOUNT: TableDefinition<i64, u64> = TableDefinition::new("orgid_roomcount");
+/// (organization id, level, room id >> (10 × level)) → number of the
+/// organization's rooms whose ids lie in that range (absent when none): a
+/// level-1 range spans 1,024 room ids, a level-2 range 1,048,576. A deep
+/// offset of GetRooms is found by adding up counts, level 2 then level 1,
+/// so keys are walked inside one level-1 range only (`Read::org_room_at`).
+pub const ORGIDRANGE_ROOMCOUNT: TableDefinition<(i64, u8, u64), u64> = TableDefinition::new("orgidrange_roomcount");
 /// (organization id, user id) → role byte (`OrgRole`).
 pub const ORGIDUSERID_ROLE: TableDefinition<(i64, i64), u8> = TableDefinition::new("orgiduserid_role");
 /// (user id, organization id) → role byte: the reverse of `orgiduserid_role`.

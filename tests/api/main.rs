@@ -21,5 +21,6 @@ mod proxy;
 mod roles;
 mod rooms;
 mod service;
+mod token_cache;
 mod user;
 mod validation;

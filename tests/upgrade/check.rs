@@ -9,7 +9,7 @@ use serde_json::json;
 use crate::common::{TestServer, World, room_id};
 use crate::support::{DB_FILE, Data, open_raw};
 
-/// Index entries deleted, a room count and an id counter wrong: check names
+/// Index entries deleted, room counts and an id counter wrong: check names
 /// each and exits 1, repair rebuilds them in one go, check is clean again,
 /// and the service lists every room again and hands out a fresh id.
 #[tokio::test]
@@ -35,6 +35,10 @@ async fn check_finds_deleted_index_entries_and_repair_restores_them() {
         assert!(t.open_table(tables::USERIDROOMID).unwrap().remove((member, victim)).unwrap().is_some());
         assert!(t.open_table(tables::USERIDORGID_ROLE).unwrap().remove((member, org)).unwrap().is_some());
         t.open_table(tables::ORGID_ROOMCOUNT).unwrap().insert(org, 99).unwrap();
+        // The count of the first 1,024 room ids: a deep page would land elsewhere.
+        t.open_table(tables::ORGIDRANGE_ROOMCOUNT).unwrap().insert((org, 1, 0), 42).unwrap();
+        // The count of the first 1,048,576 room ids gone: the offset would find no range.
+        assert!(t.open_table(tables::ORGIDRANGE_ROOMCOUNT).unwrap().remove((org, 2, 0)).unwrap().is_some());
         t.open_table(tables::NAME_COUNTER).unwrap().insert("room", 1).unwrap();
         t.commit().unwrap();
     }
@@ -45,8 +49,10 @@ async fn check_finds_deleted_index_entries_and_repair_restores_them() {
         &format!("useridroomid [{member},{victim}]"),
         &format!("useridorgid_role [{member},{org}]"),
         &format!("orgid_roomcount [{org}]: says 99 rooms"),
+        &format!("orgidrange_roomcount [{org},1,0]: says 42 rooms, the range holds 5"),
+        &format!("orgidrange_roomcount [{org},2,0]: missing; the range holds 5 rooms"),
         "name_counter [room]",
-        "5 problems: 5 that `messenger-chat check --repair` rebuilds",
+        "7 problems: 7 that `messenger-chat check --repair` rebuilds",
         &data.db().display().to_string(),
     ]);
 
@@ -70,7 +76,7 @@ async fn check_finds_deleted_index_entries_and_repair_restores_them() {
     assert_eq!(ids, made);
     let deep = srv.get(&format!("/v1/chatrooms?organization_id={org}&limit=2&offset=2"), &w.api).await;
     let page: Vec<i64> = deep.expect(200)["entries"].as_array().unwrap().iter().map(room_id).collect();
-    assert_eq!(page, made[2..4], "the deep page walks the repaired index");
+    assert_eq!(page, made[2..4], "the deep page finds its place by the repaired counts");
     let next = w.room_from(&srv, json!({"name": "After repair"})).await;
     assert!(room_id(&next) > made[4], "the repaired counter hands out a fresh id: {next}");
 }

@@ -282,6 +282,7 @@ pub fn contents(db: &Path) -> Vec<String> {
         ROOMID_AVATAR,
         ORGID_ORG,
         ORGID_ROOMCOUNT,
+        ORGIDRANGE_ROOMCOUNT,
         ORGIDUSERID_ROLE,
         USERIDORGID_ROLE,
         USERID_USER,
