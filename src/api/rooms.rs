@@ -167,7 +167,7 @@ async fn get_event_room(state: AppState, r: Reader, p: Principal, query: String)
 async fn create_room(state: AppState, p: Principal, body: Bytes, event: bool) -> Response {
     answer(
         async {
-            let b: CreateRoomBody = extract::json(&body)?;
+            let b: CreateRoomBody = extract::json_large(body).await?;
             let event_id = match (event, b.event_id) {
                 (true, None) => return Err(Error::BadRequest("eventID is required for an event's room".into())),
                 (false, Some(_)) => {
@@ -236,7 +236,7 @@ async fn update_room(id: String, state: AppState, p: Principal, body: Bytes) -> 
     answer(
         async {
             let which = room_ref(&id)?;
-            let b: UpdateRoomBody = extract::json(&body)?;
+            let b: UpdateRoomBody = extract::json_large(body).await?;
             let patch = RoomPatch {
                 automation: b.automation_enabled,
                 name: b.name,
@@ -298,7 +298,7 @@ async fn change_users(id: String, state: AppState, p: Principal, body: Bytes, ad
             let r = state.domain.store.read()?;
             state.domain.may_change_users(&r, p, &which)?;
             drop(r);
-            let b: UsersBody = extract::json(&body)?;
+            let b: UsersBody = extract::json_large(body).await?;
             let lists = UserLists { admins: b.admins, moderators: b.moderators, assigned: b.assigned_users };
             let d = state.domain.clone();
             let changed =
