@@ -513,12 +513,14 @@ async fn watchdog(state: &ConnState, limits: &ConnLimits) -> Expired {
             }
         };
         // Looked at again when the deadline is due, and at least once per
-        // head timeout: a head that begins meanwhile is then still caught
-        // exactly at its own deadline (it cannot be due before the next
-        // look), without waking this per request.
+        // the shorter timeout: a head or an idle spell that begins meanwhile
+        // is then still caught exactly at its own deadline (it cannot be due
+        // before the next look), without waking this per request. Capped at
+        // the head timeout alone, an idle timeout shorter than it was
+        // overslept: the connection closed up to a head timeout late.
         let wait = match due {
             Some((at, why)) if at <= now => return why,
-            Some((at, _)) => (at - now).min(head),
+            Some((at, _)) => (at - now).min(head.min(idle)),
             None => head.min(idle),
         };
         tokio::time::sleep(Duration::from_millis(wait)).await;

@@ -262,6 +262,24 @@ async fn an_idle_keep_alive_connection_is_closed_at_the_idle_timeout() {
     assert!(took >= secs(IDLE_SECS) / 2, "closed after {took:?}, before the idle timeout of {IDLE_SECS} s");
 }
 
+/// An idle timeout shorter than the head timeout is kept too: the first
+/// answer starts the idle clock, and the connection closes at it, not at
+/// the head timeout that bounded the wait for that first request.
+#[tokio::test]
+async fn an_idle_timeout_shorter_than_the_head_timeout_is_kept() {
+    let srv = TestServer::start_with(&[
+        ("MESSENGER_CHAT_SERVER__HEADER_TIMEOUT_SECS", "30"),
+        ("MESSENGER_CHAT_SERVER__IDLE_TIMEOUT_SECS", "2"),
+    ]);
+    let mut conn = tls(&srv, b"http/1.1").await;
+    conn.write_all(head(&srv, "GET", "/healthz", &[]).as_bytes()).await.unwrap();
+    assert_eq!(read_answer(&mut conn, secs(10)).await.unwrap().status, 200);
+    let took = closed_within(&mut conn, secs(2) + SLACK)
+        .await
+        .expect("an idle connection was still open well after server.idle_timeout_secs (2 s; head timeout 30 s)");
+    assert!(took >= secs(1), "closed after {took:?}, before the idle timeout of 2 s");
+}
+
 #[tokio::test]
 async fn a_keep_alive_connection_serves_request_after_request() {
     let srv = start();
