@@ -83,6 +83,7 @@ fn room(id: u64, org: i64, at: i64) -> Room {
         moderators: vec![],
         assigned: vec![],
         claimed: vec![],
+        automation_given: vec![],
         automation: false,
         scheduled_deletion: None,
         generation: 1,

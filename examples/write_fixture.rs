@@ -147,6 +147,9 @@ const DESCRIPTION: &[&str] = &[
      (PNG avatar waiting, Eve claimed it, pending); 7 event 7 Beta meetup (made by Eve's PAT, pending).",
     "Topics (schema 2 on): room 1 Everything Acme, room 2 two lines, room 5 set and then cleared; \
      the others none.",
+    "Origin of roles (schema 2 on): in rooms 1 and 3 (automation on) Ann and Ben are admins and Cara \
+     assigned through automation, except Ben in room 3, named admin explicitly with add-users afterwards; \
+     every other role was given explicitly (Ann as the creator of room 2, Eve of room 7).",
     "Outbox: SyncRoom for rooms 3, 5, 6, 7; DeleteRoom for room 4; SyncUser for user 5; DeactivateUser \
      for user 4. Matrix accounts known to exist: users 1, 2, 3, 4, 7.",
 ];
@@ -279,6 +282,9 @@ fn populate(d: &Domain) -> Fallible<Value> {
     d.claim(3, &id(&board))?;
     d.claim(5, &id(&beta_default))?;
     d.add_users(api, &id(&plain), &UserLists { moderators: vec![3], ..UserLists::default() })?;
+    // Ben, admin of room 3 through automation, named admin explicitly too:
+    // his role there is explicit from then on (schema 2 keeps who gave a role).
+    d.add_users(api, &id(&launch), &UserLists { admins: vec![2], ..UserLists::default() })?;
     d.update_room(api, &id(&plain), RoomPatch { topic: Some(Some("Soon gone".into())), ..RoomPatch::default() })?;
     d.update_room(api, &id(&plain), RoomPatch { topic: Some(None), ..RoomPatch::default() })?;
     d.put_user(api, 5, "Eve Owner-Smith")?;

@@ -10,9 +10,12 @@ use crate::api::{self, AppState};
 use crate::client_addr::TrustedProxies;
 use crate::config::Config;
 use crate::domain::api_tokens::{ApiTokenSource, ApiTokenStatus, FIRST_START_NAME, FirstStartToken};
+use crate::domain::sessions::Sessions;
 use crate::domain::{Domain, SystemClock};
+use crate::homeserver::Homeserver;
+use crate::homeserver::synapse::Synapse;
 use crate::proxy::Proxy;
-use crate::reconciler::{Homeserver, Reconciler};
+use crate::reconciler::{Progress, Reconciler};
 use crate::secrets::ServerKey;
 use crate::server::{self, Front, TlsFiles, TlsState};
 use crate::store::{Store, StoreError};
@@ -103,18 +106,24 @@ pub async fn serve(config: Config, config_path: Option<&Path>) -> Result<(), Str
     println!("messenger-chat: listening on {scheme}://{host}:{}", bound.port());
     tracing::info!(%bound, tls = !plain, "serving");
 
-    let hs = Homeserver::new(domain.clone())?;
-    match &hs {
+    let hs = homeserver(&domain)?;
+    let sessions = Arc::new(Sessions::new(domain.clone(), hs.clone()));
+    let sync = match hs {
         Some(hs) => {
-            tokio::spawn(Reconciler::new(hs.clone()).run());
+            let progress = Arc::new(Progress::new(domain.clone()));
+            tokio::spawn(Reconciler::new(domain.clone(), hs, sessions.clone(), progress.clone()).run());
             tracing::info!(homeserver = %domain.config.matrix.homeserver_url, "keeping the homeserver in step");
+            Some(progress)
         }
-        None => tracing::warn!(
-            "no matrix.registration_shared_secret(_file) configured: rooms stay pending and login answers 503"
-        ),
-    }
+        None => {
+            tracing::warn!(
+                "no matrix.registration_shared_secret(_file) configured: rooms stay pending and login answers 503"
+            );
+            None
+        }
+    };
     tokio::spawn(delete_scheduled_rooms(domain.clone()));
-    let state = AppState::new(domain, hs);
+    let state = AppState::new(domain, sessions, sync);
     api::meta::spawn_homeserver_check(&state);
     // The operators' listener stops when the public one has stopped.
     let (stop_operators, operators_stopped) = tokio::sync::watch::channel(());
@@ -136,6 +145,20 @@ pub async fn serve(config: Config, config_path: Option<&Path>) -> Result<(), Str
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The homeserver of the configuration, when it names a registration secret.
+///
+/// # Errors
+/// The adapter cannot be configured (bad URL, unreadable secret file).
+fn homeserver(domain: &Domain) -> Result<Option<Arc<dyn Homeserver>>, String> {
+    let m = &domain.config.matrix;
+    if m.registration_shared_secret.is_empty() && m.registration_shared_secret_file.is_empty() {
+        return Ok(None);
+    }
+    let bot_password = domain.key.matrix_password(&domain.config.security, &domain.ids.bot())?;
+    let synapse = Synapse::new(m, bot_password).map_err(|e| e.to_string())?;
+    Ok(Some(Arc::new(synapse)))
 }
 
 /// Tells the operator, once, the token the first start made: where it

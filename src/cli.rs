@@ -179,7 +179,7 @@ pub fn run_admin(config: Config, command: Command, config_path: Option<&Path>) -
         other => {
             let d = crate::app::open_domain(config)?;
             let p = Principal::Api;
-            let show = |e: crate::error::Error| e.to_string();
+            let show = |e: crate::error::Error| e.for_cli();
             match other {
                 Command::Token(TokenCommand::Issue { user, name, days }) => {
                     let t = d.issue_token(p, user, name.as_deref(), days).map_err(show)?;

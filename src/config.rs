@@ -315,7 +315,9 @@ pub struct MatrixConfig {
     pub homeserver_url: String,
     /// The homeserver's `server_name` (the part after `:` in user ids).
     pub server_name: String,
-    /// Homeserver URL handed to the app in `wellKnown`; empty means `homeserver_url`.
+    /// Homeserver URL handed to the app in login's `wellKnown`. Empty: with
+    /// `proxy.enabled`, the service itself (`proxy.public_url`, else the
+    /// scheme and host the app used); without it, `homeserver_url`.
     pub public_base_url: String,
     /// Synapse's `registration_shared_secret`, inline …
     pub registration_shared_secret: String,
@@ -578,6 +580,21 @@ impl Config {
     #[must_use]
     pub fn listen_addr(&self) -> SocketAddr {
         self.server.listen.parse().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 8443)))
+    }
+
+    /// The homeserver URL the app is told to use (login's `wellKnown`), when
+    /// the configuration names it; `None`: the service's own URL as the app
+    /// reached it (the proxy is on and `proxy.public_url` is empty).
+    #[must_use]
+    pub fn app_homeserver_url(&self) -> Option<&str> {
+        let url = if !self.matrix.public_base_url.is_empty() {
+            &self.matrix.public_base_url
+        } else if self.proxy.enabled {
+            &self.proxy.public_url
+        } else {
+            &self.matrix.homeserver_url
+        };
+        (!url.is_empty()).then(|| url.trim_end_matches('/'))
     }
 
     /// The data directory.

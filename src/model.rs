@@ -70,6 +70,13 @@ pub struct Room {
     pub assigned: Vec<UserId>,
     /// Users who claimed the room: their Matrix accounts are joined, not only invited.
     pub claimed: Vec<UserId>,
+    /// Listed users whose role automation gave (ascending): theirs follows
+    /// the organization role while automation is on. Every other listed
+    /// user's role was given explicitly and stays until changed explicitly.
+    /// Internal: not in the API JSON. Dumps from before it read as empty
+    /// (`default`) and are then inferred, like a migrated schema-1 room.
+    #[serde(default)]
+    pub automation_given: Vec<UserId>,
     pub automation: bool,
     /// Unix seconds at which the service deletes the room by itself.
     pub scheduled_deletion: Option<i64>,
@@ -106,8 +113,27 @@ impl Room {
         all
     }
 
-    /// Puts `user` in exactly one list, the one of `role`; a claim stays.
+    /// Whether the user is listed with a role that automation gave.
+    #[must_use]
+    pub fn is_automation_given(&self, user: UserId) -> bool {
+        self.automation_given.binary_search(&user).is_ok()
+    }
+
+    /// Gives `user` the role `role` explicitly (see [`Room::set_role_by`]).
     pub fn set_role(&mut self, user: UserId, role: RoomRole) {
+        self.set_role_by(user, role, false);
+    }
+
+    /// Puts `user` in exactly one list, the one of `role`, given by
+    /// automation or explicitly; a claim stays.
+    pub fn set_role_by(&mut self, user: UserId, role: RoomRole, automation: bool) {
+        match (self.automation_given.binary_search(&user), automation) {
+            (Ok(at), false) => {
+                self.automation_given.remove(at);
+            }
+            (Err(at), true) => self.automation_given.insert(at, user),
+            _ => {}
+        }
         for list in [&mut self.admins, &mut self.moderators, &mut self.assigned] {
             if let Ok(at) = list.binary_search(&user) {
                 list.remove(at);
@@ -126,6 +152,9 @@ impl Room {
     /// Takes `user` out of every list; true when the user was listed.
     pub fn remove_user(&mut self, user: UserId) -> bool {
         let mut found = false;
+        if let Ok(at) = self.automation_given.binary_search(&user) {
+            self.automation_given.remove(at);
+        }
         for list in [&mut self.admins, &mut self.moderators, &mut self.assigned, &mut self.claimed] {
             if let Ok(at) = list.binary_search(&user) {
                 list.remove(at);

@@ -19,7 +19,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 
-use crate::api::problem::problem;
+use crate::api::problem::{ApiError, problem};
 use crate::client_addr::ClientAddr;
 use crate::config::Config;
 use crate::error::Error;
@@ -97,14 +97,14 @@ impl Proxy {
             return self.well_known(&req, client);
         }
         let refusal = match unsafe_path(path) {
-            Some(why) => Some(Error::BadRequest(why)),
+            Some(why) => Some(Error::Malformed(why)),
             None if !ALLOWED.iter().any(|p| path.starts_with(p)) => Some(Error::NotFound(
                 "only /_matrix/client/… and /_matrix/media/… reach the homeserver through this service".into(),
             )),
             None => None,
         };
         match refusal {
-            Some(e) => refuse(&e),
+            Some(e) => refuse(e),
             None => self.forward(req, client).await,
         }
     }
@@ -157,7 +157,7 @@ impl Proxy {
                     None => match request_host(req) {
                         Some(host) => format!("{}://{host}", client.proto()),
                         None => {
-                            return refuse(&Error::BadRequest(
+                            return refuse(Error::Malformed(
                                 "send a Host header (or the operator sets proxy.public_url)".into(),
                             ));
                         }
@@ -180,7 +180,7 @@ impl Proxy {
                 resp
             }
             _ => {
-                let mut resp = refuse(&Error::MethodNotAllowed(format!("{WELL_KNOWN} answers {METHODS}")));
+                let mut resp = refuse(ApiError::MethodNotAllowed(format!("{WELL_KNOWN} answers {METHODS}")));
                 resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(METHODS));
                 resp
             }
@@ -251,7 +251,7 @@ fn request_host(req: &Request<RequestBody>) -> Option<String> {
 /// A refusal as problem+json. A request body left unread closes the
 /// connection after it (the server's connection layer says so with
 /// `Connection: close`), so its bytes are never taken for the next request.
-fn refuse(err: &Error) -> Response<AnyBody> {
+fn refuse(err: impl Into<ApiError>) -> Response<AnyBody> {
     problem(err).map(|b| b.map_err(box_error).boxed())
 }
 
@@ -274,7 +274,7 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
 }
 
 fn bad_gateway(detail: &str) -> Response<AnyBody> {
-    problem(&Error::BadGateway(detail.to_string())).map(|b| b.map_err(box_error).boxed())
+    problem(Error::HomeserverRefused(detail.to_string())).map(|b| b.map_err(box_error).boxed())
 }
 
 #[cfg(test)]

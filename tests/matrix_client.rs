@@ -63,13 +63,18 @@ fn unique() -> u64 {
     (micros % 10_000_000_000_000) * 100 + COUNTER.fetch_add(1, Ordering::Relaxed) % 100
 }
 
+/// An app user id no earlier run has used.
+fn unique_user() -> i64 {
+    i64::try_from(unique()).expect("below 2^53")
+}
+
 /// Registers a fresh app user and returns (user id, password).
 async fn new_user(client: &HomeserverClient) -> (String, String) {
-    let n = unique();
+    let n = unique_user();
     let password = format!("pw-{n}");
-    let created = client.register(&client.user_localpart(n), &password, false, Some("Test User")).await.unwrap();
-    assert_eq!(created, Registration::Created { user_id: client.user_id(n) });
-    (client.user_id(n), password)
+    let created = client.register(&client.ids().localpart(n), &password, false, Some("Test User")).await.unwrap();
+    assert_eq!(created, Registration::Created { user_id: client.ids().user(n) });
+    (client.ids().user(n), password)
 }
 
 fn membership_of(members: &[messenger_chat::matrix::Member], user: &str) -> Option<Membership> {
@@ -96,8 +101,8 @@ async fn registration_is_idempotent() {
     let client = bot().await;
     assert_eq!(client.ensure_bot().await.unwrap(), Registration::AlreadyExists);
 
-    let n = unique();
-    let localpart = client.user_localpart(n);
+    let n = unique_user();
+    let localpart = client.ids().localpart(n);
     let first = client.register(&localpart, "pw", false, None).await.unwrap();
     assert_eq!(first, Registration::Created { user_id: format!("@mct{n}:localhost") });
     assert_eq!(client.register(&localpart, "other", false, None).await.unwrap(), Registration::AlreadyExists);
@@ -114,7 +119,7 @@ async fn wrong_shared_secret_is_refused() {
     std::fs::write(&file, "not-the-secret\n").unwrap();
     let config = MatrixConfig { registration_shared_secret_file: file.display().to_string(), ..config() };
     let client = HomeserverClient::new(&config, BOT_PASSWORD.into()).unwrap();
-    let err = client.register(&client.user_localpart(unique()), "pw", false, None).await.unwrap_err();
+    let err = client.register(&client.ids().localpart(unique_user()), "pw", false, None).await.unwrap_err();
     assert!(matches!(err, MatrixError::Api { status: 403, .. }), "{err:?}");
 }
 
@@ -345,9 +350,9 @@ async fn display_name_and_deactivation() {
 
     // Registration without a display name gets the localpart; an unknown
     // account has none.
-    let n = unique();
-    client.register(&client.user_localpart(n), "pw", false, None).await.unwrap();
-    assert_eq!(client.display_name(&client.user_id(n)).await.unwrap(), Some(client.user_localpart(n)));
+    let n = unique_user();
+    client.register(&client.ids().localpart(n), "pw", false, None).await.unwrap();
+    assert_eq!(client.display_name(&client.ids().user(n)).await.unwrap(), Some(client.ids().localpart(n)));
     assert_eq!(client.display_name("@nobody-here:localhost").await.unwrap(), None);
 }
 

@@ -43,7 +43,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
 /// `messenger-chat import` into a new data directory.
 async fn export(state: AppState, p: Principal) -> Response {
     if let Err(e) = Domain::require_api(p) {
-        return problem::problem(&e);
+        return problem::problem(e);
     }
     let (tx, rx) = mpsc::channel(QUEUE_CHUNKS);
     let store = state.domain.store.clone();

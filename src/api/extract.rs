@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 use warp::Filter;
 use warp::http::HeaderValue;
 
-use super::problem::ApiReject;
+use super::problem::{ApiError, ApiReject};
 use crate::domain::rooms::RoomRef;
 use crate::error::{Error, Result};
 use crate::server::BodyError;
@@ -75,7 +75,7 @@ pub fn body(max: u64, required: bool) -> impl Filter<Extract = (Bytes,), Error =
                 essence.eq_ignore_ascii_case("application/json")
             });
             let not_json = || {
-                warp::reject::custom(ApiReject(Error::UnsupportedMediaType(format!(
+                warp::reject::custom(ApiReject(ApiError::UnsupportedMediaType(format!(
                     "send the body as JSON with `Content-Type: application/json` (got {})",
                     ct.as_deref().map_or("no content type".to_string(), |c| format!("`{c}`"))
                 ))))
@@ -93,7 +93,7 @@ pub fn body(max: u64, required: bool) -> impl Filter<Extract = (Bytes,), Error =
         })
 }
 fn too_large(max: u64) -> warp::Rejection {
-    warp::reject::custom(ApiReject(Error::TooLarge(format!(
+    warp::reject::custom(ApiReject(ApiError::TooLarge(format!(
         "the request body is larger than {max} bytes (server.max_body_bytes)"
     ))))
 }
@@ -108,7 +108,7 @@ where
     while let Some(chunk) = stream.next().await {
         let mut chunk = chunk.map_err(|e| ApiReject(read_error(&e)))?;
         if (out.len() + chunk.remaining()) as u64 > max {
-            return Err(ApiReject(Error::TooLarge(format!(
+            return Err(ApiReject(ApiError::TooLarge(format!(
                 "the request body is larger than {max} bytes (server.max_body_bytes)"
             ))));
         }
@@ -123,12 +123,13 @@ where
 }
 
 /// What a failed body read means for the client: 408 when it came too slowly.
-fn read_error(e: &warp::Error) -> Error {
+fn read_error(e: &warp::Error) -> ApiError {
     let source = std::error::Error::source(e);
     match source.and_then(|s| s.downcast_ref::<BodyError>()) {
-        Some(timeout @ BodyError::TimedOut(_)) => Error::RequestTimeout(timeout.to_string()),
+        Some(timeout @ BodyError::TimedOut(_)) => ApiError::RequestTimeout(timeout.to_string()),
         _ => {
-            Error::BadRequest(format!("could not read the body: {}", source.map_or(e.to_string(), ToString::to_string)))
+            Error::Malformed(format!("could not read the body: {}", source.map_or(e.to_string(), ToString::to_string)))
+                .into()
         }
     }
 }
@@ -142,7 +143,7 @@ pub fn json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     // of its fields in order (`[null, null]`), which no client means.
     let first = bytes.iter().find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
     if first.is_some_and(|b| matches!(b, b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n')) {
-        return Err(Error::BadRequest("the body must be a JSON object, such as {\"name\": \"Board\"}".into()));
+        return Err(Error::Malformed("the body must be a JSON object, such as {\"name\": \"Board\"}".into()));
     }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
@@ -150,13 +151,13 @@ pub fn json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
         let inner = e.into_inner();
         let what = strip_position(&inner.to_string());
         match inner.classify() {
-            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => Error::BadRequest(format!(
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => Error::Malformed(format!(
                 "the body is not valid JSON ({what} at line {} column {})",
                 inner.line(),
                 inner.column()
             )),
-            _ if path == "." || path.is_empty() => Error::BadRequest(format!("the body does not fit: {what}")),
-            _ => Error::BadRequest(format!("field {path}: {what}")),
+            _ if path == "." || path.is_empty() => Error::Malformed(format!("the body does not fit: {what}")),
+            _ => Error::Malformed(format!("field {path}: {what}")),
         }
     })
 }
@@ -191,7 +192,7 @@ fn strip_position(msg: &str) -> String {
 /// # Errors
 /// 400 when it is not `application/x-www-form-urlencoded`.
 pub fn query_pairs(raw: &str) -> Result<Vec<(String, String)>> {
-    serde_urlencoded::from_str(raw).map_err(|e| Error::BadRequest(format!("malformed query string: {e}")))
+    serde_urlencoded::from_str(raw).map_err(|e| Error::Malformed(format!("malformed query string: {e}")))
 }
 
 /// The raw query string, empty when there is none.
@@ -210,7 +211,7 @@ pub fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
 /// # Errors
 /// 400 when it is not an integer.
 pub fn int(name: &str, value: &str) -> Result<i64> {
-    value.trim().parse::<i64>().map_err(|_| Error::BadRequest(format!("{name} must be an integer, got {value:?}")))
+    value.trim().parse::<i64>().map_err(|_| Error::Malformed(format!("{name} must be an integer, got {value:?}")))
 }
 
 /// A path segment, percent-decoded.
@@ -231,8 +232,8 @@ pub fn room_ref(raw: &str) -> Result<RoomRef> {
     }
     match s.parse::<i64>() {
         Ok(n) if n > 0 => Ok(RoomRef::Id(n.cast_unsigned())),
-        Ok(n) => Err(Error::Invalid(format!("roomID must be a positive integer, got {n}"))),
-        Err(_) => Err(Error::BadRequest(format!(
+        Ok(n) => Err(Error::invalid("roomID", format!("must be a positive integer, got {n}"))),
+        Err(_) => Err(Error::Malformed(format!(
             "roomID must be a room number or a Matrix room id such as !abc or !abc:example.org, got {s:?}"
         ))),
     }
@@ -274,10 +275,10 @@ mod tests {
         assert_eq!(pick_token(v("Bearer abc"), h("abc")).unwrap(), "abc");
         // A scheme other than Bearer is no token; the other header still counts.
         assert_eq!(pick_token(v("Basic abc"), h("def")).unwrap(), "def");
-        assert_eq!(pick_token(v("Bearer abc"), h("def")).unwrap_err().status(), 401);
-        assert_eq!(pick_token(v("Basic abc"), None).unwrap_err().status(), 401);
-        assert_eq!(pick_token(None, h("")).unwrap_err().status(), 401);
-        assert_eq!(pick_token(None, None).unwrap_err().status(), 401);
+        assert_eq!(pick_token(v("Bearer abc"), h("def")).map_err(ApiError::from).unwrap_err().status().as_u16(), 401);
+        assert_eq!(pick_token(v("Basic abc"), None).map_err(ApiError::from).unwrap_err().status().as_u16(), 401);
+        assert_eq!(pick_token(None, h("")).map_err(ApiError::from).unwrap_err().status().as_u16(), 401);
+        assert_eq!(pick_token(None, None).map_err(ApiError::from).unwrap_err().status().as_u16(), 401);
     }
 
     #[test]
@@ -285,8 +286,8 @@ mod tests {
         assert_eq!(room_ref("12").unwrap(), RoomRef::Id(12));
         assert_eq!(room_ref("%21abc%3Ahs").unwrap(), RoomRef::Matrix("!abc:hs".into()));
         assert_eq!(room_ref("!NtkqRlvcxpw").unwrap(), RoomRef::Matrix("!NtkqRlvcxpw".into()));
-        assert_eq!(room_ref("0").unwrap_err().status(), 422);
-        assert_eq!(room_ref("-3").unwrap_err().status(), 422);
-        assert_eq!(room_ref("abc").unwrap_err().status(), 400);
+        assert_eq!(room_ref("0").map_err(ApiError::from).unwrap_err().status().as_u16(), 422);
+        assert_eq!(room_ref("-3").map_err(ApiError::from).unwrap_err().status().as_u16(), 422);
+        assert_eq!(room_ref("abc").map_err(ApiError::from).unwrap_err().status().as_u16(), 400);
     }
 }

@@ -18,8 +18,9 @@ use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
 use super::extract::token;
+use super::problem::{Handled, reply};
 use super::routes::ROUTES;
-use super::{AppState, answer, json, with_state};
+use super::{AppState, json, with_state};
 use crate::domain::Principal;
 use crate::error::Error;
 use crate::store::Read;
@@ -66,11 +67,11 @@ impl Readiness {
 /// Checks the homeserver now and every [`HOMESERVER_CHECK_EVERY`], for
 /// `/readyz`; a no-op without a homeserver.
 pub fn spawn_homeserver_check(state: &AppState) {
-    let Some(hs) = state.hs.clone() else { return };
+    let Some(hs) = state.sessions.homeserver().cloned() else { return };
     let readiness = state.readiness.clone();
     tokio::spawn(async move {
         loop {
-            let health = match tokio::time::timeout(HOMESERVER_CHECK_TIMEOUT, hs.client.versions()).await {
+            let health = match tokio::time::timeout(HOMESERVER_CHECK_TIMEOUT, hs.check()).await {
                 Ok(Ok(_)) => HomeserverHealth::Answers,
                 Ok(Err(e)) => HomeserverHealth::Fails(format!("the homeserver does not answer: {e}")),
                 Err(_) => HomeserverHealth::Fails(format!(
@@ -142,7 +143,7 @@ fn healthz() -> BoxedFilter<(Response,)> {
     warp::path!("healthz").and(warp::get()).map(|| json(StatusCode::OK, &serde_json::json!({"status": "ok"}))).boxed()
 }
 
-pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
+pub fn routes(state: AppState) -> BoxedFilter<(Handled,)> {
     let healthz = healthz();
     let readyz = warp::path!("readyz").and(warp::get()).and(with_state(state.clone())).and(token()).then(public_readyz);
     let metrics = warp::path!("metrics").and(warp::get()).and(with_state(state)).and(token()).map(public_metrics);
@@ -158,7 +159,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
             .body(DOCS_HTML.into())
             .unwrap_or_default()
     });
-    healthz.or(readyz).unify().or(metrics).unify().or(openapi).unify().or(docs).unify().boxed()
+    healthz.or(readyz).unify().or(metrics).unify().or(openapi).unify().or(docs).unify().map(Ok).boxed()
 }
 
 /// The operators' listener (`server.metrics_listen`): `/metrics`, the
@@ -189,15 +190,17 @@ async fn public_readyz(state: AppState, token: Result<String, Error>) -> Respons
 async fn readyz(state: AppState, detailed: bool) -> Response {
     let depth = match state.domain.store.read().and_then(|r| r.outbox_depth()) {
         Ok(d) => d,
-        Err(e) if detailed => return answer(Err(Error::Unavailable(format!("the database is not readable: {e}")))),
-        Err(_) => return answer(Err(not_ready("the database is not readable"))),
+        Err(e) if detailed => {
+            return reply(Err(Error::Unavailable(format!("the database is not readable: {e}")).into()));
+        }
+        Err(_) => return reply(Err(not_ready("the database is not readable").into())),
     };
     let homeserver = match state.readiness.current().await {
         Some(HomeserverHealth::NotConfigured) => "not configured",
         Some(HomeserverHealth::Answers) => "ok",
-        Some(HomeserverHealth::Fails(why)) if detailed => return answer(Err(Error::Unavailable(why))),
-        Some(HomeserverHealth::Fails(_)) => return answer(Err(not_ready("the homeserver does not answer"))),
-        None => return answer(Err(not_ready("the homeserver has not been checked yet"))),
+        Some(HomeserverHealth::Fails(why)) if detailed => return reply(Err(Error::Unavailable(why).into())),
+        Some(HomeserverHealth::Fails(_)) => return reply(Err(not_ready("the homeserver does not answer").into())),
+        None => return reply(Err(not_ready("the homeserver has not been checked yet").into())),
     };
     let body = if detailed {
         serde_json::json!({"status": "ready", "database": "ok", "homeserver": homeserver, "outboxDepth": depth})
@@ -217,11 +220,12 @@ fn not_ready(what: &str) -> Error {
 fn public_metrics(state: AppState, token: Result<String, Error>) -> Response {
     match state.caller(token) {
         Ok((_, Principal::Api)) => metrics(state),
-        Ok((_, Principal::User(_))) => answer(Err(Error::Forbidden(
+        Ok((_, Principal::User(_))) => reply(Err(Error::Forbidden(
             "metrics are for operators: send an API token, or read them on the metrics listener (server.metrics_listen)"
                 .into(),
-        ))),
-        Err(e) => answer(Err(e)),
+        )
+        .into())),
+        Err(e) => reply(Err(e.into())),
     }
 }
 
@@ -271,12 +275,12 @@ fn metrics(state: AppState) -> Response {
         out.push_str("# HELP messenger_chat_users Stored app users.\n# TYPE messenger_chat_users gauge\n");
         let _ = writeln!(out, "messenger_chat_users {users}");
     }
-    if let Some(hs) = &state.hs {
+    if let Some(sync) = &state.sync {
         out.push_str(
             "# HELP messenger_chat_homeserver_errors_total Homeserver steps that failed (and were retried).\n",
         );
         out.push_str("# TYPE messenger_chat_homeserver_errors_total counter\n");
-        let _ = writeln!(out, "messenger_chat_homeserver_errors_total {}", hs.errors.load(Ordering::Relaxed));
+        let _ = writeln!(out, "messenger_chat_homeserver_errors_total {}", sync.errors());
     }
     warp::http::Response::builder()
         .header("content-type", "text/plain; version=0.0.4")

@@ -22,9 +22,10 @@ use warp::filters::path::FullPath;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
+use crate::domain::sessions::Sessions;
 use crate::domain::{Domain, Principal};
 use crate::error::{Error, Result};
-use crate::reconciler::Homeserver;
+use crate::reconciler::Progress;
 use crate::store::{Read, Reader};
 
 /// Shared by every handler.
@@ -35,8 +36,10 @@ pub struct AppState(Arc<State>);
 pub struct State {
     pub domain: Arc<Domain>,
     pub metrics: Arc<meta::Metrics>,
-    /// The homeserver side; `None` when no homeserver is configured.
-    pub hs: Option<Arc<Homeserver>>,
+    /// Accounts and logins of app users on the homeserver.
+    pub sessions: Arc<Sessions>,
+    /// How far the reconciler got; `None` when no homeserver is configured.
+    pub sync: Option<Arc<Progress>>,
     pub login_limit: Arc<limits::RateLimiter>,
     pub token_limit: Arc<limits::RateLimiter>,
     pub credentials_limit: Arc<limits::RateLimiter>,
@@ -46,7 +49,7 @@ pub struct State {
 
 impl AppState {
     #[must_use]
-    pub fn new(domain: Arc<Domain>, hs: Option<Arc<Homeserver>>) -> Self {
+    pub fn new(domain: Arc<Domain>, sessions: Arc<Sessions>, sync: Option<Arc<Progress>>) -> Self {
         let l = &domain.config.limits;
         let login_limit =
             Arc::new(limits::RateLimiter::new("login", l.login_burst, Duration::from_secs(l.login_refill_secs)));
@@ -60,11 +63,12 @@ impl AppState {
             l.credentials_burst,
             Duration::from_secs(l.credentials_refill_secs),
         ));
-        let readiness = Arc::new(meta::Readiness::new(hs.is_some()));
+        let readiness = Arc::new(meta::Readiness::new(sessions.homeserver().is_some()));
         AppState(Arc::new(State {
             domain,
             metrics: Arc::new(meta::Metrics::default()),
-            hs,
+            sessions,
+            sync,
             login_limit,
             token_limit,
             credentials_limit,
@@ -74,11 +78,11 @@ impl AppState {
 
     /// Waits (at most `matrix.sync_wait`) for a changed room to reach the
     /// homeserver, then answers with the room as stored.
-    async fn settled(&self, room: crate::model::Room, status: StatusCode) -> Result<Response> {
-        let Some(hs) = &self.hs else {
+    async fn settled(&self, room: crate::model::Room, status: StatusCode) -> problem::Handled {
+        let Some(sync) = &self.sync else {
             return Ok(json_bytes(status, room.to_json()));
         };
-        hs.wait_synced(room.id, room.generation).await;
+        sync.wait_synced(room.id, room.generation).await;
         let now = self.domain.store.read()?.room(room.id)?.unwrap_or(room);
         Ok(json_bytes(status, now.to_json()))
     }
@@ -116,7 +120,9 @@ fn with_state(state: AppState) -> impl Filter<Extract = (AppState,), Error = Inf
 fn reader(state: AppState) -> impl Filter<Extract = (Reader, Principal), Error = Rejection> + Clone {
     extract::token()
         .and_then(move |token| {
-            futures_util::future::ready(state.caller(token).map_err(|e| warp::reject::custom(problem::ApiReject(e))))
+            futures_util::future::ready(
+                state.caller(token).map_err(|e| warp::reject::custom(problem::ApiReject(e.into()))),
+            )
         })
         .untuple_one()
 }
@@ -162,8 +168,9 @@ pub fn routes(
         .unify()
         .or(admin::routes(state.clone()))
         .unify()
-        .or(export::routes(state))
+        .or(export::routes(state).map(Ok))
         .unify()
+        .map(problem::reply)
         .recover(problem::recover)
         .unify();
     warp::path::full().and(api).map(|path: FullPath, resp| problem::with_allow(path.as_str(), resp)).with(log)
@@ -172,10 +179,10 @@ pub fn routes(
 /// 405 for a method that only a parameter route would take at a literal
 /// path (`PATCH /v1/chatrooms/event`): `event` and `default` are paths of
 /// their own there, never room ids. Everything else passes on untouched.
-fn shadowed() -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+fn shadowed() -> impl Filter<Extract = (problem::Handled,), Error = warp::Rejection> + Clone {
     warp::method().and(warp::path::full()).and_then(|method: http::Method, path: warp::path::FullPath| async move {
         if routes::shadowed(method.as_str(), path.as_str()) {
-            Ok(problem::problem(&Error::MethodNotAllowed(
+            Ok(Err(problem::ApiError::MethodNotAllowed(
                 "this path does not answer this method; see /openapi.json for its methods".into(),
             )))
         } else {
@@ -199,11 +206,6 @@ pub(crate) fn json_bytes(status: StatusCode, body: Vec<u8>) -> Response {
 /// 204 No Content.
 pub(crate) fn no_content() -> Response {
     StatusCode::NO_CONTENT.into_response()
-}
-
-/// The answer for a handler's result.
-pub(crate) fn answer(result: Result<Response>) -> Response {
-    result.unwrap_or_else(|e| problem::problem(&e))
 }
 
 /// Runs blocking work (redb writes, Argon2) off the async workers.

@@ -7,15 +7,16 @@ use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
 use super::extract::{self, body, int, param, query_pairs, raw_query, room_ref};
+use super::problem::Handled;
 use super::views::{CreateDefaultBody, CreateRoomBody, UpdateRoomBody, UsersBody};
-use super::{AppState, answer, blocking, caller, no_content, reader, with_state};
+use super::{AppState, blocking, caller, no_content, reader, with_state};
 use crate::domain::Principal;
 use crate::domain::rooms::{NewRoom, RoomPatch, UserLists};
 use crate::error::{Error, Result};
 use crate::model::Room;
 use crate::store::Reader;
 
-pub fn routes(state: AppState) -> BoxedFilter<(Response,)> {
+pub fn routes(state: AppState) -> BoxedFilter<(Handled,)> {
     let max = state.max_body();
     let s = || with_state(state.clone());
     // The caller is known (or the request refused) before any body is read.
@@ -107,205 +108,163 @@ fn room(status: StatusCode, room: &Room) -> Response {
 }
 
 /// GET /v1/chatrooms?organization_id=&all=&limit=&offset= — any member of the organization.
-async fn get_rooms(state: AppState, r: Reader, p: Principal, query: String) -> Response {
-    answer((|| {
-        let q = query_pairs(&query)?;
-        let org = int(
-            "organization_id",
-            param(&q, "organization_id")
-                .ok_or_else(|| Error::BadRequest("organization_id is required: add ?organization_id=<id>".into()))?,
-        )?;
-        let all = match param(&q, "all") {
-            None | Some("false") => false,
-            Some("true") => true,
-            Some(other) => return Err(Error::BadRequest(format!("all must be true or false, got {other:?}"))),
-        };
-        let limit = match param(&q, "limit") {
-            None => 10,
-            Some(v) => match int("limit", v)? {
-                n @ 1..=50 => usize::try_from(n).unwrap_or(10),
-                n => return Err(Error::BadRequest(format!("limit must be between 1 and 50, got {n}"))),
-            },
-        };
-        let offset = match param(&q, "offset") {
-            None => 0,
-            Some(v) => match int("offset", v)? {
-                n if n >= 0 => usize::try_from(n).unwrap_or(usize::MAX),
-                n => return Err(Error::BadRequest(format!("offset must be 0 or more, got {n}"))),
-            },
-        };
-        let page = if all { None } else { Some((offset, limit)) };
-        let (rooms, total) = state.domain.list_rooms(&r, p, org, page)?;
-        // The entries are stored as JSON already: copy them into the page.
-        let mut body = Vec::with_capacity(rooms.iter().map(Vec::len).sum::<usize>() + rooms.len() + 32);
-        body.extend_from_slice(b"{\"entries\":[");
-        for (i, room) in rooms.iter().enumerate() {
-            if i > 0 {
-                body.push(b',');
-            }
-            body.extend_from_slice(room);
+async fn get_rooms(state: AppState, r: Reader, p: Principal, query: String) -> Handled {
+    let q = query_pairs(&query)?;
+    let org = int(
+        "organization_id",
+        param(&q, "organization_id")
+            .ok_or_else(|| Error::Malformed("organization_id is required: add ?organization_id=<id>".into()))?,
+    )?;
+    let all = match param(&q, "all") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => return Err(Error::Malformed(format!("all must be true or false, got {other:?}")).into()),
+    };
+    let limit = match param(&q, "limit") {
+        None => 10,
+        Some(v) => match int("limit", v)? {
+            n @ 1..=50 => usize::try_from(n).unwrap_or(10),
+            n => return Err(Error::Malformed(format!("limit must be between 1 and 50, got {n}")).into()),
+        },
+    };
+    let offset = match param(&q, "offset") {
+        None => 0,
+        Some(v) => match int("offset", v)? {
+            n if n >= 0 => usize::try_from(n).unwrap_or(usize::MAX),
+            n => return Err(Error::Malformed(format!("offset must be 0 or more, got {n}")).into()),
+        },
+    };
+    let page = if all { None } else { Some((offset, limit)) };
+    let (rooms, total) = state.domain.list_rooms(&r, p, org, page)?;
+    // The entries are stored as JSON already: copy them into the page.
+    let mut body = Vec::with_capacity(rooms.iter().map(Vec::len).sum::<usize>() + rooms.len() + 32);
+    body.extend_from_slice(b"{\"entries\":[");
+    for (i, room) in rooms.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
         }
-        body.extend_from_slice(format!("],\"total\":{total}}}").as_bytes());
-        Ok(super::json_bytes(StatusCode::OK, body))
-    })())
+        body.extend_from_slice(room);
+    }
+    body.extend_from_slice(format!("],\"total\":{total}}}").as_bytes());
+    Ok(super::json_bytes(StatusCode::OK, body))
 }
 
 /// GET /v1/chatrooms/event?organization_id=&event_id= — any member of the organization.
-async fn get_event_room(state: AppState, r: Reader, p: Principal, query: String) -> Response {
-    answer((|| {
-        let q = query_pairs(&query)?;
-        let required = |name: &str| -> Result<i64> {
-            int(name, param(&q, name).ok_or_else(|| Error::BadRequest(format!("{name} is required")))?)
-        };
-        let found = state.domain.event_room(&r, p, required("organization_id")?, required("event_id")?)?;
-        Ok(room(StatusCode::OK, &found))
-    })())
+async fn get_event_room(state: AppState, r: Reader, p: Principal, query: String) -> Handled {
+    let q = query_pairs(&query)?;
+    let required = |name: &str| -> Result<i64> {
+        int(name, param(&q, name).ok_or_else(|| Error::Malformed(format!("{name} is required")))?)
+    };
+    let found = state.domain.event_room(&r, p, required("organization_id")?, required("event_id")?)?;
+    Ok(room(StatusCode::OK, &found))
 }
 
 /// POST /v1/chatrooms (custom room) and POST /v1/chatrooms/event (an event's room)
 /// — owners/admins of the organization; a PAT caller becomes a room admin.
-async fn create_room(state: AppState, p: Principal, body: Bytes, event: bool) -> Response {
-    answer(
-        async {
-            let b: CreateRoomBody = extract::json_large(body).await?;
-            let event_id = match (event, b.event_id) {
-                (true, None) => return Err(Error::BadRequest("eventID is required for an event's room".into())),
-                (false, Some(_)) => {
-                    return Err(Error::BadRequest(
-                        "eventID belongs in POST /v1/chatrooms/event, not in a custom room".into(),
-                    ));
-                }
-                (_, e) => e,
-            };
-            let spec = NewRoom {
-                org_id: b.organization_id,
-                event_id,
-                name: b.name,
-                topic: b.topic,
-                users: UserLists { admins: b.admins, moderators: b.moderators, assigned: b.assigned_users },
-                automation: b.automation_enabled,
-                avatar: b.avatar,
-                scheduled_deletion: b.scheduled_deletion,
-            };
-            let d = state.domain.clone();
-            let created = blocking(move || d.create_room(p, spec)).await?;
-            state.settled(created, StatusCode::CREATED).await
+async fn create_room(state: AppState, p: Principal, body: Bytes, event: bool) -> Handled {
+    let b: CreateRoomBody = extract::json_large(body).await?;
+    let event_id = match (event, b.event_id) {
+        (true, None) => return Err(Error::Malformed("eventID is required for an event's room".into()).into()),
+        (false, Some(_)) => {
+            return Err(
+                Error::Malformed("eventID belongs in POST /v1/chatrooms/event, not in a custom room".into()).into()
+            );
         }
-        .await,
-    )
+        (_, e) => e,
+    };
+    let spec = NewRoom {
+        org_id: b.organization_id,
+        event_id,
+        name: b.name,
+        topic: b.topic,
+        users: UserLists { admins: b.admins, moderators: b.moderators, assigned: b.assigned_users },
+        automation: b.automation_enabled,
+        avatar: b.avatar,
+        scheduled_deletion: b.scheduled_deletion,
+    };
+    let d = state.domain.clone();
+    let created = blocking(move || d.create_room(p, spec)).await?;
+    state.settled(created, StatusCode::CREATED).await
 }
 
 /// POST /v1/chatrooms/default — owners/admins of the organization.
-async fn create_default_room(state: AppState, p: Principal, body: Bytes) -> Response {
-    answer(
-        async {
-            let b: CreateDefaultBody = extract::json(&body)?;
-            let d = state.domain.clone();
-            let created =
-                blocking(move || d.create_default_room(p, b.organization_id, b.automation_enabled, b.topic.as_deref()))
-                    .await?;
-            state.settled(created, StatusCode::CREATED).await
-        }
-        .await,
-    )
+async fn create_default_room(state: AppState, p: Principal, body: Bytes) -> Handled {
+    let b: CreateDefaultBody = extract::json(&body)?;
+    let d = state.domain.clone();
+    let created =
+        blocking(move || d.create_default_room(p, b.organization_id, b.automation_enabled, b.topic.as_deref())).await?;
+    state.settled(created, StatusCode::CREATED).await
 }
 
 /// DELETE /v1/chatrooms/default/{organizationID} — owners/admins of the organization.
-async fn delete_default_room(org: String, state: AppState, p: Principal) -> Response {
-    answer(
-        async {
-            let org = int("organizationID", &extract::decode_segment(&org))?;
-            let d = state.domain.clone();
-            blocking(move || d.delete_default_room(p, org)).await?;
-            Ok(no_content())
-        }
-        .await,
-    )
+async fn delete_default_room(org: String, state: AppState, p: Principal) -> Handled {
+    let org = int("organizationID", &extract::decode_segment(&org))?;
+    let d = state.domain.clone();
+    blocking(move || d.delete_default_room(p, org)).await?;
+    Ok(no_content())
 }
 
 /// GET /v1/chatrooms/{roomID} — any member of the room's organization.
-async fn get_room(id: String, state: AppState, r: Reader, p: Principal) -> Response {
-    answer((|| {
-        let found = state.domain.get_room(&r, p, &room_ref(&id)?)?;
-        Ok(room(StatusCode::OK, &found))
-    })())
+async fn get_room(id: String, state: AppState, r: Reader, p: Principal) -> Handled {
+    let found = state.domain.get_room(&r, p, &room_ref(&id)?)?;
+    Ok(room(StatusCode::OK, &found))
 }
 
 /// PATCH /v1/chatrooms/{roomID} — owners/admins of the organization, admins of the room.
-async fn update_room(id: String, state: AppState, p: Principal, body: Bytes) -> Response {
-    answer(
-        async {
-            let which = room_ref(&id)?;
-            let b: UpdateRoomBody = extract::json_large(body).await?;
-            let patch = RoomPatch {
-                automation: b.automation_enabled,
-                name: b.name,
-                topic: b.topic,
-                avatar: b.avatar,
-                scheduled_deletion: b.scheduled_deletion,
-            };
-            if patch.is_empty() {
-                return Err(Error::BadRequest(
-                    "nothing to change: send automationEnabled, name, topic, avatar or scheduledDeletion".into(),
-                ));
-            }
-            let d = state.domain.clone();
-            let updated = blocking(move || d.update_room(p, &which, patch)).await?;
-            state.settled(updated, StatusCode::OK).await
-        }
-        .await,
-    )
+async fn update_room(id: String, state: AppState, p: Principal, body: Bytes) -> Handled {
+    let which = room_ref(&id)?;
+    let b: UpdateRoomBody = extract::json_large(body).await?;
+    let patch = RoomPatch {
+        automation: b.automation_enabled,
+        name: b.name,
+        topic: b.topic,
+        avatar: b.avatar,
+        scheduled_deletion: b.scheduled_deletion,
+    };
+    if patch.is_empty() {
+        return Err(Error::Malformed(
+            "nothing to change: send automationEnabled, name, topic, avatar or scheduledDeletion".into(),
+        )
+        .into());
+    }
+    let d = state.domain.clone();
+    let updated = blocking(move || d.update_room(p, &which, patch)).await?;
+    state.settled(updated, StatusCode::OK).await
 }
 
 /// DELETE /v1/chatrooms/{roomID} — owners/admins of the organization, admins of the room.
-async fn delete_room(id: String, state: AppState, p: Principal) -> Response {
-    answer(
-        async {
-            let which = room_ref(&id)?;
-            let d = state.domain.clone();
-            blocking(move || d.delete_room(p, &which)).await?;
-            Ok(no_content())
-        }
-        .await,
-    )
+async fn delete_room(id: String, state: AppState, p: Principal) -> Handled {
+    let which = room_ref(&id)?;
+    let d = state.domain.clone();
+    blocking(move || d.delete_room(p, &which)).await?;
+    Ok(no_content())
 }
 
 /// POST /v1/chatrooms/{roomID}/claim — a member listed in the room, or any
 /// member for the default room and automated rooms; an API token names the user with `?user_id=`.
-async fn claim_room(id: String, state: AppState, r: Reader, p: Principal, query: String) -> Response {
-    answer(
-        async {
-            let which = room_ref(&id)?;
-            let q = query_pairs(&query)?;
-            let user_id = param(&q, "user_id").map(|v| int("user_id", v)).transpose()?;
-            let user = state.domain.acting_user(&r, p, user_id)?;
-            drop(r);
-            let d = state.domain.clone();
-            let claimed = blocking(move || d.claim(user, &which)).await?;
-            state.settled(claimed, StatusCode::OK).await
-        }
-        .await,
-    )
+async fn claim_room(id: String, state: AppState, r: Reader, p: Principal, query: String) -> Handled {
+    let which = room_ref(&id)?;
+    let q = query_pairs(&query)?;
+    let user_id = param(&q, "user_id").map(|v| int("user_id", v)).transpose()?;
+    let user = state.domain.acting_user(&r, p, user_id)?;
+    drop(r);
+    let d = state.domain.clone();
+    let claimed = blocking(move || d.claim(user, &which)).await?;
+    state.settled(claimed, StatusCode::OK).await
 }
 
 /// POST (add) and DELETE (remove) /v1/chatrooms/{roomID}/users — owners/admins
 /// of the organization and room admins; room moderators for assignedUsers only.
 /// A caller who may not change the room is refused before the body is parsed.
-async fn change_users(id: String, state: AppState, p: Principal, body: Bytes, add: bool) -> Response {
-    answer(
-        async {
-            let which = room_ref(&id)?;
-            let r = state.domain.store.read()?;
-            state.domain.may_change_users(&r, p, &which)?;
-            drop(r);
-            let b: UsersBody = extract::json_large(body).await?;
-            let lists = UserLists { admins: b.admins, moderators: b.moderators, assigned: b.assigned_users };
-            let d = state.domain.clone();
-            let changed =
-                blocking(move || if add { d.add_users(p, &which, &lists) } else { d.remove_users(p, &which, &lists) })
-                    .await?;
-            state.settled(changed, StatusCode::OK).await
-        }
-        .await,
-    )
+async fn change_users(id: String, state: AppState, p: Principal, body: Bytes, add: bool) -> Handled {
+    let which = room_ref(&id)?;
+    let r = state.domain.store.read()?;
+    state.domain.may_change_users(&r, p, &which)?;
+    drop(r);
+    let b: UsersBody = extract::json_large(body).await?;
+    let lists = UserLists { admins: b.admins, moderators: b.moderators, assigned: b.assigned_users };
+    let d = state.domain.clone();
+    let changed =
+        blocking(move || if add { d.add_users(p, &which, &lists) } else { d.remove_users(p, &which, &lists) }).await?;
+    state.settled(changed, StatusCode::OK).await
 }

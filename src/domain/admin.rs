@@ -1,6 +1,6 @@
 //! Administration (API token only): organizations, members, users, tokens.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Remedy, Result};
 use crate::model::{OrgRole, Organization, OutboxOp, Token, TokenKind, User, UserId};
 use crate::secrets::{PAT_PREFIX, new_token, token_hash};
 use crate::store::Read;
@@ -59,7 +59,6 @@ impl Domain {
             w.delete_org(id)?;
             Ok(())
         })?;
-        self.outbox_changed.notify_one();
         Ok(())
     }
 
@@ -84,13 +83,12 @@ impl Domain {
         let org = positive("organizationID", org)?;
         let user = positive("userID", user)?;
         let now = self.clock.now();
-        let changed = self.write(|w| {
+        self.write(|w| {
             w.org(org)?.ok_or_else(|| org_not_found(org))?;
             match w.user(user)? {
                 Some(u) if u.deactivated => {
-                    return Err(Error::Conflict(format!(
-                        "user {user} is deactivated: reactivate them with PUT /v1/users/{user} first"
-                    )));
+                    return Err(Error::Conflict(format!("user {user} is deactivated"))
+                        .with_remedy(Remedy::ReactivateUser(user)));
                 }
                 Some(_) => {}
                 None => {
@@ -100,9 +98,6 @@ impl Domain {
             w.set_member(org, user, role)?;
             automate_member(w, org, user, now)
         })?;
-        if changed {
-            self.outbox_changed.notify_one();
-        }
         Ok(())
     }
 
@@ -124,7 +119,6 @@ impl Domain {
             remove_from_rooms(w, user, Some(org), now)?;
             Ok(())
         })?;
-        self.outbox_changed.notify_one();
         Ok(())
     }
 
@@ -146,7 +140,6 @@ impl Domain {
             w.push_outbox(&OutboxOp::SyncUser { user_id: id })?;
             Ok((user, created))
         })?;
-        self.outbox_changed.notify_one();
         Ok(result)
     }
 
@@ -178,7 +171,6 @@ impl Domain {
             }
             Ok(())
         })?;
-        self.outbox_changed.notify_one();
         Ok(())
     }
 
@@ -196,7 +188,7 @@ impl Domain {
         let max = i64::from(self.config.auth.pat_max_days);
         let days = days.unwrap_or(i64::from(self.config.auth.pat_default_days));
         if !(1..=max).contains(&days) {
-            return Err(Error::Invalid(format!("expiresInDays must be between 1 and {max}, got {days}")));
+            return Err(Error::invalid("expiresInDays", format!("must be between 1 and {max}, got {days}")));
         }
         let now = self.clock.now();
         let secret = new_token(PAT_PREFIX);
@@ -269,7 +261,7 @@ impl Domain {
             }
             (Principal::Api, Some(v)) => positive("user_id", v)?,
             (Principal::Api, None) => {
-                return Err(Error::BadRequest("an API token must name the user: add ?user_id=<id>".into()));
+                return Err(Error::Malformed("an API token must name the user: add ?user_id=<id>".into()));
             }
         };
         match r.user(id)? {
@@ -281,5 +273,5 @@ impl Domain {
 }
 
 fn no_user(id: UserId) -> Error {
-    Error::NotFound(format!("no user {id}: create it with PUT /v1/users/{id}"))
+    Error::NotFound(format!("no user {id}")).with_remedy(Remedy::CreateUser(id))
 }

@@ -138,7 +138,7 @@ impl Domain {
     pub fn revoke_api_token(&self, id: &str) -> Result<ApiTokenInfo> {
         let id = id.trim().to_ascii_lowercase();
         if id.len() < 12 || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(Error::BadRequest(format!(
+            return Err(Error::Malformed(format!(
                 "{id:?} is not an API token id: give the 12 hex digits `token list-api` shows"
             )));
         }
@@ -153,7 +153,7 @@ impl Domain {
             let hash = match matching.as_slice() {
                 [one] => *one,
                 [] => return Err(Error::NotFound(format!("no API token {id}; `token list-api` shows every id"))),
-                _ => return Err(Error::BadRequest(format!("{id} names several API tokens; give more hex digits"))),
+                _ => return Err(Error::Malformed(format!("{id} names several API tokens; give more hex digits"))),
             };
             match stored.into_iter().find(|t| t.hash == hash) {
                 Some(mut t) if !t.revoked => {

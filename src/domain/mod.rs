@@ -6,13 +6,17 @@ pub mod api_tokens;
 pub mod auth;
 pub mod passwords;
 pub mod rooms;
+pub mod sessions;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 
 use tokio::sync::Notify;
 
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::{Error, Remedy, Result};
+use crate::matrix::MatrixIds;
 use crate::model::{OrgId, UserId};
 use crate::secrets::ServerKey;
 use crate::store::Store;
@@ -34,6 +38,35 @@ impl Clock for SystemClock {
     }
 }
 
+/// A clock that stands still until told otherwise: tests pin it, and move
+/// it to reach a scheduled deletion or a token's expiry without sleeping.
+#[derive(Debug)]
+pub struct ManualClock(std::sync::atomic::AtomicI64);
+
+impl ManualClock {
+    /// A clock reading `now` (Unix seconds).
+    #[must_use]
+    pub fn new(now: i64) -> Self {
+        ManualClock(std::sync::atomic::AtomicI64::new(now))
+    }
+
+    /// Sets the time.
+    pub fn set(&self, now: i64) {
+        self.0.store(now, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Moves the time on by `secs`.
+    pub fn advance(&self, secs: i64) {
+        self.0.fetch_add(secs, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> i64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 /// Who is calling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Principal {
@@ -49,9 +82,11 @@ pub struct Domain {
     pub config: Arc<Config>,
     pub key: ServerKey,
     pub clock: Arc<dyn Clock>,
+    /// The Matrix ids of the service's accounts.
+    pub ids: MatrixIds,
     /// SHA-256 and shown name of the API tokens named in the config, in its order.
     api_hashes: Vec<([u8; 32], String)>,
-    /// Woken after every commit that added outbox entries.
+    /// Woken after every commit that added outbox entries (by the store).
     pub outbox_changed: Arc<Notify>,
     /// Where Matrix passwords are derived, a bounded number at a time.
     derivations: passwords::Derivations,
@@ -75,18 +110,14 @@ impl Domain {
             .collect::<Result<Vec<_>>>()?;
         let derivations =
             passwords::Derivations::new(config.security.derivations_at_once(), config.security.derivations_waiting());
-        Ok(Domain { store, config, key, clock, api_hashes, outbox_changed: Arc::new(Notify::new()), derivations })
+        let ids = MatrixIds::new(&config.matrix);
+        let outbox_changed = store.outbox_changed().clone();
+        Ok(Domain { store, config, key, clock, ids, api_hashes, outbox_changed, derivations })
     }
 
     /// One write transaction with the domain's error type.
     pub(crate) fn write<T>(&self, f: impl FnOnce(&mut crate::store::Writer) -> Result<T>) -> Result<T> {
         self.store.write(f)
-    }
-
-    /// Matrix user id of an app user.
-    #[must_use]
-    pub fn matrix_user_id(&self, user: UserId) -> String {
-        format!("@{}{}:{}", self.config.matrix.user_prefix, user, self.config.matrix.server_name)
     }
 }
 
@@ -96,7 +127,7 @@ impl Domain {
 /// 422 naming the field.
 pub fn positive(field: &str, id: i64) -> Result<i64> {
     if id <= 0 {
-        return Err(Error::Invalid(format!("{field} must be a positive integer, got {id}")));
+        return Err(Error::invalid(field, format!("must be a positive integer, got {id}")));
     }
     Ok(id)
 }
@@ -109,13 +140,13 @@ pub fn name(field: &str, raw: &str) -> Result<String> {
     let trimmed = raw.trim();
     let n = trimmed.chars().count();
     if n == 0 {
-        return Err(Error::Invalid(format!("{field} must not be empty")));
+        return Err(Error::invalid(field, "must not be empty"));
     }
     if n > 255 {
-        return Err(Error::Invalid(format!("{field} must be at most 255 characters, got {n}")));
+        return Err(Error::invalid(field, format!("must be at most 255 characters, got {n}")));
     }
     if trimmed.chars().any(char::is_control) {
-        return Err(Error::Invalid(format!("{field} must not contain control characters")));
+        return Err(Error::invalid(field, "must not contain control characters"));
     }
     Ok(trimmed.to_string())
 }
@@ -132,14 +163,14 @@ pub fn topic(raw: &str) -> Result<String> {
     let trimmed = raw.trim();
     let n = trimmed.chars().count();
     if n > MAX_TOPIC_CHARS {
-        return Err(Error::Invalid(format!("topic must be at most {MAX_TOPIC_CHARS} characters, got {n}")));
+        return Err(Error::invalid("topic", format!("must be at most {MAX_TOPIC_CHARS} characters, got {n}")));
     }
     if trimmed.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
-        return Err(Error::Invalid("topic must not contain control characters other than line breaks and tabs".into()));
+        return Err(Error::invalid("topic", "must not contain control characters other than line breaks and tabs"));
     }
     Ok(trimmed.to_string())
 }
 
 fn org_not_found(org: OrgId) -> Error {
-    Error::NotFound(format!("no organization {org}: create it with PUT /v1/organizations/{org}"))
+    Error::NotFound(format!("no organization {org}")).with_remedy(Remedy::CreateOrganization(org))
 }

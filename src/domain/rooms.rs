@@ -1,8 +1,8 @@
 //! Chatrooms: reading, creating, changing, claiming and deleting them.
 //! Every change commits the room and an outbox entry in one transaction.
 
-use crate::error::{Error, Result};
-use crate::model::{OrgId, OutboxOp, Room, RoomId, RoomKind, RoomRole, UserId};
+use crate::error::{Error, Remedy, Result};
+use crate::model::{OrgId, OrgRole, OutboxOp, Room, RoomId, RoomKind, RoomRole, UserId};
 use crate::store::{Read, Writer};
 
 use super::{Domain, Principal, org_not_found, positive};
@@ -64,7 +64,7 @@ impl UserLists {
         for (i, list) in self.lists().into_iter().enumerate() {
             for &u in list {
                 if u <= 0 {
-                    return Err(Error::Invalid(format!("{} holds {u}: user ids are positive integers", LISTS[i].0)));
+                    return Err(Error::invalid(LISTS[i].0, format!("holds {u}: user ids are positive integers")));
                 }
                 all.push((u, i));
             }
@@ -74,7 +74,7 @@ impl UserLists {
         for (at, &(u, i)) in all.iter().enumerate() {
             let previous = at.checked_sub(1).map(|p| all[p]);
             if previous == Some((u, i)) {
-                return Err(Error::Invalid(format!("{} names user {u} twice: list each user once", LISTS[i].0)));
+                return Err(Error::invalid(LISTS[i].0, format!("names user {u} twice: list each user once")));
             }
             // Lists come in order of power: a user's first entry is their highest role.
             if previous.is_none_or(|(v, _)| v != u) {
@@ -131,13 +131,13 @@ impl RoomPatch {
 /// 422 when it is empty, too large, or not PNG, JPEG, GIF or WebP.
 pub fn avatar_type(bytes: &[u8], max: u64) -> Result<&'static str> {
     if bytes.is_empty() {
-        return Err(Error::Invalid("avatar is empty: send the image's bytes, or null for no avatar".into()));
+        return Err(Error::invalid("avatar", "is empty: send the image's bytes, or null for no avatar"));
     }
     if bytes.len() as u64 > max {
-        return Err(Error::Invalid(format!(
-            "avatar is {} bytes; the limit is {max} bytes (rooms.max_avatar_bytes)",
-            bytes.len()
-        )));
+        return Err(Error::invalid(
+            "avatar",
+            format!("is {} bytes; the limit is {max} bytes (rooms.max_avatar_bytes)", bytes.len()),
+        ));
     }
     if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
         Ok("image/png")
@@ -148,7 +148,7 @@ pub fn avatar_type(bytes: &[u8], max: u64) -> Result<&'static str> {
     } else if bytes.len() >= 12 && bytes.starts_with(b"RIFF") && &bytes[8..12] == b"WEBP" {
         Ok("image/webp")
     } else {
-        Err(Error::Invalid("avatar is not a PNG, JPEG, GIF or WebP image".into()))
+        Err(Error::invalid("avatar", "is not a PNG, JPEG, GIF or WebP image"))
     }
 }
 
@@ -228,9 +228,9 @@ impl Domain {
         let event_id = spec.event_id.map(|e| positive("eventID", e)).transpose()?;
         let name = super::name(
             "name",
-            spec.name.as_deref().ok_or_else(|| {
-                Error::Invalid("name is required: give the room a name of 1 to 255 characters".into())
-            })?,
+            spec.name
+                .as_deref()
+                .ok_or_else(|| Error::invalid("name", "is required: give the room a name of 1 to 255 characters"))?,
         )?;
         let topic = spec.topic.as_deref().map(super::topic).transpose()?.unwrap_or_default();
         // Who may create and how many users, before any work on the lists.
@@ -265,7 +265,9 @@ impl Domain {
             room.topic = topic;
             room.automation = spec.automation;
             room.scheduled_deletion = spec.scheduled_deletion;
-            set_roles(&mut room, &users);
+            // Named in the request or creating the room: explicit roles,
+            // which automation below never lowers.
+            set_roles(&mut room, &users, false);
             if let Principal::User(u) = p {
                 room.set_role(u, RoomRole::Admin);
             }
@@ -279,7 +281,6 @@ impl Domain {
             save(w, &mut room, None, now)?;
             Ok(room)
         })?;
-        self.outbox_changed.notify_one();
         Ok(room)
     }
 
@@ -314,7 +315,6 @@ impl Domain {
             save(w, &mut room, None, now)?;
             Ok(room)
         })?;
-        self.outbox_changed.notify_one();
         Ok(room)
     }
 
@@ -333,7 +333,6 @@ impl Domain {
             let room = w.room(id)?.ok_or_else(|| no_room(&RoomRef::Id(id)))?;
             remove_room(w, &room)
         })?;
-        self.outbox_changed.notify_one();
         Ok(())
     }
 
@@ -347,20 +346,28 @@ impl Domain {
             require_room_admin(w, p, &room)?;
             if room.kind == RoomKind::Default {
                 return Err(Error::Conflict(format!(
-                    "room {} is the default room of organization {}: remove it with DELETE /v1/chatrooms/default/{}",
-                    room.id, room.org_id, room.org_id
-                )));
+                    "room {} is the default room of organization {}",
+                    room.id, room.org_id
+                ))
+                .with_remedy(Remedy::RemoveDefaultRoom(room.org_id)));
             }
             remove_room(w, &room)
         })?;
-        self.outbox_changed.notify_one();
         Ok(())
     }
 
     /// Changes a room's automation, name, topic, avatar or scheduled deletion.
     ///
+    /// The default room belongs to the organization: only its owners/admins
+    /// change anything on it (a room admin of it may still manage its users),
+    /// and it never gets a scheduled deletion, whoever asks (409: it is
+    /// removed with `DELETE /v1/chatrooms/default/{organizationID}`).
+    /// Turning automation off leaves every role where it is, and where each
+    /// came from: turned on again, the roles automation gave follow the
+    /// organization roles of that moment.
+    ///
     /// # Errors
-    /// 422 invalid fields, 404 unknown room, 403 not allowed.
+    /// 422 invalid fields, 404 unknown room, 403 not allowed, 409 a deletion for the default room.
     pub fn update_room(&self, p: Principal, room: &RoomRef, patch: RoomPatch) -> Result<Room> {
         let name = patch.name.as_deref().map(|n| super::name("name", n)).transpose()?;
         let topic = patch.topic.as_ref().map(|t| t.as_deref().map(super::topic).transpose()).transpose()?;
@@ -373,7 +380,18 @@ impl Domain {
         }
         let room = self.write(|w| {
             let old = Self::resolve_room(w, room)?;
-            require_room_admin(w, p, &old)?;
+            if old.kind == RoomKind::Default {
+                require_default_room_manager(w, p, &old)?;
+                if let Some(Some(_)) = patch.scheduled_deletion {
+                    return Err(Error::Conflict(format!(
+                        "room {} is the default room of organization {} and cannot be given a scheduledDeletion",
+                        old.id, old.org_id
+                    ))
+                    .with_remedy(Remedy::RemoveDefaultRoom(old.org_id)));
+                }
+            } else {
+                require_room_admin(w, p, &old)?;
+            }
             let mut room = old.clone();
             if let Some(name) = name {
                 room.name = name;
@@ -398,7 +416,6 @@ impl Domain {
             save(w, &mut room, Some(&old), now)?;
             Ok(room)
         })?;
-        self.outbox_changed.notify_one();
         Ok(room)
     }
 
@@ -436,7 +453,6 @@ impl Domain {
             save(w, &mut room, Some(&old), now)?;
             Ok(room)
         })?;
-        self.outbox_changed.notify_one();
         Ok(room)
     }
 
@@ -472,7 +488,7 @@ impl Domain {
 
     fn change_users(&self, p: Principal, room: &RoomRef, lists: &UserLists, add: bool) -> Result<Room> {
         if lists.is_empty() {
-            return Err(Error::BadRequest("name at least one user in admins, moderators or assignedUsers".into()));
+            return Err(Error::Malformed("name at least one user in admins, moderators or assignedUsers".into()));
         }
         self.may_change_users(&self.store.read()?, p, room)?;
         self.check_list_size(lists)?;
@@ -495,8 +511,9 @@ impl Domain {
                 _ => return Err(may_not_change_users(&old)),
             }
             let mut room = old.clone();
+            // Named in a request: the role is explicit from now on.
             if add {
-                set_roles(&mut room, &users);
+                set_roles(&mut room, &users, false);
             } else {
                 let gone: Vec<UserId> = users.iter().map(|(u, _)| *u).collect();
                 remove_users(&mut room, &gone);
@@ -504,10 +521,16 @@ impl Domain {
             if room == old {
                 return Ok(room);
             }
+            let only_origin = Room { automation_given: old.automation_given.clone(), ..room.clone() } == old;
+            if only_origin {
+                // Only where roles came from changed: the homeserver has nothing to do.
+                room.updated_at = now;
+                w.put_room(&room, Some(&old))?;
+                return Ok(room);
+            }
             save(w, &mut room, Some(&old), now)?;
             Ok(room)
         })?;
-        self.outbox_changed.notify_one();
         Ok(room)
     }
 
@@ -519,10 +542,13 @@ impl Domain {
         let max = self.config.rooms.max_users_per_request as usize;
         let n = lists.len();
         if n > max {
-            return Err(Error::Invalid(format!(
-                "admins, moderators and assignedUsers name {n} users together; at most {max} are accepted in one \
-                 request (rooms.max_users_per_request): send the rest in further requests"
-            )));
+            return Err(Error::invalid(
+                "admins, moderators and assignedUsers",
+                format!(
+                    "name {n} users together; at most {max} are accepted in one request \
+                     (rooms.max_users_per_request): send the rest in further requests"
+                ),
+            ));
         }
         Ok(())
     }
@@ -547,18 +573,18 @@ impl Domain {
             }
             Ok(due.len())
         })?;
-        self.outbox_changed.notify_one();
         Ok(n)
     }
 
     fn check_deletion_time(&self, at: Option<i64>, now: i64) -> Result<()> {
         match at {
             Some(t) if t <= now => {
-                Err(Error::Invalid("scheduledDeletion lies in the past: give a future time, or null for none".into()))
+                Err(Error::invalid("scheduledDeletion", "lies in the past: give a future time, or null for none"))
             }
             // Rooms are answered with the time in RFC 3339, whose years have four digits.
-            Some(t) if t > LAST_DELETION_TIME => Err(Error::Invalid(
-                "scheduledDeletion lies after 9999-12-31T23:59:59Z: give an earlier time, or null for none".into(),
+            Some(t) if t > LAST_DELETION_TIME => Err(Error::invalid(
+                "scheduledDeletion",
+                "lies after 9999-12-31T23:59:59Z: give an earlier time, or null for none",
             )),
             _ => Ok(()),
         }
@@ -577,6 +603,18 @@ fn may_not_change_users(room: &Room) -> Error {
         "only owners and admins of organization {} and admins of room {} may change its users",
         room.org_id, room.id
     ))
+}
+
+/// The default room is the organization's: changed by its owners/admins only.
+fn require_default_room_manager(r: &impl Read, p: Principal, room: &Room) -> Result<()> {
+    match Domain::caller_role(r, p, room.org_id)? {
+        Some(role) if role.manages() => Ok(()),
+        Some(_) => Err(Error::Forbidden(format!(
+            "room {} is the default room of organization {}: only owners and admins of the organization may change it",
+            room.id, room.org_id
+        ))),
+        None => Domain::require_member(r, p, room.org_id).map(|_| ()),
+    }
 }
 
 fn require_room_admin(r: &impl Read, p: Principal, room: &Room) -> Result<()> {
@@ -604,6 +642,7 @@ pub(crate) fn blank_room(id: RoomId, org: OrgId, now: i64) -> Room {
         moderators: Vec::new(),
         assigned: Vec::new(),
         claimed: Vec::new(),
+        automation_given: Vec::new(),
         automation: false,
         scheduled_deletion: None,
         generation: 0,
@@ -630,27 +669,43 @@ pub(crate) fn remove_room(w: &mut Writer, room: &Room) -> Result<()> {
     Ok(())
 }
 
+/// The role automation gives an organization member in a room with
+/// automation on, when it differs from the one they hold: owners/admins are
+/// room admins; members join as assignedUsers, and a member whose role
+/// automation gave drops to assignedUsers (the admin role they had as an
+/// owner/admin). A role given explicitly stays, except that an owner/admin
+/// listed below admin rises to admin, a role automation then gave.
+fn automation_change(room: &Room, user: UserId, role: OrgRole) -> Option<RoomRole> {
+    let now = room.role_of(user);
+    let to = if role.manages() {
+        RoomRole::Admin
+    } else if now.is_none() || room.is_automation_given(user) {
+        RoomRole::Assigned
+    } else {
+        return None;
+    };
+    (now != Some(to)).then_some(to)
+}
+
 /// While automation is on, every organization member is in the room and
-/// owners/admins are room admins.
+/// owners/admins are room admins (see [`automation_change`]).
 pub(crate) fn apply_automation(r: &impl Read, room: &mut Room) -> Result<()> {
-    let mut changes = Vec::new();
     // Members come in ascending order, as `set_roles` wants them.
-    for (u, role) in r.members(room.org_id)? {
-        if role.manages() {
-            changes.push((u, RoomRole::Admin));
-        } else if room.role_of(u).is_none() {
-            changes.push((u, RoomRole::Assigned));
-        }
-    }
-    set_roles(room, &changes);
+    let changes: Vec<(UserId, RoomRole)> = r
+        .members(room.org_id)?
+        .into_iter()
+        .filter_map(|(u, role)| automation_change(room, u, role).map(|to| (u, to)))
+        .collect();
+    set_roles(room, &changes, true);
     Ok(())
 }
 
 /// Puts each user of `changes` (ascending, each once) in exactly the list of
-/// their role, keeping any claim. One merge per list: linear in the room and
-/// the change together, where a `Room::set_role` per user would shift the
-/// room's lists once per user (quadratic as a room grows into the thousands).
-pub(crate) fn set_roles(room: &mut Room, changes: &[(UserId, RoomRole)]) {
+/// their role, keeping any claim; `automation` says who gave the roles. One
+/// merge per list: linear in the room and the change together, where a
+/// `Room::set_role` per user would shift the room's lists once per user
+/// (quadratic as a room grows into the thousands).
+pub(crate) fn set_roles(room: &mut Room, changes: &[(UserId, RoomRole)], automation: bool) {
     if changes.is_empty() {
         return;
     }
@@ -665,13 +720,17 @@ pub(crate) fn set_roles(room: &mut Room, changes: &[(UserId, RoomRole)]) {
         let added = changes.iter().filter(|(_, r)| *r == role).map(|(u, _)| *u);
         *list = merged(&kept, added);
     }
+    let kept = without(&room.automation_given, &users);
+    room.automation_given = if automation { merged(&kept, users.iter().copied()) } else { kept };
 }
 
 /// Takes the users of `users` (ascending) out of every list and out of the
 /// claims; true when any of them was listed. Linear, like [`set_roles`].
 pub(crate) fn remove_users(room: &mut Room, users: &[UserId]) -> bool {
     let before = room.admins.len() + room.moderators.len() + room.assigned.len();
-    for list in [&mut room.admins, &mut room.moderators, &mut room.assigned, &mut room.claimed] {
+    for list in
+        [&mut room.admins, &mut room.moderators, &mut room.assigned, &mut room.claimed, &mut room.automation_given]
+    {
         *list = without(list, users);
     }
     room.admins.len() + room.moderators.len() + room.assigned.len() != before
@@ -704,25 +763,20 @@ fn merged(a: &[UserId], b: impl Iterator<Item = UserId>) -> Vec<UserId> {
     out
 }
 
-/// Applies automation for one member across an organization's automated rooms.
+/// Applies automation for one member across an organization's automated
+/// rooms: joins them, raises an owner/admin to room admin, drops a demoted
+/// one to assignedUsers where automation gave the admin role. Reads only the
+/// automated rooms (their own index), not every room of the organization.
 pub(crate) fn automate_member(w: &mut Writer, org: OrgId, user: UserId, now: i64) -> Result<bool> {
     let mut changed = false;
     let Some(role) = w.member_role(org, user)? else { return Ok(false) };
-    for id in w.org_room_ids(org, 0, usize::MAX)? {
+    for id in w.automated_room_ids(org)? {
         let Some(old) = w.room(id)? else { continue };
-        if !old.automation {
-            continue;
-        }
+        let Some(to) = automation_change(&old, user, role).filter(|_| old.automation) else { continue };
         let mut room = old.clone();
-        if role.manages() {
-            room.set_role(user, RoomRole::Admin);
-        } else if room.role_of(user).is_none() {
-            room.set_role(user, RoomRole::Assigned);
-        }
-        if room != old {
-            save(w, &mut room, Some(&old), now)?;
-            changed = true;
-        }
+        room.set_role_by(user, to, true);
+        save(w, &mut room, Some(&old), now)?;
+        changed = true;
     }
     Ok(changed)
 }
@@ -786,11 +840,11 @@ mod tests {
         assigned.push(123_456);
         let lists = UserLists { admins: vec![123_456], assigned, ..UserLists::default() };
         let e = lists.normalize().unwrap_err();
-        assert_eq!(e.status(), 422);
+        assert!(matches!(&e, Error::Invalid { field, .. } if field == "assignedUsers"), "{e:?}");
         assert!(e.to_string().contains("assignedUsers names user 123456 twice"), "{e}");
 
         let e = UserLists { moderators: vec![4, 0], ..UserLists::default() }.normalize().unwrap_err();
-        assert!(e.status() == 422 && e.to_string().contains("moderators holds 0"), "{e}");
+        assert!(matches!(e, Error::Invalid { .. }) && e.to_string().contains("moderators holds 0"), "{e}");
         let e = UserLists { admins: vec![-3], ..UserLists::default() }.normalize().unwrap_err();
         assert!(e.to_string().contains("admins holds -3"), "{e}");
         // The same user in different lists is not a repeat.
@@ -824,7 +878,7 @@ mod tests {
             for u in 1..=60 {
                 match next(4) {
                     3 => {}
-                    k => room.set_role(u, role(k)),
+                    k => room.set_role_by(u, role(k), next(2) == 0),
                 }
             }
             room.claimed = room.members().into_iter().filter(|_| next(2) == 0).collect();
@@ -835,13 +889,16 @@ mod tests {
                 }
             }
 
+            let automation = next(2) == 0;
             let mut one_by_one = room.clone();
             for (u, r) in &changes {
-                one_by_one.set_role(*u, *r);
+                one_by_one.set_role_by(*u, *r, automation);
             }
             let mut bulk = room.clone();
-            set_roles(&mut bulk, &changes);
+            set_roles(&mut bulk, &changes, automation);
             assert_eq!(bulk, one_by_one);
+            assert!(bulk.automation_given.windows(2).all(|w| w[0] < w[1]), "ascending: {:?}", bulk.automation_given);
+            assert!(bulk.automation_given.iter().all(|u| bulk.role_of(*u).is_some()), "only listed users");
 
             let gone: Vec<UserId> = changes.iter().map(|(u, _)| *u).collect();
             let mut one_by_one = room.clone();
@@ -855,10 +912,52 @@ mod tests {
         }
     }
 
+    /// What automation gives each organization role, from each starting point.
+    #[test]
+    fn automation_moves_only_the_roles_it_gave() {
+        use RoomRole::{Admin, Assigned, Moderator};
+        // (listed as, given by automation, organization role) → the change.
+        let cases = [
+            (None, false, OrgRole::Owner, Some(Admin)),
+            (None, false, OrgRole::Member, Some(Assigned)),
+            // An owner/admin is a room admin, however listed; a member is left as listed.
+            (Some(Moderator), false, OrgRole::Admin, Some(Admin)),
+            (Some(Assigned), true, OrgRole::Admin, Some(Admin)),
+            (Some(Admin), false, OrgRole::Admin, None),
+            (Some(Admin), true, OrgRole::Owner, None),
+            (Some(Moderator), false, OrgRole::Member, None),
+            (Some(Admin), false, OrgRole::Member, None),
+            (Some(Assigned), true, OrgRole::Member, None),
+            // The demoted owner/admin: automation's admin role drops.
+            (Some(Admin), true, OrgRole::Member, Some(Assigned)),
+        ];
+        for (listed, given, org_role, expected) in cases {
+            let mut room = blank_room(1, 1, 0);
+            if let Some(r) = listed {
+                room.set_role_by(7, r, given);
+            }
+            assert_eq!(automation_change(&room, 7, org_role), expected, "{listed:?} given {given} as {org_role:?}");
+        }
+    }
+
+    #[test]
+    fn an_explicit_change_makes_a_role_explicit() {
+        let mut room = blank_room(1, 1, 0);
+        set_roles(&mut room, &[(1, RoomRole::Admin), (2, RoomRole::Assigned), (3, RoomRole::Assigned)], true);
+        assert_eq!(room.automation_given, vec![1, 2, 3]);
+        // Named again with the same role: the lists stay, the role is the request's now.
+        set_roles(&mut room, &[(2, RoomRole::Assigned)], false);
+        assert_eq!((room.assigned.clone(), room.automation_given.clone()), (vec![2, 3], vec![1, 3]));
+        room.set_role(1, RoomRole::Moderator);
+        assert_eq!(room.automation_given, vec![3]);
+        assert!(remove_users(&mut room, &[3]));
+        assert!(room.automation_given.is_empty());
+    }
+
     #[test]
     fn a_new_role_keeps_the_claim() {
         let mut room = room_of(&[1], &[], &[2, 3], &[2, 3]);
-        set_roles(&mut room, &[(2, RoomRole::Admin), (4, RoomRole::Moderator)]);
+        set_roles(&mut room, &[(2, RoomRole::Admin), (4, RoomRole::Moderator)], false);
         assert_eq!(room, room_of(&[1, 2], &[4], &[3], &[2, 3]));
         room.set_role(3, RoomRole::Moderator);
         assert_eq!(room, room_of(&[1, 2], &[3, 4], &[], &[2, 3]));
@@ -874,7 +973,7 @@ mod tests {
         // list once per user).
         let mut room = room_of(&[], &[], &(1..=200_000).map(|u| u * 2).collect::<Vec<_>>(), &[]);
         let changes: Vec<(UserId, RoomRole)> = (1..=200_000).map(|u| (u * 2 - 1, RoomRole::Assigned)).collect();
-        set_roles(&mut room, &changes);
+        set_roles(&mut room, &changes, false);
         assert_eq!(room.assigned, (1..=400_000).collect::<Vec<_>>());
         let gone: Vec<UserId> = (1..=200_000).map(|u| u * 2).collect();
         assert!(remove_users(&mut room, &gone));

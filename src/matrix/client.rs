@@ -20,6 +20,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{Mutex, OnceCell};
 
 use super::error::{ErrCode, MatrixError};
+use super::ids::MatrixIds;
 use super::types::{Capabilities, Versions};
 use crate::config::MatrixConfig;
 
@@ -96,9 +97,8 @@ struct Inner {
     http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     base: String,
     timeout: Duration,
-    server_name: String,
-    user_prefix: String,
-    bot_localpart: String,
+    /// The naming rule of the service's accounts.
+    ids: MatrixIds,
     bot_user_id: String,
     bot_password: String,
     shared_secret: String,
@@ -155,10 +155,8 @@ impl HomeserverClient {
                 http,
                 base,
                 timeout: Duration::from_millis(config.request_timeout_ms.max(1)),
-                server_name: config.server_name.clone(),
-                user_prefix: config.user_prefix.clone(),
-                bot_localpart: config.bot_localpart.clone(),
-                bot_user_id: format!("@{}:{}", config.bot_localpart, config.server_name),
+                ids: MatrixIds::new(config),
+                bot_user_id: MatrixIds::new(config).bot(),
                 bot_password,
                 shared_secret,
                 bot_token: Mutex::new(None),
@@ -177,25 +175,13 @@ impl HomeserverClient {
     /// The bot's localpart.
     #[must_use]
     pub fn bot_localpart(&self) -> &str {
-        &self.inner.bot_localpart
+        self.inner.ids.bot_localpart()
     }
 
-    /// The localpart of app user `user`'s account: `<user_prefix><user>`.
+    /// The naming rule of the service's accounts on this homeserver.
     #[must_use]
-    pub fn user_localpart(&self, user: u64) -> String {
-        format!("{}{user}", self.inner.user_prefix)
-    }
-
-    /// The full Matrix id of app user `user`: `@<user_prefix><user>:<server_name>`.
-    #[must_use]
-    pub fn user_id(&self, user: u64) -> String {
-        self.full_user_id(&self.user_localpart(user))
-    }
-
-    /// `@<localpart>:<server_name>`.
-    #[must_use]
-    pub fn full_user_id(&self, localpart: &str) -> String {
-        format!("@{localpart}:{}", self.inner.server_name)
+    pub fn ids(&self) -> &MatrixIds {
+        &self.inner.ids
     }
 
     /// How many requests have failed in a retryable way (the homeserver was
@@ -261,7 +247,7 @@ impl HomeserverClient {
             return Ok(token.clone());
         }
         let login = self
-            .password_login(&self.inner.bot_localpart, &self.inner.bot_password, Some(BOT_DEVICE_ID), false, None)
+            .password_login(self.inner.ids.bot_localpart(), &self.inner.bot_password, Some(BOT_DEVICE_ID), false, None)
             .await?;
         *slot = Some(login.access_token.clone());
         Ok(login.access_token)

@@ -3,6 +3,7 @@
 //!
 //! - [`client`]: transport (hyper + rustls), timeouts, the bot's session
 //! - [`error`]: [`MatrixError`], sorted into retryable and final
+//! - [`ids`]: [`MatrixIds`], the Matrix ids of the service's accounts
 //! - [`types`]: request and response bodies
 //! - [`session`]: user logins, refresh, whoami
 //! - [`rooms`]: room creation, markers, state, power levels, membership, media
@@ -11,12 +12,14 @@
 pub mod admin;
 pub mod client;
 pub mod error;
+pub mod ids;
 pub mod rooms;
 pub mod session;
 pub mod types;
 
 pub use client::HomeserverClient;
 pub use error::{ErrCode, MatrixError};
+pub use ids::MatrixIds;
 pub use rooms::RoomCreators;
 pub use types::{
     DeleteStatus, LoginResponse, Member, Membership, NewRoom, PowerLevels, ROOM_MARKER_KEY, RefreshResponse,

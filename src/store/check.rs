@@ -6,8 +6,10 @@
 //! tokens, the outbox, avatars, Matrix facts) are the truth. Everything else
 //! is derived from them and can be rebuilt: the room indexes and the room
 //! JSON, room counts, the reverse membership and token indexes, the id
-//! counters. A record that cannot be read cannot be rebuilt: that needs a
-//! backup, and repair refuses to run around it.
+//! counters. One part of a room record is checked against the rest of it:
+//! the users whose role automation gave must be listed in the room, and
+//! repair drops those who are not. A record that cannot be read cannot be
+//! rebuilt: that needs a backup, and repair refuses to run around it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -243,6 +245,7 @@ fn check_tables(
     *part = "roomid_room and the room indexes";
     let rooms = r.table(ROOMID_ROOM)?;
     let by_org = r.table(ORGIDROOMID)?;
+    let automated = r.table(ORGID_AUTOMATEDROOMID)?;
     let json = r.table(ORGIDROOMID_JSON)?;
     let defaults = r.table(ORGID_DEFAULTROOMID)?;
     let events = r.table(ORGIDEVENTID_ROOMID)?;
@@ -278,6 +281,27 @@ fn check_tables(
                 "orgidroomid",
                 format!("{},{id}", room.org_id),
                 format!("missing for room {id}"),
+                Fix::Rebuild,
+            );
+        }
+        if room.automation && automated.get(key)?.is_none() {
+            problem(
+                &mut p,
+                "orgid_automatedroomid",
+                format!("{},{id}", room.org_id),
+                format!("missing for room {id}, which has automation on (membership changes would skip it)"),
+                Fix::Rebuild,
+            );
+        }
+        if automation_given_as_listed(&room) != room.automation_given {
+            problem(
+                &mut p,
+                "roomid_room",
+                id,
+                format!(
+                    "automation_given {:?} is not an ascending list of users the room lists",
+                    room.automation_given
+                ),
                 Fix::Rebuild,
             );
         }
@@ -371,6 +395,13 @@ fn check_tables(
                 "names no room of this organization".into(),
                 Fix::Rebuild,
             );
+        }
+    }
+    for entry in automated.iter()? {
+        let (org, id) = entry?.0.value();
+        if points_wrong(r, id, |room| room.org_id == org && room.automation)? {
+            let what = "names no room of this organization with automation on".into();
+            problem(&mut p, "orgid_automatedroomid", format!("{org},{id}"), what, Fix::Rebuild);
         }
     }
     for entry in json.iter()? {
@@ -615,6 +646,15 @@ fn check_tables(
     Ok(Report { integrity, opened, schema_version, room_view_version, records, problems: p })
 }
 
+/// The room's `automation_given` as it must be: ascending, each user once,
+/// only users the room lists.
+fn automation_given_as_listed(room: &Room) -> Vec<crate::model::UserId> {
+    let mut given: Vec<_> = room.automation_given.iter().copied().filter(|u| room.role_of(*u).is_some()).collect();
+    given.sort_unstable();
+    given.dedup();
+    given
+}
+
 /// Whose token list a token is in: API tokens under user 0.
 fn token_owner(t: &Token) -> i64 {
     if t.kind == TokenKind::Api { 0 } else { t.user_id }
@@ -650,6 +690,7 @@ fn noop_outbox(r: &impl Read, ops: &[(u64, OutboxOp)]) -> Result<Vec<(u64, Strin
 fn rebuild(w: &mut Writer) -> Result<(), StoreError> {
     let t = &w.txn;
     t.delete_table(ORGIDROOMID)?;
+    t.delete_table(ORGID_AUTOMATEDROOMID)?;
     t.delete_table(ORGID_DEFAULTROOMID)?;
     t.delete_table(ORGIDEVENTID_ROOMID)?;
     t.delete_table(MATRIXROOMID_ROOMID)?;
@@ -660,8 +701,9 @@ fn rebuild(w: &mut Writer) -> Result<(), StoreError> {
     t.delete_table(USERIDTOKENID_TOKENHASH)?;
     migrate::rebuild_room_json(&w.txn)?;
     let t = &w.txn;
-    let rooms = t.open_table(ROOMID_ROOM)?;
+    let mut rooms = t.open_table(ROOMID_ROOM)?;
     let mut by_org = t.open_table(ORGIDROOMID)?;
+    let mut automated = t.open_table(ORGID_AUTOMATEDROOMID)?;
     let mut defaults = t.open_table(ORGID_DEFAULTROOMID)?;
     let mut events = t.open_table(ORGIDEVENTID_ROOMID)?;
     let mut matrix = t.open_table(MATRIXROOMID_ROOMID)?;
@@ -669,6 +711,7 @@ fn rebuild(w: &mut Writer) -> Result<(), StoreError> {
     let mut deletions = t.open_table(DELETIONTIME_ROOMID)?;
     let mut counts: BTreeMap<i64, u64> = BTreeMap::new();
     let mut max_room = 0;
+    let mut marks_fixed = Vec::new();
     for entry in rooms.iter()? {
         let (k, v) = entry?;
         let room: Room = codec::decode(v.value()).map_err(|why| StoreError::Corrupt {
@@ -679,6 +722,13 @@ fn rebuild(w: &mut Writer) -> Result<(), StoreError> {
         max_room = max_room.max(room.id);
         *counts.entry(room.org_id).or_default() += 1;
         by_org.insert((room.org_id, room.id), ())?;
+        if room.automation {
+            automated.insert((room.org_id, room.id), ())?;
+        }
+        let given = automation_given_as_listed(&room);
+        if given != room.automation_given {
+            marks_fixed.push(Room { automation_given: given, ..room.clone() });
+        }
         // Rooms come in id order: where two claim one entry, the lower id keeps it.
         match room.kind {
             crate::model::RoomKind::Default if defaults.get(room.org_id)?.is_none() => {
@@ -734,9 +784,13 @@ fn rebuild(w: &mut Writer) -> Result<(), StoreError> {
     for id in orphans {
         avatars.remove(id)?;
     }
+    for room in &marks_fixed {
+        rooms.insert(room.id, codec::encode(room).as_slice())?;
+    }
     drop((
         rooms,
         by_org,
+        automated,
         defaults,
         events,
         matrix,

@@ -14,10 +14,13 @@ use crate::model::{Organization, OutboxOp, Room, Token, User};
 
 /// Name of the dump format, in its first line.
 pub const FORMAT: &str = "messenger-chat-export";
-/// Version of the dump format written today. 2: rooms carry `topic`.
-/// Import reads every version up to this one (a version 1 room has no
-/// topic, read as empty); an older release refuses a newer dump rather than
-/// dropping what it does not know.
+/// Version of the dump format written today. 2: rooms carry `topic` and
+/// `automation_given` (who gave each role). Import reads every version up
+/// to this one: a version 1 room has no topic, read as empty, and the
+/// origin of its roles is inferred as the migration from schema 1 infers it
+/// (`migrate::settle_schema_1_room`, from the organization roles the dump
+/// lists before its rooms). An older release refuses a newer dump rather
+/// than dropping what it does not know.
 pub const VERSION: u32 = 2;
 
 /// One line of a dump.
@@ -146,9 +149,9 @@ impl Store {
             Some(l) => serde_json::from_str::<Record>(&l?).map_err(|e| bad(1, e.to_string()))?,
             None => return Err(bad(1, "empty input: expected a messenger-chat export".into())),
         };
-        let total = match header {
+        let (total, header_version) = match header {
             Record::Header { format, version, records } if format == FORMAT && (1..=VERSION).contains(&version) => {
-                records
+                (records, version)
             }
             Record::Header { format, version, .. } if format == FORMAT => {
                 return Err(bad(
@@ -160,6 +163,8 @@ impl Store {
             }
             _ => return Err(bad(1, format!("not a {FORMAT} dump (versions 1 to {VERSION})"))),
         };
+        // Written by the release of schema 1: rooms as that release kept them.
+        let schema_1 = header_version == 1;
         let mut batch = Vec::with_capacity(1024);
         let mut n = 0u64;
         for (i, line) in lines.enumerate() {
@@ -170,17 +175,18 @@ impl Store {
             let rec: Record = serde_json::from_str(&line).map_err(|e| bad(i as u64 + 2, e.to_string()))?;
             batch.push(rec);
             if batch.len() == 1024 {
-                n += self.write(|w| apply(w, batch.drain(..)))?;
+                n += self.write(|w| apply(w, batch.drain(..), schema_1))?;
                 progress(n, total);
             }
         }
-        n += self.write(|w| apply(w, batch.drain(..)))?;
+        n += self.write(|w| apply(w, batch.drain(..), schema_1))?;
         progress(n, total);
         Ok(n)
     }
 }
 
-fn apply(w: &mut Writer, records: impl Iterator<Item = Record>) -> Result<u64, StoreError> {
+/// Writes records; `schema_1` rooms get what the migration from schema 1 gives them.
+fn apply(w: &mut Writer, records: impl Iterator<Item = Record>, schema_1: bool) -> Result<u64, StoreError> {
     use base64::Engine as _;
     let mut n = 0;
     for rec in records {
@@ -195,7 +201,11 @@ fn apply(w: &mut Writer, records: impl Iterator<Item = Record>) -> Result<u64, S
                 w.set_member(organization, user, super::role_from_byte(role)?)?;
             }
             Record::Token(t) => w.put_token(&t)?,
-            Record::Room(r) => {
+            Record::Room(mut r) => {
+                if schema_1 {
+                    let org = r.org_id;
+                    super::migrate::settle_schema_1_room(&mut r, |u| w.member_role(org, u))?;
+                }
                 let previous = w.room(r.id)?;
                 w.put_room(&r, previous.as_ref())?;
             }

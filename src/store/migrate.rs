@@ -10,15 +10,21 @@
 //!
 //! Schema history (the record versions are in `codec.rs`):
 //! 1. The first release: every record version 1, no room JSON version.
-//! 2. Rooms gain a `topic` (room record version 2, room JSON version 2).
+//! 2. Rooms gain a `topic` and the origin of their roles (`automation_given`,
+//!    inferred by [`settle_schema_1_room`]), with an index of the rooms that
+//!    have automation on; a default room loses a scheduled deletion (room
+//!    record version 2, room JSON version 2).
 
 use std::time::Instant;
 
 use redb::{ReadableTable, ReadableTableMetadata, TableHandle, WriteTransaction};
 
-use super::tables::{NAME_COUNTER, NAME_META, ORGID_ORG, ORGIDROOMID_JSON, ROOMID_ROOM, TOKENHASH_TOKEN, USERID_USER};
-use super::{StoreError, codec};
-use crate::model::{ROOM_VIEW_VERSION, Room};
+use super::tables::{
+    DELETIONTIME_ROOMID, NAME_COUNTER, NAME_META, ORGID_AUTOMATEDROOMID, ORGID_ORG, ORGIDROOMID_JSON, ORGIDUSERID_ROLE,
+    ROOMID_ROOM, TOKENHASH_TOKEN, USERID_USER,
+};
+use super::{StoreError, codec, role_from_byte};
+use crate::model::{OrgRole, ROOM_VIEW_VERSION, Room, RoomKind, UserId};
 
 /// The schema this release writes, and the newest it reads.
 pub const SCHEMA_VERSION: u64 = 2;
@@ -45,9 +51,9 @@ struct Step {
 /// Every step, in order: `STEPS[i].from == i + 1`, the last one ends at [`SCHEMA_VERSION`].
 const STEPS: &[Step] = &[Step {
     from: 1,
-    what: "rooms gain a topic (room record version 2)",
-    tables: "roomid_room",
-    run: rooms_gain_topic,
+    what: "rooms gain a topic and the origin of their roles (room record version 2)",
+    tables: "roomid_room, orgiduserid_role, orgid_automatedroomid, deletiontime_roomid",
+    run: rooms_gain_topic_and_role_origin,
 }];
 
 /// What opening did to the file.
@@ -133,9 +139,14 @@ fn migrate(txn: &WriteTransaction, from: u64) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Step 1 → 2: every room record is rewritten with an empty topic.
-fn rooms_gain_topic(txn: &WriteTransaction, progress: &mut Progress) -> Result<(), StoreError> {
+/// Step 1 → 2: every room record is rewritten with an empty topic and the
+/// origin of its roles ([`settle_schema_1_room`]); the rooms with automation
+/// on are indexed.
+fn rooms_gain_topic_and_role_origin(txn: &WriteTransaction, progress: &mut Progress) -> Result<(), StoreError> {
     let mut table = txn.open_table(ROOMID_ROOM)?;
+    let roles = txn.open_table(ORGIDUSERID_ROLE)?;
+    let mut automated = txn.open_table(ORGID_AUTOMATEDROOMID)?;
+    let mut deletions = txn.open_table(DELETIONTIME_ROOMID)?;
     let mut next = Some(0u64);
     while let Some(start) = next {
         let mut batch: Vec<Room> = Vec::with_capacity(BATCH);
@@ -152,12 +163,77 @@ fn rooms_gain_topic(txn: &WriteTransaction, progress: &mut Progress) -> Result<(
             Some(last) if batch.len() == BATCH => last.id.checked_add(1),
             _ => None,
         };
-        for room in &batch {
-            table.insert(room.id, codec::encode(room).as_slice())?;
+        for room in &mut batch {
+            let org = room.org_id;
+            let role = |u: UserId| -> Result<Option<OrgRole>, StoreError> {
+                match roles.get((org, u))? {
+                    Some(b) => role_from_byte(b.value()).map(Some),
+                    None => Ok(None),
+                }
+            };
+            if let Some(at) = settle_schema_1_room(room, role)? {
+                deletions.remove((at, room.id))?;
+            }
+            if room.automation {
+                automated.insert((room.org_id, room.id), ())?;
+            }
+            table.insert(room.id, codec::encode(&*room).as_slice())?;
         }
         progress.add(batch.len() as u64);
     }
     Ok(())
+}
+
+/// What a room of schema 1 needs beyond its fields, decided from the
+/// organization roles of the moment (`org_role` of a user in the room's
+/// organization), since the old file does not record it. Used by the
+/// migration and by the import of a dump that does not carry it.
+///
+/// - Who gave each role: in a room with automation on, a room admin who is
+///   an owner/admin of the organization, and an assigned user who is a
+///   member of it, hold what automation gives them now, so their roles count
+///   as automation's and follow the organization from here on. Every other
+///   role counts as given explicitly: moderators, admins who are members,
+///   users outside the organization, and every role in a room with
+///   automation off. (An owner/admin who created an automated room, or was
+///   named admin in it explicitly, cannot be told apart and counts as
+///   automation's; naming them again with add-users makes it explicit.)
+/// - A default room loses its scheduled deletion: the first release let its
+///   room admins set one, which is how a demoted admin could delete it; today
+///   no one can. The time dropped is returned (and logged).
+///
+/// # Errors
+/// What `org_role` returns.
+pub(crate) fn settle_schema_1_room(
+    room: &mut Room,
+    mut org_role: impl FnMut(UserId) -> Result<Option<OrgRole>, StoreError>,
+) -> Result<Option<i64>, StoreError> {
+    let mut given = Vec::new();
+    if room.automation {
+        for &u in &room.admins {
+            if org_role(u)?.is_some_and(OrgRole::manages) {
+                given.push(u);
+            }
+        }
+        for &u in &room.assigned {
+            if org_role(u)? == Some(OrgRole::Member) {
+                given.push(u);
+            }
+        }
+        given.sort_unstable();
+    }
+    room.automation_given = given;
+    let dropped = if room.kind == RoomKind::Default { room.scheduled_deletion.take() } else { None };
+    if let Some(at) = dropped {
+        tracing::warn!(
+            room = room.id,
+            organization = room.org_id,
+            scheduled_deletion = %crate::model::rfc3339(at),
+            "dropped the scheduled deletion of a default room, which no one may give it any more; \
+             an owner/admin of the organization removes it with DELETE /v1/chatrooms/default/{{organizationID}}"
+        );
+    }
+    Ok(dropped)
 }
 
 /// Replaces every entry of `orgidroomid_json` with the JSON of today's
@@ -307,6 +383,8 @@ pub mod v1 {
                 moderators: r.moderators,
                 assigned: r.assigned,
                 claimed: r.claimed,
+                // Inferred afterwards, from the organization roles: `settle_schema_1_room`.
+                automation_given: Vec::new(),
                 automation: r.automation,
                 scheduled_deletion: r.scheduled_deletion,
                 generation: r.generation,
@@ -318,7 +396,8 @@ pub mod v1 {
         }
     }
 
-    /// The schema-1 record of a room (its topic is dropped): for writing a
+    /// The schema-1 record of a room (its topic and the origin of its roles
+    /// are dropped): for writing a
     /// database as the first release did.
     impl From<&crate::model::Room> for Room {
         fn from(r: &crate::model::Room) -> Self {
@@ -429,5 +508,39 @@ mod tests {
         assert_eq!(back, room);
         // Today's decoder does not guess: an old record is an error until migrated.
         assert!(codec::decode::<Room>(&old).is_err());
+    }
+
+    #[test]
+    fn a_schema_1_room_gets_the_origin_of_its_roles_from_the_organization() {
+        // 1 owner, 2 admin, 3 and 4 members, 5 outside the organization.
+        let role = |u: UserId| -> Result<Option<OrgRole>, StoreError> {
+            Ok(match u {
+                1 => Some(OrgRole::Owner),
+                2 => Some(OrgRole::Admin),
+                3 | 4 => Some(OrgRole::Member),
+                _ => None,
+            })
+        };
+        let mut room = crate::domain::rooms::blank_room(9, 3, 100);
+        room.admins = vec![1, 3];
+        room.moderators = vec![2];
+        room.assigned = vec![4, 5];
+        room.automation = true;
+        room.scheduled_deletion = Some(5000);
+        // Automation on: the owner as admin and the member as assigned hold
+        // what automation gives; the member admin, the admin moderator and
+        // the outsider hold explicit roles.
+        assert_eq!(settle_schema_1_room(&mut room, role).unwrap(), None, "a custom room keeps its deletion");
+        assert_eq!(room.automation_given, vec![1, 4]);
+        assert_eq!(room.scheduled_deletion, Some(5000));
+
+        room.automation = false;
+        settle_schema_1_room(&mut room, role).unwrap();
+        assert!(room.automation_given.is_empty(), "automation off: every role explicit");
+
+        room.kind = crate::model::RoomKind::Default;
+        room.automation = true;
+        assert_eq!(settle_schema_1_room(&mut room, role).unwrap(), Some(5000), "a default room's deletion goes");
+        assert_eq!((room.scheduled_deletion, room.automation_given.clone()), (None, vec![1, 4]));
     }
 }

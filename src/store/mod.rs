@@ -15,6 +15,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::Arc;
 
+use tokio::sync::Notify;
+
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
 
 use crate::model::{OrgId, OrgRole, Organization, OutboxOp, Room, RoomId, Token, TokenKind, User, UserId};
@@ -131,6 +133,9 @@ impl From<redb::DatabaseError> for StoreError {
 #[derive(Clone)]
 pub struct Store {
     db: Arc<Database>,
+    /// Woken by every commit that queued outbox entries: the reconciler
+    /// waits on it, so no writer has to remember to wake it.
+    outbox_changed: Arc<Notify>,
 }
 
 impl Store {
@@ -159,7 +164,7 @@ impl Store {
     /// Brings an open database up to today's schema.
     fn from_database(db: Database) -> Result<(Self, Opened), StoreError> {
         let started = std::time::Instant::now();
-        let store = Store { db: Arc::new(db) };
+        let store = Store { db: Arc::new(db), outbox_changed: Arc::new(Notify::new()) };
         let opened = guarded(|| {
             store.write(|w| {
                 // A newer file is refused before anything is created in it.
@@ -169,6 +174,7 @@ impl Store {
                 t.open_table(ROOMID_ROOM)?;
                 t.open_table(ORGIDROOMID_JSON)?;
                 t.open_table(ORGIDROOMID)?;
+                t.open_table(ORGID_AUTOMATEDROOMID)?;
                 t.open_table(ORGID_DEFAULTROOMID)?;
                 t.open_table(ORGIDEVENTID_ROOMID)?;
                 t.open_table(MATRIXROOMID_ROOMID)?;
@@ -209,7 +215,7 @@ impl Store {
             }
             Err(shared) => shared,
         };
-        Ok((Store { db }, opened))
+        Ok((Store { db, outbox_changed: store.outbox_changed }, opened))
     }
 
     /// A consistent snapshot for reading.
@@ -220,16 +226,27 @@ impl Store {
         Ok(Reader { txn: self.db.begin_read()? })
     }
 
-    /// Runs `f` in one write transaction, committed (durably) only when `f` succeeds.
+    /// What wakes when a commit queued outbox entries.
+    #[must_use]
+    pub fn outbox_changed(&self) -> &Arc<Notify> {
+        &self.outbox_changed
+    }
+
+    /// Runs `f` in one write transaction, committed (durably) only when `f`
+    /// succeeds. A commit that queued outbox entries wakes
+    /// [`Store::outbox_changed`].
     ///
     /// # Errors
     /// `f`'s error, or a storage failure.
     pub fn write<T, E: From<StoreError>>(&self, f: impl FnOnce(&mut Writer) -> Result<T, E>) -> Result<T, E> {
         let txn = self.db.begin_write().map_err(StoreError::from)?;
-        let mut writer = Writer { txn };
+        let mut writer = Writer { txn, queued: false };
         match f(&mut writer) {
             Ok(value) => {
                 writer.txn.commit().map_err(StoreError::from)?;
+                if writer.queued {
+                    self.outbox_changed.notify_one();
+                }
                 Ok(value)
             }
             Err(e) => {
@@ -347,6 +364,16 @@ pub trait Read {
         let t = self.table(ORGIDROOMID)?;
         let mut ids = Vec::with_capacity(limit.min(64));
         for entry in t.range((org, 0u64)..=(org, u64::MAX))?.skip(offset).take(limit) {
+            ids.push(entry?.0.value().1);
+        }
+        Ok(ids)
+    }
+
+    /// Ids of an organization's rooms with automation on, in id order.
+    fn automated_room_ids(&self, org: OrgId) -> Result<Vec<RoomId>, StoreError> {
+        let t = self.table(ORGID_AUTOMATEDROOMID)?;
+        let mut ids = Vec::new();
+        for entry in t.range((org, 0u64)..=(org, u64::MAX))? {
             ids.push(entry?.0.value().1);
         }
         Ok(ids)
@@ -513,6 +540,8 @@ impl Read for Reader {
 /// One write transaction.
 pub struct Writer {
     txn: WriteTransaction,
+    /// Whether it queued outbox entries.
+    queued: bool,
 }
 
 impl Read for Writer {
@@ -554,6 +583,14 @@ impl Writer {
                 crate::model::RoomKind::Custom => {}
             }
         }
+        if previous.map_or(room.automation, |p| p.automation != room.automation) {
+            let mut t = self.txn.open_table(ORGID_AUTOMATEDROOMID)?;
+            if room.automation {
+                t.insert((room.org_id, room.id), ())?;
+            } else {
+                t.remove((room.org_id, room.id))?;
+            }
+        }
         let old_matrix = previous.map_or("", |p| p.matrix_room_id.as_str());
         if old_matrix != room.matrix_room_id {
             let mut t = self.txn.open_table(MATRIXROOMID_ROOMID)?;
@@ -593,6 +630,7 @@ impl Writer {
         self.txn.open_table(ROOMID_ROOM)?.remove(room.id)?;
         self.txn.open_table(ORGIDROOMID_JSON)?.remove((room.org_id, room.id))?;
         self.txn.open_table(ORGIDROOMID)?.remove((room.org_id, room.id))?;
+        self.txn.open_table(ORGID_AUTOMATEDROOMID)?.remove((room.org_id, room.id))?;
         self.txn.open_table(ROOMID_AVATAR)?.remove(room.id)?;
         let mut counts = self.txn.open_table(ORGID_ROOMCOUNT)?;
         let n = counts.get(room.org_id)?.map_or(0, |v| v.value());
@@ -675,6 +713,7 @@ impl Writer {
     pub fn push_outbox(&mut self, op: &OutboxOp) -> Result<u64, StoreError> {
         let seq = self.next_id("outbox_seq")?;
         self.txn.open_table(SEQ_OUTBOX)?.insert(seq, codec::encode(op).as_slice())?;
+        self.queued = true;
         Ok(seq)
     }
 
@@ -726,6 +765,7 @@ mod tests {
             moderators: vec![],
             assigned: vec![2, 3],
             claimed: vec![],
+            automation_given: vec![],
             automation: false,
             scheduled_deletion: None,
             generation: 1,
@@ -779,6 +819,34 @@ mod tests {
         assert_eq!(r.room_count(10).unwrap(), 2);
         assert_eq!(r.room_id_by_matrix_id("!x:hs").unwrap(), None);
         assert_eq!(r.user_room_ids(3).unwrap(), vec![1, 2, 4, 5]);
+    }
+
+    #[test]
+    fn the_automated_rooms_index_follows_automation() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db.redb"), 1 << 20).unwrap();
+        let automated = |id, org| Room { automation: true, ..room(id, org) };
+        store
+            .write(|w| {
+                w.put_room(&automated(1, 10), None)?;
+                w.put_room(&room(2, 10), None)?;
+                w.put_room(&automated(3, 10), None)?;
+                w.put_room(&automated(4, 20), None)
+            })
+            .unwrap();
+        let ids = |org| store.read().unwrap().automated_room_ids(org).unwrap();
+        assert_eq!((ids(10), ids(20), ids(30)), (vec![1, 3], vec![4], vec![]));
+
+        // Off, on, and a change that leaves automation alone.
+        store.write(|w| w.put_room(&room(1, 10), Some(&automated(1, 10)))).unwrap();
+        store.write(|w| w.put_room(&automated(2, 10), Some(&room(2, 10)))).unwrap();
+        let renamed = Room { name: "renamed".into(), ..automated(3, 10) };
+        store.write(|w| w.put_room(&renamed, Some(&automated(3, 10)))).unwrap();
+        assert_eq!(ids(10), vec![2, 3]);
+
+        store.write(|w| w.delete_room(&renamed)).unwrap();
+        store.write(|w| w.delete_room(&automated(4, 20))).unwrap();
+        assert_eq!((ids(10), ids(20)), (vec![2], vec![]));
     }
 
     #[test]

@@ -11,6 +11,9 @@ pub const ORGIDROOMID: TableDefinition<(i64, u64), ()> = TableDefinition::new("o
 /// (organization id, room id) → the room's API JSON: an organization's rooms
 /// in id order, so a page of GetRooms is one range scan with nothing to decode.
 pub const ORGIDROOMID_JSON: TableDefinition<(i64, u64), &[u8]> = TableDefinition::new("orgidroomid_json");
+/// (organization id, room id) → (): the organization's rooms with automation
+/// on, so a membership change reads those rooms only, not all of them.
+pub const ORGID_AUTOMATEDROOMID: TableDefinition<(i64, u64), ()> = TableDefinition::new("orgid_automatedroomid");
 /// organization id → room id of its default room.
 pub const ORGID_DEFAULTROOMID: TableDefinition<i64, u64> = TableDefinition::new("orgid_defaultroomid");
 /// (organization id, event id) → room id of the event's room.

@@ -10,6 +10,7 @@ mod common;
 mod admin;
 mod api_tokens;
 mod auth;
+mod automation;
 mod connections;
 mod limits;
 mod matrix;

@@ -378,3 +378,92 @@ async fn a_pat_of_one_organization_cannot_reach_into_another() {
 
     assert_eq!(stable_list(&srv.rooms(w.other_org).await), stable_list(&before), "organization 2 is untouched");
 }
+
+/// Change the default room (name, avatar, topic, automation): owner/admin of
+/// the organization only. Its room admin may manage its users, not the room.
+const MANAGE_DEFAULT: [u16; 10] = [200, 200, 200, 403, 403, 403, 403, 403, 403, 401];
+/// Give the default room a scheduled deletion: nobody; those who may change
+/// the room are told to remove it instead (409), the others may not change it (403).
+const SCHEDULE_DEFAULT: [u16; 10] = [409, 409, 409, 403, 403, 403, 403, 403, 403, 401];
+
+/// The default room of organization 1, with automation off and the world's
+/// room admin, moderator and assigned user named in it explicitly.
+async fn default_room(srv: &TestServer, w: &World) -> i64 {
+    let created = srv.post("/v1/chatrooms/default", &w.api, Some(json!({"organizationID": w.org}))).await;
+    let room = room_id(created.expect(201));
+    let body = json!({"admins": [w.room_admin.id], "moderators": [w.room_mod.id], "assignedUsers": [w.assigned.id]});
+    srv.post(&format!("/v1/chatrooms/{room}/users"), &w.api, Some(body)).await.expect(200);
+    room
+}
+
+#[tokio::test]
+async fn updating_the_default_room() {
+    let srv = TestServer::start();
+    let w = World::new(&srv).await;
+    let room = default_room(&srv, &w).await;
+    let path = format!("/v1/chatrooms/{room}");
+    let changes = [
+        json!({"name": "Renamed"}),
+        json!({"avatar": crate::common::png()}),
+        json!({"topic": "Everything Acme"}),
+        json!({"automationEnabled": true}),
+    ];
+    for body in changes {
+        for ((who, token), status) in CALLERS.iter().zip(tokens(&w)).zip(MANAGE_DEFAULT) {
+            let before = srv.room(room).await;
+            let resp = srv.patch(&path, &token, Some(body.clone())).await;
+            check(who, &resp, status);
+            if ok(status) {
+                // Back as it was, for the next caller.
+                let undo = json!({"name": "Acme", "avatar": null, "topic": null, "automationEnabled": false});
+                srv.patch(&path, &w.api, Some(undo)).await.expect(200);
+            } else {
+                let detail = &resp.body["detail"];
+                assert_eq!(
+                    stable(&srv.room(room).await),
+                    stable(&before),
+                    "{who}: {body} refused, and nothing changed"
+                );
+                if *who == "room admin" {
+                    let detail = detail.as_str().unwrap_or_default();
+                    assert!(detail.contains("default room") && detail.contains("owners and admins"), "{detail}");
+                }
+            }
+        }
+    }
+    // Its users are still the room admin's to manage.
+    let added = srv.post(&format!("{path}/users"), &w.room_admin.token, Some(json!({"assignedUsers": [13]}))).await;
+    assert!(ids(&added.expect(200)["assignedUsers"]).contains(&13), "{}", added.text);
+}
+
+#[tokio::test]
+async fn nobody_gives_the_default_room_a_scheduled_deletion() {
+    let srv = TestServer::start();
+    let w = World::new(&srv).await;
+    let room = default_room(&srv, &w).await;
+    let path = format!("/v1/chatrooms/{room}");
+    let before = stable(&srv.room(room).await);
+    for at in [json!(4_102_444_800_i64), json!("2100-01-01T00:00:00Z")] {
+        for ((who, token), status) in CALLERS.iter().zip(tokens(&w)).zip(SCHEDULE_DEFAULT) {
+            let resp = srv.patch(&path, &token, Some(json!({"scheduledDeletion": at}))).await;
+            check(who, &resp, status);
+            if status == 409 {
+                let detail = resp.expect_problem(409);
+                assert!(detail.contains("DELETE /v1/chatrooms/default/1"), "{who}: the detail says how: {detail}");
+            }
+        }
+    }
+    // Not even alongside a change that would be allowed: the whole request is refused.
+    let both = json!({"name": "Doomed", "scheduledDeletion": 4_102_444_800_i64});
+    srv.patch(&path, &w.owner.token, Some(both)).await.expect_problem(409);
+    assert_eq!(stable(&srv.room(room).await), before, "no deletion, no rename");
+    // `null` gives none: allowed, and nothing to cancel.
+    let none = srv.patch(&path, &w.owner.token, Some(json!({"scheduledDeletion": null, "name": "Acme all"}))).await;
+    assert_eq!((&none.expect(200)["scheduledDeletion"], &none.body["name"]), (&Value::Null, &json!("Acme all")));
+    // Creating it takes no deletion either.
+    srv.delete("/v1/chatrooms/default/1", &w.api, None).await.expect(204);
+    let create = json!({"organizationID": 1, "scheduledDeletion": 4_102_444_800_i64});
+    let detail = srv.post("/v1/chatrooms/default", &w.api, Some(create)).await.expect_problem(400);
+    assert!(detail.contains("scheduledDeletion"), "{detail}");
+    assert_eq!(srv.rooms(1).await["total"], 0);
+}

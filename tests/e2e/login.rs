@@ -95,3 +95,35 @@ async fn deactivated_user_cannot_log_in() {
     })
     .await;
 }
+
+/// With the pass-through proxy on, the app's homeserver is the service:
+/// login's `wellKnown` names the service as the app reached it, the same
+/// URL its own `/.well-known/matrix/client` gives, and a configured
+/// `proxy.public_url` wins over both.
+#[tokio::test]
+async fn login_through_the_proxy_points_the_app_at_the_service() {
+    let hs = crate::synapse::shared();
+    let svc = crate::service::Service::start_with(
+        &hs,
+        crate::service::SYNC_WAIT_MS,
+        &[("MESSENGER_CHAT_PROXY__ENABLED", "true")],
+    );
+    svc.org(1, "Acme").await;
+    let ann = svc.user(1, "Ann", Some((1, "member"))).await;
+    let login =
+        svc.call("POST", "/v1/user/login", &ann, Some(json!({"deviceID": "E2EPROXY"}))).await.expect(200).clone();
+    let base = login["wellKnown"]["m.homeserver"]["base_url"].as_str().expect("a base_url").to_string();
+    assert!(base.starts_with("https://127.0.0.1:"), "login names the service as reached, got {base}");
+    assert_ne!(base, hs.url, "login names the homeserver behind the proxy");
+    let well_known = svc.call("GET", "/.well-known/matrix/client", "", None).await.expect(200).clone();
+    assert_eq!(well_known["m.homeserver"]["base_url"], base.as_str(), "{well_known}");
+
+    let public =
+        [("MESSENGER_CHAT_PROXY__ENABLED", "true"), ("MESSENGER_CHAT_PROXY__PUBLIC_URL", "https://chat.example.org")];
+    let svc = crate::service::Service::start_with(&hs, crate::service::SYNC_WAIT_MS, &public);
+    svc.org(1, "Acme").await;
+    let ann = svc.user(1, "Ann", Some((1, "member"))).await;
+    let login =
+        svc.call("POST", "/v1/user/login", &ann, Some(json!({"deviceID": "E2EPROXY"}))).await.expect(200).clone();
+    assert_eq!(login["wellKnown"]["m.homeserver"]["base_url"], "https://chat.example.org", "{login}");
+}

@@ -202,3 +202,55 @@ async fn automation_follows_the_organization() {
     .await;
     assert!(!listed(&svc.room(id).await, "assignedUsers").contains(&5), "Larry listed without automation");
 }
+
+#[tokio::test]
+async fn a_demoted_admin_loses_the_power_automation_gave() {
+    let (svc, admin) = on_shared_synapse().await;
+    svc.org(1, "Acme").await;
+    svc.user(1, "Olivia Owner", Some((1, "owner"))).await;
+    svc.user(2, "Adam Admin", Some((1, "admin"))).await;
+    let default = svc.call(
+        "POST",
+        "/v1/chatrooms/default",
+        &svc.api,
+        Some(json!({"organizationID": 1, "automationEnabled": true})),
+    );
+    let default = room_id(default.await.expect(201));
+    // Adam named admin explicitly: that room is his whatever his organization role.
+    let named = room_id(
+        &svc.create_room(json!({"name": "Adam's", "organizationID": 1, "automationEnabled": true, "admins": [2]}))
+            .await,
+    );
+    let (olivia, adam) = (svc.mxid(1), svc.mxid(2));
+    for room in [default, named] {
+        converge(&svc, &admin, room, "owner and admin with power 100", |s| {
+            expect_power(s, &[(olivia.clone(), 100), (adam.clone(), 100)])
+        })
+        .await;
+    }
+
+    svc.member(1, 2, "member").await;
+    assert_eq!(listed(&svc.room(default).await, "assignedUsers"), vec![2]);
+    converge(&svc, &admin, default, "the demoted admin at power 0, still in the room", |s| {
+        expect_power(s, &[(olivia.clone(), 100)])?;
+        expect_membership(s, &adam, &["invite", "join"])?;
+        if s.level_of(&adam) == 0 { Ok(()) } else { Err(format!("{adam} should have power 0")) }
+    })
+    .await;
+    // A rename afterwards proves the reconciler has been through the other room since.
+    let path = format!("/v1/chatrooms/{named}");
+    svc.call("PATCH", &path, &svc.api, Some(json!({"name": "Still Adam's"}))).await.expect(200);
+    converge(&svc, &admin, named, "the explicit admin keeps power 100", |s| {
+        if s.content("m.room.name", "")["name"] != "Still Adam's" {
+            return Err("not renamed yet".into());
+        }
+        expect_power(s, &[(olivia.clone(), 100), (adam.clone(), 100)])
+    })
+    .await;
+
+    svc.member(1, 2, "admin").await;
+    converge(&svc, &admin, default, "promoted again: power 100", |s| {
+        expect_power(s, &[(olivia.clone(), 100), (adam.clone(), 100)])
+    })
+    .await;
+}

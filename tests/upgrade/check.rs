@@ -1,7 +1,9 @@
 //! `messenger-chat check` and `--repair` on a database whose indexes were
 //! damaged while the service was stopped.
 
-use messenger_chat::store::tables;
+use messenger_chat::model::Room;
+use messenger_chat::store::{codec, tables};
+use redb::ReadableTable;
 use serde_json::json;
 
 use crate::common::{TestServer, World, room_id};
@@ -104,4 +106,53 @@ async fn an_unreadable_record_is_reported_and_not_rebuilt_around() {
     let log = srv.stderr();
     assert!(log.contains(&format!("roomid_room (key {broken})")) && log.contains("messenger-chat check"), "{log}");
     assert!(!log.contains("panicked"), "{log}");
+}
+
+/// The index of automated rooms and the origin of roles: an automated room
+/// missing from the index (a demotion would skip it), a room without
+/// automation in it, and a room marking a user it does not list as given
+/// their role by automation are each named by check; repair mends all three,
+/// and a demotion then reaches the automated room again.
+#[tokio::test]
+async fn check_finds_the_automated_rooms_index_and_stray_role_origins() {
+    let srv = TestServer::start();
+    let w = World::new(&srv).await;
+    let automated = room_id(&w.room_from(&srv, json!({"name": "All hands", "automationEnabled": true})).await);
+    let manual = room_id(&w.room_from(&srv, json!({"name": "Manual"})).await);
+    let mut srv = srv;
+    assert!(srv.stop());
+    let data = Data::with_file(&srv.data_dir().join(DB_FILE));
+    let (org, a, m) = (w.org, u64::try_from(automated).unwrap(), u64::try_from(manual).unwrap());
+    {
+        let raw = open_raw(&data.db());
+        let t = raw.begin_write().unwrap();
+        {
+            let mut index = t.open_table(tables::ORGID_AUTOMATEDROOMID).unwrap();
+            assert!(index.remove((org, a)).unwrap().is_some(), "the automated room was indexed");
+            index.insert((org, m), ()).unwrap();
+            let mut rooms = t.open_table(tables::ROOMID_ROOM).unwrap();
+            let mut room: Room = codec::decode(rooms.get(a).unwrap().unwrap().value()).unwrap();
+            room.automation_given.push(99);
+            rooms.insert(a, codec::encode(&room).as_slice()).unwrap();
+        }
+        t.commit().unwrap();
+    }
+
+    data.cli(&["check"]).refused_saying(&[
+        &format!("orgid_automatedroomid [{org},{a}]: missing for room {a}"),
+        &format!("orgid_automatedroomid [{org},{m}]: names no room of this organization with automation on"),
+        &format!("roomid_room [{a}]: automation_given"),
+        "3 problems: 3 that `messenger-chat check --repair` rebuilds",
+    ]);
+    let repaired = data.cli(&["check", "--repair"]);
+    assert!(repaired.ok, "repair succeeds:\n{}", repaired.text());
+    let again = data.cli(&["check"]);
+    assert!(again.ok && again.stdout.contains("no problems found"), "{}", again.text());
+
+    let srv = TestServer::start_on(&data.db(), &w.api);
+    let path = format!("/v1/organizations/{org}/members/{}", w.admin.id);
+    srv.put(&path, &w.api, Some(json!({"role": "member"}))).await.expect(200);
+    let room = srv.room(automated).await;
+    assert!(crate::common::ids(&room["assignedUsers"]).contains(&w.admin.id), "the demotion reached it: {room}");
+    assert!(!crate::common::ids(&room["admins"]).contains(&w.admin.id), "{room}");
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use messenger_chat::store::{codec, tables};
 use redb::{ReadableDatabase, ReadableTable};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// File name of the database inside a data directory.
 pub const DB_FILE: &str = "messenger-chat.redb";
@@ -36,6 +36,44 @@ impl Fixture {
     pub fn export(&self) -> Vec<Value> {
         let all = self.manifest["export"].as_array().expect("the manifest holds the export");
         all.iter().filter(|r| r["record"] != "header").cloned().collect()
+    }
+
+    /// The export records as today's code keeps them: what the fixture's
+    /// release exported, plus what later schemas add to a room. An empty
+    /// `topic`; and `automation_given` as the README (Upgrade) says an
+    /// upgraded database infers it: in a room with automation on, the admins
+    /// who are owners/admins of the organization and the assigned users who
+    /// are members of it (the member records say who), nobody elsewhere.
+    pub fn today_export(&self) -> Vec<Value> {
+        let export = self.export();
+        let role = |org: &Value, user: &Value| {
+            let member =
+                export.iter().find(|r| r["record"] == "member" && r["organization"] == *org && r["user"] == *user);
+            member.and_then(|m| m["role"].as_u64())
+        };
+        let mut today = Vec::new();
+        for record in &export {
+            let mut record = record.clone();
+            if record["record"] == "room" && record.get("topic").is_none() {
+                record["topic"] = json!("");
+            }
+            if record["record"] == "room" && record.get("automation_given").is_none() {
+                let mut given: Vec<i64> = Vec::new();
+                if record["automation"] == true {
+                    let org = &record["org_id"];
+                    let listed = |list: &str| record[list].as_array().cloned().unwrap_or_default();
+                    // Role bytes: 0 member, 1 admin, 2 owner.
+                    given.extend(listed("admins").iter().filter(|u| role(org, u) >= Some(1)).filter_map(Value::as_i64));
+                    given.extend(
+                        listed("assigned").iter().filter(|u| role(org, u) == Some(0)).filter_map(Value::as_i64),
+                    );
+                }
+                given.sort_unstable();
+                record["automation_given"] = json!(given);
+            }
+            today.push(record);
+        }
+        today
     }
 
     /// A fresh data directory holding a copy of the fixture.
@@ -235,6 +273,7 @@ pub fn contents(db: &Path) -> Vec<String> {
         out,
         ROOMID_ROOM,
         ORGIDROOMID,
+        ORGID_AUTOMATEDROOMID,
         ORGIDROOMID_JSON,
         ORGID_DEFAULTROOMID,
         ORGIDEVENTID_ROOMID,

@@ -1,0 +1,332 @@
+//! The rules on a real database and a pinned clock, without HTTP: the role
+//! table of the contract, automation and demotion, the default room,
+//! scheduled deletion and token expiry by moving the clock, and login
+//! through the session service on the fake homeserver.
+
+use std::sync::Arc;
+
+use super::rooms::{NewRoom, RoomPatch, RoomRef, UserLists};
+use super::sessions::Sessions;
+use super::{Domain, ManualClock, Principal};
+use crate::config::Config;
+use crate::error::{Error, Remedy};
+use crate::homeserver::Homeserver;
+use crate::homeserver::fake::FakeHomeserver;
+use crate::model::{OrgRole, RoomId, RoomRole};
+use crate::secrets::ServerKey;
+use crate::store::{Read, Store};
+
+/// 2026-01-01T00:00:00Z.
+const T0: i64 = 1_767_225_600;
+
+struct World {
+    _dir: tempfile::TempDir,
+    d: Arc<Domain>,
+    clock: Arc<ManualClock>,
+}
+
+/// Organization 1: owner 1, admin 2, members 3 to 6; user 7 outside it.
+const OWNER: i64 = 1;
+const ADMIN: i64 = 2;
+const ROOM_ADMIN: i64 = 3;
+const MODERATOR: i64 = 4;
+const LISTED: i64 = 5;
+const UNLISTED: i64 = 6;
+const OUTSIDER: i64 = 7;
+
+fn world() -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("db.redb"), 1 << 20).unwrap();
+    let mut config = Config::default();
+    config.security.argon2_memory_kib = 8;
+    config.security.argon2_iterations = 1;
+    let clock = Arc::new(ManualClock::new(T0));
+    let d = Arc::new(Domain::new(store, Arc::new(config), ServerKey::from_bytes([3; 32]), clock.clone()).unwrap());
+    d.put_org(Principal::Api, 1, "Acme").unwrap();
+    for u in OWNER..=OUTSIDER {
+        d.put_user(Principal::Api, u, &format!("User {u}")).unwrap();
+    }
+    for (u, role) in [
+        (OWNER, OrgRole::Owner),
+        (ADMIN, OrgRole::Admin),
+        (ROOM_ADMIN, OrgRole::Member),
+        (MODERATOR, OrgRole::Member),
+        (LISTED, OrgRole::Member),
+        (UNLISTED, OrgRole::Member),
+    ] {
+        d.set_member(Principal::Api, 1, u, role).unwrap();
+    }
+    World { _dir: dir, d, clock }
+}
+
+impl World {
+    /// A custom room with a room admin, a moderator and a listed user.
+    fn room(&self) -> RoomId {
+        let spec = NewRoom {
+            org_id: 1,
+            name: Some("Board".into()),
+            users: UserLists { admins: vec![ROOM_ADMIN], moderators: vec![MODERATOR], assigned: vec![LISTED] },
+            ..NewRoom::default()
+        };
+        self.d.create_room(Principal::Api, spec).unwrap().id
+    }
+
+    fn stored(&self, id: RoomId) -> crate::model::Room {
+        self.d.store.read().unwrap().room(id).unwrap().expect("the room")
+    }
+}
+
+/// The callers of the role table, as (name, principal).
+fn callers() -> Vec<(&'static str, Principal)> {
+    vec![
+        ("API token", Principal::Api),
+        ("org owner", Principal::User(OWNER)),
+        ("org admin", Principal::User(ADMIN)),
+        ("room admin", Principal::User(ROOM_ADMIN)),
+        ("room moderator", Principal::User(MODERATOR)),
+        ("listed user", Principal::User(LISTED)),
+        ("unlisted member", Principal::User(UNLISTED)),
+        ("outsider", Principal::User(OUTSIDER)),
+    ]
+}
+
+/// Whether `result` is allowed (Ok) or forbidden; anything else fails the test.
+fn allowed<T: std::fmt::Debug>(what: &str, who: &str, result: Result<T, Error>) -> bool {
+    match result {
+        Ok(_) => true,
+        Err(Error::Forbidden(_)) => false,
+        Err(e) => panic!("{what} by {who}: neither allowed nor forbidden: {e:?}"),
+    }
+}
+
+/// Every action of the role table in the contract, by every kind of caller.
+#[test]
+fn the_role_table() {
+    // (action, who may: API, owner, admin, room admin, moderator, listed, unlisted, outsider)
+    type Action = fn(&World, Principal) -> bool;
+    let table: Vec<(&str, [bool; 8], Action)> = vec![
+        ("read a room", [true, true, true, true, true, true, true, false], |w, p| {
+            let id = w.room();
+            allowed("read", "", w.d.get_room(&w.d.store.read().unwrap(), p, &RoomRef::Id(id)))
+        }),
+        ("list rooms", [true, true, true, true, true, true, true, false], |w, p| {
+            allowed("list", "", w.d.list_rooms(&w.d.store.read().unwrap(), p, 1, Some((0, 10))))
+        }),
+        ("create a custom room", [true, true, true, false, false, false, false, false], |w, p| {
+            let spec = NewRoom { org_id: 1, name: Some("New".into()), ..NewRoom::default() };
+            allowed("create", "", w.d.create_room(p, spec))
+        }),
+        ("create the default room", [true, true, true, false, false, false, false, false], |w, p| {
+            allowed("create default", "", w.d.create_default_room(p, 1, false, None))
+        }),
+        ("remove the default room", [true, true, true, false, false, false, false, false], |w, p| {
+            w.d.create_default_room(Principal::Api, 1, false, None).unwrap();
+            allowed("remove default", "", w.d.delete_default_room(p, 1))
+        }),
+        ("update a custom room", [true, true, true, true, false, false, false, false], |w, p| {
+            let id = w.room();
+            let patch = RoomPatch { name: Some("Renamed".into()), ..RoomPatch::default() };
+            allowed("update", "", w.d.update_room(p, &RoomRef::Id(id), patch))
+        }),
+        ("delete a custom room", [true, true, true, true, false, false, false, false], |w, p| {
+            let id = w.room();
+            allowed("delete", "", w.d.delete_room(p, &RoomRef::Id(id)))
+        }),
+        ("add an admin", [true, true, true, true, false, false, false, false], |w, p| {
+            let id = w.room();
+            let lists = UserLists { admins: vec![UNLISTED], ..UserLists::default() };
+            allowed("add admin", "", w.d.add_users(p, &RoomRef::Id(id), &lists))
+        }),
+        ("add an assigned user", [true, true, true, true, true, false, false, false], |w, p| {
+            let id = w.room();
+            let lists = UserLists { assigned: vec![UNLISTED], ..UserLists::default() };
+            allowed("add assigned", "", w.d.add_users(p, &RoomRef::Id(id), &lists))
+        }),
+        ("remove an assigned user", [true, true, true, true, true, false, false, false], |w, p| {
+            let id = w.room();
+            let lists = UserLists { assigned: vec![LISTED], ..UserLists::default() };
+            allowed("remove assigned", "", w.d.remove_users(p, &RoomRef::Id(id), &lists))
+        }),
+        ("remove a moderator", [true, true, true, true, false, false, false, false], |w, p| {
+            let id = w.room();
+            let lists = UserLists { moderators: vec![MODERATOR], ..UserLists::default() };
+            allowed("remove moderator", "", w.d.remove_users(p, &RoomRef::Id(id), &lists))
+        }),
+        // A claim acts for a user: the API token acts for the listed user.
+        ("claim a custom room", [true, false, false, true, true, true, false, false], |w, p| {
+            let id = w.room();
+            let user = match p {
+                Principal::Api => LISTED,
+                Principal::User(u) => u,
+            };
+            allowed("claim", "", w.d.claim(user, &RoomRef::Id(id)))
+        }),
+        ("claim the default room", [true, true, true, true, true, true, true, false], |w, p| {
+            let id = w.d.create_default_room(Principal::Api, 1, false, None).unwrap().id;
+            let user = match p {
+                Principal::Api => UNLISTED,
+                Principal::User(u) => u,
+            };
+            allowed("claim default", "", w.d.claim(user, &RoomRef::Id(id)))
+        }),
+    ];
+    for (action, expected, run) in &table {
+        for ((who, p), want) in callers().into_iter().zip(expected) {
+            let w = world();
+            assert_eq!(run(&w, p), *want, "{action} by the {who}");
+        }
+    }
+}
+
+/// The default room belongs to the organization: a room admin of it who is
+/// a member may manage its users but not change it; nobody gives it a
+/// deletion time (409, with the remedy); it is not deleted as a room.
+#[test]
+fn the_default_room_rules() {
+    let w = world();
+    let id = w.d.create_default_room(Principal::Api, 1, false, None).unwrap().id;
+    let at = RoomRef::Id(id);
+    w.d.add_users(Principal::Api, &at, &UserLists { admins: vec![ROOM_ADMIN], ..UserLists::default() }).unwrap();
+    let rename = || RoomPatch { name: Some("Ours".into()), ..RoomPatch::default() };
+    assert!(matches!(w.d.update_room(Principal::User(ROOM_ADMIN), &at, rename()), Err(Error::Forbidden(_))));
+    let lists = UserLists { assigned: vec![UNLISTED], ..UserLists::default() };
+    w.d.add_users(Principal::User(ROOM_ADMIN), &at, &lists).expect("a room admin manages its users");
+    w.d.update_room(Principal::User(ADMIN), &at, rename()).expect("an org admin changes it");
+    for p in [Principal::Api, Principal::User(OWNER)] {
+        let deletion = RoomPatch { scheduled_deletion: Some(Some(T0 + 60)), ..RoomPatch::default() };
+        let e = w.d.update_room(p, &at, deletion).unwrap_err();
+        assert!(matches!(e.kind(), Error::Conflict(_)), "{e:?}");
+        assert_eq!(e.remedy(), Some(Remedy::RemoveDefaultRoom(1)));
+    }
+    let e = w.d.delete_room(Principal::Api, &at).unwrap_err();
+    assert!(matches!(e.kind(), Error::Conflict(_)) && e.remedy() == Some(Remedy::RemoveDefaultRoom(1)), "{e:?}");
+    let e = w.d.create_default_room(Principal::Api, 1, false, None).unwrap_err();
+    assert!(matches!(e, Error::Conflict(_)), "one default room: {e:?}");
+    w.d.delete_default_room(Principal::User(OWNER), 1).unwrap();
+    assert!(w.d.store.read().unwrap().room(id).unwrap().is_none());
+}
+
+/// Automation: every member joins, owners/admins are room admins; a demoted
+/// admin drops to assignedUsers where automation gave the role and keeps an
+/// explicit one; a removed member leaves.
+#[test]
+fn automation_and_demotion() {
+    let w = world();
+    let spec = NewRoom {
+        org_id: 1,
+        name: Some("All hands".into()),
+        users: UserLists { moderators: vec![LISTED], ..UserLists::default() },
+        automation: true,
+        ..NewRoom::default()
+    };
+    let id = w.d.create_room(Principal::User(OWNER), spec).unwrap().id;
+    let room = w.stored(id);
+    assert_eq!(room.admins, vec![OWNER, ADMIN], "owners/admins are room admins");
+    assert_eq!(room.moderators, vec![LISTED], "an explicit role stays");
+    assert_eq!(room.assigned, vec![ROOM_ADMIN, MODERATOR, UNLISTED], "every other member joins");
+    // The owner created it (explicit admin); the admin's role is automation's.
+    w.d.set_member(Principal::Api, 1, ADMIN, OrgRole::Member).unwrap();
+    w.d.set_member(Principal::Api, 1, OWNER, OrgRole::Member).unwrap();
+    let room = w.stored(id);
+    assert_eq!(room.role_of(ADMIN), Some(RoomRole::Assigned), "the demoted admin drops");
+    assert_eq!(room.role_of(OWNER), Some(RoomRole::Admin), "the creator's role is explicit");
+    w.d.set_member(Principal::Api, 1, ADMIN, OrgRole::Admin).unwrap();
+    assert_eq!(w.stored(id).role_of(ADMIN), Some(RoomRole::Admin), "and rises again when promoted");
+    // A new member joins; a removed one leaves.
+    w.d.set_member(Principal::Api, 1, OUTSIDER, OrgRole::Member).unwrap();
+    assert_eq!(w.stored(id).role_of(OUTSIDER), Some(RoomRole::Assigned));
+    w.d.remove_member(Principal::Api, 1, LISTED).unwrap();
+    assert_eq!(w.stored(id).role_of(LISTED), None, "removed from the organization: out of its rooms");
+}
+
+/// A scheduled deletion happens when the clock reaches it, not before; a
+/// time in the past is refused.
+#[test]
+fn scheduled_deletion_by_moving_the_clock() {
+    let w = world();
+    let in_an_hour = RoomPatch { scheduled_deletion: Some(Some(T0 + 3600)), ..RoomPatch::default() };
+    let id = w.room();
+    w.d.update_room(Principal::Api, &RoomRef::Id(id), in_an_hour).unwrap();
+    let other = w.room();
+    assert_eq!(w.d.delete_due_rooms().unwrap(), 0);
+    w.clock.advance(3599);
+    assert_eq!(w.d.delete_due_rooms().unwrap(), 0, "a second early");
+    w.clock.advance(1);
+    assert_eq!(w.d.delete_due_rooms().unwrap(), 1);
+    assert!(w.d.store.read().unwrap().room(id).unwrap().is_none(), "deleted when due");
+    assert!(w.d.store.read().unwrap().room(other).unwrap().is_some(), "the other room stays");
+    let past = RoomPatch { scheduled_deletion: Some(Some(T0)), ..RoomPatch::default() };
+    let e = w.d.update_room(Principal::Api, &RoomRef::Id(other), past).unwrap_err();
+    assert!(matches!(&e, Error::Invalid { field, .. } if field == "scheduledDeletion"), "{e:?}");
+}
+
+/// A personal access token works until its expiry, by the clock, and
+/// never after; revoked, it stops at once.
+#[test]
+fn token_expiry_by_moving_the_clock() {
+    let w = world();
+    let issued = w.d.issue_token(Principal::Api, LISTED, Some("phone"), Some(2)).unwrap();
+    let who = || w.d.authenticate(&w.d.store.read().unwrap(), &issued.secret);
+    assert_eq!(who().unwrap(), Principal::User(LISTED));
+    w.clock.advance(2 * 86_400 - 1);
+    assert_eq!(who().unwrap(), Principal::User(LISTED), "a second before its expiry");
+    w.clock.advance(1);
+    assert!(matches!(who(), Err(Error::Unauthorized(m)) if m.contains("expired")));
+    let fresh = w.d.issue_token(Principal::Api, LISTED, None, None).unwrap();
+    w.d.revoke_token(Principal::Api, LISTED, i64::try_from(fresh.record.id).unwrap()).unwrap();
+    let e = w.d.authenticate(&w.d.store.read().unwrap(), &fresh.secret).unwrap_err();
+    assert!(matches!(e, Error::Unauthorized(m) if m.contains("revoked")));
+}
+
+/// The CLI and the API say the same remedy in their own terms.
+#[test]
+fn remedies_speak_to_each_front_end() {
+    let w = world();
+    let e = w.d.set_member(Principal::Api, 9, 1, OrgRole::Member).unwrap_err();
+    assert_eq!(e.to_string(), "no organization 9");
+    assert_eq!(e.for_cli(), "no organization 9: create it with `messenger-chat org put 9 --name <name>`");
+    w.d.deactivate_user(Principal::Api, UNLISTED).unwrap();
+    let e = w.d.set_member(Principal::Api, 1, UNLISTED, OrgRole::Member).unwrap_err();
+    assert!(e.for_cli().contains("messenger-chat user put 6"), "{}", e.for_cli());
+    assert!(!e.for_cli().contains("/v1/"), "no HTTP in a shell user's message: {}", e.for_cli());
+}
+
+/// Login through the session service: the account is made on first need
+/// with the derived password, the homeserver URL is the configured one, and
+/// the homeserver's answers are sorted as the app sees them.
+#[tokio::test]
+async fn login_through_the_session_service() {
+    let w = world();
+    let fake = Arc::new(FakeHomeserver::new());
+    let hs: Arc<dyn Homeserver> = fake.clone();
+    let sessions = Arc::new(Sessions::new(w.d.clone(), Some(hs)));
+    let login = sessions.login(LISTED, Some("PHONE"), None, None).await.unwrap();
+    assert_eq!(login.session.device_id, "PHONE");
+    assert_eq!(login.homeserver_url, "http://127.0.0.1:8008", "matrix.homeserver_url, as configured");
+    let account = fake.account(LISTED).expect("made on first need");
+    let creds = sessions.credentials(LISTED).await.unwrap();
+    assert_eq!(account.password, creds.password, "with the derived password");
+    assert_eq!(creds.username, w.d.ids.user(LISTED));
+    assert!(w.d.store.read().unwrap().has_matrix_account(LISTED).unwrap());
+
+    let e = sessions.login(LISTED, Some(""), None, None).await.unwrap_err();
+    assert!(matches!(&e, Error::Invalid { field, .. } if field == "deviceID"), "{e:?}");
+    fake.fail(
+        crate::homeserver::fake::Op::Login,
+        1,
+        crate::homeserver::HomeserverError::RateLimited { retry_after: Some(std::time::Duration::from_millis(1500)) },
+    );
+    let e = sessions.login(LISTED, None, None, None).await.unwrap_err();
+    assert!(matches!(e, Error::RateLimited { retry_after_secs: 2, .. }), "{e:?}");
+    fake.fail(crate::homeserver::fake::Op::Login, 1, crate::homeserver::HomeserverError::Unreachable("down".into()));
+    assert!(matches!(sessions.login(LISTED, None, None, None).await, Err(Error::Unavailable(_))));
+    fake.fail(crate::homeserver::fake::Op::Login, 1, crate::homeserver::HomeserverError::Failing("500".into()));
+    assert!(matches!(sessions.login(LISTED, None, None, None).await, Err(Error::HomeserverRefused(_))));
+    fake.fail(crate::homeserver::fake::Op::Login, 1, crate::homeserver::HomeserverError::Deactivated);
+    assert!(matches!(sessions.login(LISTED, None, None, None).await, Err(Error::Forbidden(_))));
+
+    let none = Arc::new(Sessions::new(w.d.clone(), None));
+    assert!(matches!(none.login(LISTED, None, None, None).await, Err(Error::Unavailable(_))));
+    let creds = none.credentials(LISTED).await.expect("credentials need no homeserver");
+    assert_eq!(creds.password, sessions.credentials(LISTED).await.unwrap().password, "stable across calls");
+}

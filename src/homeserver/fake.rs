@@ -1,0 +1,495 @@
+//! An in-memory homeserver with the behaviour the reconciler and the login
+//! rely on, for fast tests: accounts with passwords, rooms found again by
+//! their marker, power levels, invites, joins and kicks, deletions that
+//! finish only after their progress has been asked for a few times, and
+//! logins. On top, what a test needs: failures injected per operation
+//! (retryable or final, for a number of calls), a call that never returns
+//! (a crash of the caller, before or after the call took effect), and a
+//! record of every call with the (tokio) time it came.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use super::{Deletion, DeletionToken, DesiredRoom, Homeserver, HomeserverError, HsFuture, Offers, Session};
+use crate::model::{RoomId, RoomRole, UserId};
+
+/// The operations of [`Homeserver`], to inject failures by and to find calls by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    Check,
+    Prepare,
+    EnsureAccount,
+    SetDisplayName,
+    Deactivate,
+    UploadAvatar,
+    FindRoom,
+    MadeRooms,
+    CreateRoom,
+    UpdateRoom,
+    Join,
+    StartDeletion,
+    DeletionProgress,
+    Login,
+}
+
+/// One call as the fake saw it.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub op: Op,
+    /// What it was about (a user, a room id, a marker), for messages.
+    pub about: String,
+    pub at: tokio::time::Instant,
+}
+
+/// A member's state in a fake room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Membership {
+    Invited,
+    Joined,
+    /// Kicked, left, or the invite withdrawn.
+    Gone,
+}
+
+/// A room of the fake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FakeRoom {
+    pub marker: RoomId,
+    pub name: String,
+    pub topic: String,
+    pub avatar_url: String,
+    /// Power levels above 0, as the homeserver keeps them.
+    pub levels: BTreeMap<UserId, i64>,
+    pub members: BTreeMap<UserId, Membership>,
+}
+
+impl FakeRoom {
+    /// The users invited or joined, ascending.
+    #[must_use]
+    pub fn present(&self) -> Vec<UserId> {
+        self.members.iter().filter(|(_, m)| **m != Membership::Gone).map(|(u, _)| *u).collect()
+    }
+
+    /// The joined users, ascending.
+    #[must_use]
+    pub fn joined(&self) -> Vec<UserId> {
+        self.members.iter().filter(|(_, m)| **m == Membership::Joined).map(|(u, _)| *u).collect()
+    }
+}
+
+/// An account of the fake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub password: String,
+    pub display_name: Option<String>,
+    pub deactivated: bool,
+}
+
+#[derive(Debug)]
+struct Failure {
+    op: Op,
+    /// Only calls about this (a user, a room id, a marker), when set.
+    about: Option<String>,
+    remaining: u32,
+    error: HomeserverError,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Hang {
+    /// The number of the call (1-based, all operations counted) that never returns.
+    at: usize,
+    /// Whether it takes effect before it hangs.
+    applied: bool,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    prepared: bool,
+    accounts: BTreeMap<UserId, Account>,
+    rooms: BTreeMap<String, FakeRoom>,
+    /// Deletion token → (room id, looks at its progress still needed).
+    deletions: BTreeMap<String, (String, u32)>,
+    next_id: u64,
+    calls: Vec<Call>,
+    failures: Vec<Failure>,
+    hang: Option<Hang>,
+    /// Looks at a deletion's progress before it is done.
+    deletion_polls: u32,
+}
+
+/// The in-memory homeserver.
+pub struct FakeHomeserver {
+    state: Mutex<State>,
+    offers: Offers,
+    hung: Arc<Notify>,
+}
+
+impl Default for FakeHomeserver {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FakeHomeserver {
+    /// A homeserver that offers everything; a deletion is done on the
+    /// second look at its progress.
+    #[must_use]
+    pub fn new() -> Self {
+        FakeHomeserver {
+            state: Mutex::new(State { deletion_polls: 2, ..State::default() }),
+            offers: Offers { join_without_session: true, purge_rooms: true },
+            hung: Arc::new(Notify::new()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The next `times` calls of `op` fail with `error`.
+    pub fn fail(&self, op: Op, times: u32, error: HomeserverError) {
+        self.lock().failures.push(Failure { op, about: None, remaining: times, error });
+    }
+
+    /// The next `times` calls of `op` about `about` (as [`Call::about`]
+    /// shows it: a user, a room id, a marker) fail with `error`.
+    pub fn fail_about(&self, op: Op, about: &str, times: u32, error: HomeserverError) {
+        self.lock().failures.push(Failure { op, about: Some(about.to_string()), remaining: times, error });
+    }
+
+    /// Call number `at` (counting every call from the first, 1-based) never
+    /// returns: taking effect first when `applied`. [`FakeHomeserver::hung`]
+    /// tells when it happened.
+    pub fn hang_at(&self, at: usize, applied: bool) {
+        self.lock().hang = Some(Hang { at, applied });
+    }
+
+    /// No call hangs any more.
+    pub fn stop_hanging(&self) {
+        self.lock().hang = None;
+    }
+
+    /// Resolves once a call hangs.
+    pub async fn hung(&self) {
+        self.hung.notified().await;
+    }
+
+    /// How many looks at its progress a deletion takes.
+    pub fn set_deletion_polls(&self, polls: u32) {
+        self.lock().deletion_polls = polls.max(1);
+    }
+
+    /// Forgets every deletion under way, as Synapse does when it restarts.
+    pub fn forget_deletions(&self) {
+        self.lock().deletions.clear();
+    }
+
+    /// Every call so far.
+    #[must_use]
+    pub fn calls(&self) -> Vec<Call> {
+        self.lock().calls.clone()
+    }
+
+    /// The calls of one operation so far.
+    #[must_use]
+    pub fn calls_of(&self, op: Op) -> Vec<Call> {
+        self.lock().calls.iter().filter(|c| c.op == op).cloned().collect()
+    }
+
+    /// The rooms made for the service's room `marker` that still exist.
+    #[must_use]
+    pub fn rooms_of(&self, marker: RoomId) -> Vec<(String, FakeRoom)> {
+        self.lock().rooms.iter().filter(|(_, r)| r.marker == marker).map(|(id, r)| (id.clone(), r.clone())).collect()
+    }
+
+    /// Every room that exists.
+    #[must_use]
+    pub fn rooms(&self) -> BTreeMap<String, FakeRoom> {
+        self.lock().rooms.clone()
+    }
+
+    /// The account of app user `user`.
+    #[must_use]
+    pub fn account(&self, user: UserId) -> Option<Account> {
+        self.lock().accounts.get(&user).cloned()
+    }
+
+    /// Runs one call: records it, fails or hangs it as told, else applies `effect`.
+    async fn call<T>(
+        &self,
+        op: Op,
+        about: String,
+        effect: impl FnOnce(&mut State) -> Result<T, HomeserverError>,
+    ) -> Result<T, HomeserverError> {
+        match self.step(op, about, effect) {
+            Some(result) => result,
+            None => {
+                self.hung.notify_one();
+                std::future::pending().await
+            }
+        }
+    }
+
+    /// The call under the lock; `None` when it hangs.
+    fn step<T>(
+        &self,
+        op: Op,
+        about: String,
+        effect: impl FnOnce(&mut State) -> Result<T, HomeserverError>,
+    ) -> Option<Result<T, HomeserverError>> {
+        let mut s = self.lock();
+        let failure = s
+            .failures
+            .iter_mut()
+            .find(|f| f.op == op && f.remaining > 0 && f.about.as_ref().is_none_or(|a| *a == about));
+        if let Some(f) = failure {
+            f.remaining -= 1;
+            let error = f.error.clone();
+            s.calls.push(Call { op, about, at: tokio::time::Instant::now() });
+            return Some(Err(error));
+        }
+        s.calls.push(Call { op, about, at: tokio::time::Instant::now() });
+        let n = s.calls.len();
+        match s.hang.filter(|h| h.at == n) {
+            None => Some(effect(&mut s)),
+            Some(h) => {
+                if h.applied {
+                    drop(effect(&mut s));
+                }
+                None
+            }
+        }
+    }
+}
+
+fn refused(why: impl Into<String>) -> HomeserverError {
+    HomeserverError::Refused(why.into())
+}
+
+impl State {
+    fn next(&mut self, what: &str) -> String {
+        self.next_id += 1;
+        format!("{what}{}", self.next_id)
+    }
+
+    fn room(&mut self, room_id: &str) -> Result<&mut FakeRoom, HomeserverError> {
+        self.rooms.get_mut(room_id).ok_or_else(|| refused(format!("M_NOT_FOUND: no room {room_id}")))
+    }
+
+    fn require_account(&self, user: UserId) -> Result<(), HomeserverError> {
+        match self.accounts.get(&user) {
+            Some(_) => Ok(()),
+            None => Err(refused(format!("M_NOT_FOUND: no account of user {user}"))),
+        }
+    }
+}
+
+fn levels_of(desired: &DesiredRoom) -> BTreeMap<UserId, i64> {
+    desired
+        .members
+        .iter()
+        .filter(|(_, role)| *role > RoomRole::Assigned)
+        .map(|(u, role)| (*u, role.power_level()))
+        .collect()
+}
+
+impl Homeserver for FakeHomeserver {
+    fn offers(&self) -> Offers {
+        self.offers
+    }
+
+    fn check(&self) -> HsFuture<'_, ()> {
+        Box::pin(self.call(Op::Check, String::new(), |_| Ok(())))
+    }
+
+    fn prepare(&self) -> HsFuture<'_, ()> {
+        Box::pin(self.call(Op::Prepare, String::new(), |s| {
+            s.prepared = true;
+            Ok(())
+        }))
+    }
+
+    fn ensure_account<'a>(
+        &'a self,
+        user: UserId,
+        password: &'a str,
+        display_name: Option<&'a str>,
+    ) -> HsFuture<'a, bool> {
+        Box::pin(self.call(Op::EnsureAccount, user.to_string(), move |s| {
+            if s.accounts.contains_key(&user) {
+                return Ok(false);
+            }
+            let account = Account {
+                password: password.to_string(),
+                display_name: display_name.map(str::to_string),
+                deactivated: false,
+            };
+            s.accounts.insert(user, account);
+            Ok(true)
+        }))
+    }
+
+    fn set_display_name<'a>(&'a self, user: UserId, name: &'a str) -> HsFuture<'a, ()> {
+        Box::pin(self.call(Op::SetDisplayName, user.to_string(), move |s| {
+            let account = s.accounts.get_mut(&user).ok_or_else(|| refused(format!("no account of user {user}")))?;
+            account.display_name = Some(name.to_string());
+            Ok(())
+        }))
+    }
+
+    fn deactivate(&self, user: UserId) -> HsFuture<'_, ()> {
+        Box::pin(self.call(Op::Deactivate, user.to_string(), move |s| {
+            if let Some(account) = s.accounts.get_mut(&user) {
+                account.deactivated = true;
+                for room in s.rooms.values_mut() {
+                    if let Some(m) = room.members.get_mut(&user) {
+                        *m = Membership::Gone;
+                    }
+                }
+            }
+            Ok(())
+        }))
+    }
+
+    fn upload_avatar<'a>(&'a self, content_type: &'a str, bytes: Bytes) -> HsFuture<'a, String> {
+        Box::pin(self.call(Op::UploadAvatar, format!("{content_type}, {} bytes", bytes.len()), |s| {
+            Ok(format!("mxc://fake/{}", s.next("media")))
+        }))
+    }
+
+    fn find_room(&self, marker: RoomId) -> HsFuture<'_, Option<String>> {
+        Box::pin(self.call(Op::FindRoom, marker.to_string(), move |s| {
+            Ok(s.rooms.iter().find(|(_, r)| r.marker == marker).map(|(id, _)| id.clone()))
+        }))
+    }
+
+    fn made_rooms(&self) -> HsFuture<'_, Vec<(String, RoomId)>> {
+        Box::pin(
+            self.call(Op::MadeRooms, String::new(), |s| {
+                Ok(s.rooms.iter().map(|(id, r)| (id.clone(), r.marker)).collect())
+            }),
+        )
+    }
+
+    fn create_room<'a>(&'a self, desired: &'a DesiredRoom) -> HsFuture<'a, String> {
+        Box::pin(self.call(Op::CreateRoom, desired.marker.to_string(), move |s| {
+            if !s.prepared {
+                return Err(refused("M_FORBIDDEN: the bot is not ready (prepare first)"));
+            }
+            for (u, _) in &desired.members {
+                s.require_account(*u)?;
+            }
+            let id = format!("!{}:fake", s.next("room"));
+            let room = FakeRoom {
+                marker: desired.marker,
+                name: desired.name.clone(),
+                topic: desired.topic.clone(),
+                avatar_url: desired.avatar_url.clone(),
+                levels: levels_of(desired),
+                members: desired.members.iter().map(|(u, _)| (*u, Membership::Invited)).collect(),
+            };
+            s.rooms.insert(id.clone(), room);
+            Ok(id)
+        }))
+    }
+
+    fn update_room<'a>(&'a self, room_id: &'a str, desired: &'a DesiredRoom) -> HsFuture<'a, ()> {
+        Box::pin(self.call(Op::UpdateRoom, room_id.to_string(), move |s| {
+            for (u, _) in &desired.members {
+                s.require_account(*u)?;
+            }
+            let room = s.room(room_id)?;
+            room.name.clone_from(&desired.name);
+            room.topic.clone_from(&desired.topic);
+            room.avatar_url.clone_from(&desired.avatar_url);
+            room.levels = levels_of(desired);
+            for (u, _) in &desired.members {
+                let now = room.members.get(u).copied();
+                if desired.joined.binary_search(u).is_ok() {
+                    room.members.insert(*u, Membership::Joined);
+                } else if !matches!(now, Some(Membership::Invited | Membership::Joined)) {
+                    room.members.insert(*u, Membership::Invited);
+                }
+            }
+            for (u, m) in &mut room.members {
+                if desired.members.binary_search_by_key(u, |(v, _)| *v).is_err() {
+                    *m = Membership::Gone;
+                }
+            }
+            Ok(())
+        }))
+    }
+
+    fn join<'a>(&'a self, room_id: &'a str, user: UserId) -> HsFuture<'a, ()> {
+        Box::pin(self.call(Op::Join, format!("{user} in {room_id}"), move |s| {
+            s.require_account(user)?;
+            s.room(room_id)?.members.insert(user, Membership::Joined);
+            Ok(())
+        }))
+    }
+
+    fn start_deletion<'a>(&'a self, room_id: &'a str) -> HsFuture<'a, Deletion> {
+        Box::pin(self.call(Op::StartDeletion, room_id.to_string(), move |s| {
+            let Ok(room) = s.room(room_id) else { return Ok(Deletion::Done) };
+            for m in room.members.values_mut() {
+                *m = Membership::Gone;
+            }
+            let token = s.next("deletion");
+            let polls = s.deletion_polls;
+            s.deletions.insert(token.clone(), (room_id.to_string(), polls));
+            Ok(Deletion::Running(DeletionToken(token)))
+        }))
+    }
+
+    fn deletion_progress<'a>(&'a self, room_id: &'a str, token: &'a DeletionToken) -> HsFuture<'a, Deletion> {
+        Box::pin(self.call(Op::DeletionProgress, room_id.to_string(), move |s| {
+            let Some((room, polls)) = s.deletions.get_mut(&token.0) else {
+                return Ok(if s.rooms.contains_key(room_id) {
+                    Deletion::Failed(format!("the delete of {room_id} was lost; starting it again"))
+                } else {
+                    Deletion::Done
+                });
+            };
+            if room != room_id {
+                return Err(refused(format!("deletion {} is of {room}, not {room_id}", token.0)));
+            }
+            *polls -= 1;
+            if *polls > 0 {
+                return Ok(Deletion::Running(token.clone()));
+            }
+            s.deletions.remove(&token.0);
+            s.rooms.remove(room_id);
+            Ok(Deletion::Done)
+        }))
+    }
+
+    fn login<'a>(
+        &'a self,
+        user: UserId,
+        password: &'a str,
+        device: Option<&'a str>,
+        client_addr: Option<IpAddr>,
+    ) -> HsFuture<'a, Session> {
+        let about = format!("{user} from {client_addr:?}");
+        Box::pin(self.call(Op::Login, about, move |s| {
+            let account = s.accounts.get(&user).ok_or_else(|| refused("M_FORBIDDEN: invalid username or password"))?;
+            if account.deactivated {
+                return Err(HomeserverError::Deactivated);
+            }
+            if account.password != password {
+                return Err(refused("M_FORBIDDEN: invalid username or password"));
+            }
+            let device_id = device.map_or_else(|| s.next("DEVICE"), str::to_string);
+            Ok(Session {
+                access_token: s.next("access"),
+                device_id,
+                user_id: format!("@u{user}:fake"),
+                expires_in_ms: Some(300_000),
+                refresh_token: Some(s.next("refresh")),
+            })
+        }))
+    }
+}

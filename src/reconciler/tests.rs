@@ -1,0 +1,385 @@
+//! The reconciler on the fake homeserver: failures, crashes, restarts and
+//! backoff, in (tokio's paused) time that passes only when everything waits.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::config::Config;
+use crate::domain::rooms::{NewRoom, UserLists};
+use crate::domain::sessions::Sessions;
+use crate::domain::{ManualClock, Principal};
+use crate::homeserver::fake::{FakeHomeserver, Membership, Op};
+use crate::model::{OrgRole, RoomRole};
+use crate::secrets::ServerKey;
+use crate::store::Store;
+
+/// 2026-01-01T00:00:00Z.
+const T0: i64 = 1_767_225_600;
+
+/// A database, a domain on it and a fake homeserver, shared by every
+/// reconciler a test starts (each one a fresh process as far as its memory goes).
+struct World {
+    _dir: tempfile::TempDir,
+    domain: Arc<Domain>,
+    fake: Arc<FakeHomeserver>,
+}
+
+fn cheap_config() -> Config {
+    let mut config = Config::default();
+    // Argon2 at its floor: the tests derive many passwords.
+    config.security.argon2_memory_kib = 8;
+    config.security.argon2_iterations = 1;
+    config
+}
+
+impl World {
+    fn new() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db.redb"), 1 << 20).unwrap();
+        let domain = Domain::new(
+            store,
+            Arc::new(cheap_config()),
+            ServerKey::from_bytes([7; 32]),
+            Arc::new(ManualClock::new(T0)),
+        )
+        .unwrap();
+        World { _dir: dir, domain: Arc::new(domain), fake: Arc::new(FakeHomeserver::new()) }
+    }
+
+    /// Organization 1 with users 1 (owner), 2 and 3 (members).
+    fn org(&self) {
+        let d = &self.domain;
+        d.put_org(Principal::Api, 1, "Acme").unwrap();
+        for (u, role) in [(1, OrgRole::Owner), (2, OrgRole::Member), (3, OrgRole::Member)] {
+            d.put_user(Principal::Api, u, &format!("User {u}")).unwrap();
+            d.set_member(Principal::Api, 1, u, role).unwrap();
+        }
+    }
+
+    /// A room of organization `org` with admin 1, moderator 2, assigned 3.
+    fn room(&self, org: i64, name: &str) -> RoomId {
+        let spec = NewRoom {
+            org_id: org,
+            name: Some(name.into()),
+            topic: Some("a topic".into()),
+            users: UserLists { admins: vec![1], moderators: vec![2], assigned: vec![3] },
+            ..NewRoom::default()
+        };
+        self.domain.create_room(Principal::Api, spec).unwrap().id
+    }
+
+    fn reconciler(&self) -> Reconciler {
+        let hs: Arc<dyn Homeserver> = self.fake.clone();
+        let sessions = Arc::new(Sessions::new(self.domain.clone(), Some(hs.clone())));
+        Reconciler::new(self.domain.clone(), hs, sessions, Arc::new(Progress::new(self.domain.clone())))
+    }
+
+    fn depth(&self) -> u64 {
+        self.domain.store.read().unwrap().outbox_depth().unwrap()
+    }
+
+    /// Runs a fresh reconciler until the outbox is empty (within an hour of paused time).
+    async fn settle(&self) {
+        let task = tokio::spawn(self.reconciler().run());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
+        while self.depth() > 0 {
+            assert!(tokio::time::Instant::now() < deadline, "the outbox never emptied: {:?}", self.outbox());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        task.abort();
+        let _ = task.await;
+    }
+
+    fn outbox(&self) -> Vec<(u64, OutboxOp)> {
+        self.domain.store.read().unwrap().outbox_head(100).unwrap()
+    }
+
+    fn stored(&self, id: RoomId) -> crate::model::Room {
+        self.domain.store.read().unwrap().room(id).unwrap().expect("the stored room")
+    }
+
+    /// Exactly one homeserver room for `id`, matching the stored room.
+    fn assert_one_matching_room(&self, id: RoomId) {
+        let room = self.stored(id);
+        let found = self.fake.rooms_of(id);
+        assert_eq!(found.len(), 1, "room {id}: exactly one homeserver room, got {found:?}");
+        let (mx, hs) = &found[0];
+        assert_eq!(&room.matrix_room_id, mx, "room {id}: the stored Matrix id");
+        assert!(room.is_synced() && room.sync_error.is_none(), "room {id} synced: {room:?}");
+        assert_eq!((hs.name.as_str(), hs.topic.as_str()), (room.name.as_str(), room.topic.as_str()));
+        let levels: std::collections::BTreeMap<i64, i64> = room
+            .members()
+            .into_iter()
+            .filter_map(|u| room.role_of(u).filter(|r| *r > RoomRole::Assigned).map(|r| (u, r.power_level())))
+            .collect();
+        assert_eq!(hs.levels, levels, "room {id}: power levels");
+        assert_eq!(hs.present(), room.members(), "room {id}: invited or joined");
+        assert_eq!(hs.joined(), room.claimed, "room {id}: joined are the claimed");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_room_reaches_the_homeserver_as_stored() {
+    let w = World::new();
+    w.org();
+    let id = w.room(1, "Board");
+    w.domain.claim(3, &crate::domain::rooms::RoomRef::Id(id)).unwrap();
+    w.settle().await;
+    w.assert_one_matching_room(id);
+    for u in 1..=3 {
+        let account = w.fake.account(u).expect("an account per listed user");
+        assert_eq!(account.display_name.as_deref(), Some(format!("User {u}").as_str()));
+    }
+}
+
+/// Every operation a room's creation and a later change use, failing once
+/// (retryably): the step is retried and the room ends as stored, once.
+#[tokio::test(start_paused = true)]
+async fn each_step_failing_once_is_retried() {
+    for op in
+        [Op::Prepare, Op::EnsureAccount, Op::MadeRooms, Op::CreateRoom, Op::Join, Op::UploadAvatar, Op::UpdateRoom]
+    {
+        for error in [
+            HomeserverError::Unreachable("connection refused".into()),
+            HomeserverError::Failing("homeserver error 500".into()),
+        ] {
+            let w = World::new();
+            w.org();
+            let png = b"\x89PNG\r\n\x1a\n-a-tiny-avatar".to_vec();
+            let spec = NewRoom {
+                org_id: 1,
+                name: Some("Board".into()),
+                users: UserLists { admins: vec![1], moderators: vec![2], assigned: vec![3] },
+                avatar: Some(png),
+                ..NewRoom::default()
+            };
+            let id = w.domain.create_room(Principal::Api, spec).unwrap().id;
+            w.domain.claim(3, &crate::domain::rooms::RoomRef::Id(id)).unwrap();
+            w.fake.fail(op, 1, error.clone());
+            w.settle().await;
+            // A change afterwards goes through update_room.
+            w.domain
+                .update_room(
+                    Principal::Api,
+                    &crate::domain::rooms::RoomRef::Id(id),
+                    crate::domain::rooms::RoomPatch { name: Some("Board 2".into()), ..Default::default() },
+                )
+                .unwrap();
+            w.fake.fail(op, 1, error.clone());
+            w.settle().await;
+            w.assert_one_matching_room(id);
+            assert!(!w.fake.calls_of(op).is_empty(), "{op:?} was called");
+            assert!(w.stored(id).avatar_url.starts_with("mxc://fake/"), "{op:?}: the avatar uploaded");
+        }
+    }
+}
+
+/// A crash between any two homeserver calls (and in the middle of one,
+/// after it took effect): a new reconciler on the same database ends with
+/// exactly one homeserver room per stored room, in the stored state.
+#[tokio::test(start_paused = true)]
+async fn a_crash_between_any_two_steps_ends_in_one_room() {
+    // How many calls a whole sync takes, from an undisturbed run.
+    let calls = {
+        let w = World::new();
+        w.org();
+        let id = w.room(1, "Board");
+        w.domain.claim(3, &crate::domain::rooms::RoomRef::Id(id)).unwrap();
+        w.settle().await;
+        w.fake.calls().len()
+    };
+    assert!(calls >= 6, "a sync takes several calls: {calls}");
+    for at in 1..=calls {
+        for applied in [false, true] {
+            let w = World::new();
+            w.org();
+            let id = w.room(1, "Board");
+            w.domain.claim(3, &crate::domain::rooms::RoomRef::Id(id)).unwrap();
+            w.fake.hang_at(at, applied);
+            let first = tokio::spawn(w.reconciler().run());
+            w.fake.hung().await;
+            // The crash: the process and everything it held in memory are gone.
+            first.abort();
+            let _ = first.await;
+            w.fake.stop_hanging();
+            w.settle().await;
+            w.assert_one_matching_room(id);
+            assert_eq!(w.fake.rooms().len(), 1, "call {at} (applied: {applied}): no second room anywhere");
+        }
+    }
+}
+
+/// While the homeserver cannot be reached, the pause between tries doubles
+/// up to 30 s and stays there; once it answers, the work is done.
+#[tokio::test(start_paused = true)]
+async fn backoff_is_capped() {
+    let w = World::new();
+    w.org();
+    let id = w.room(1, "Board");
+    w.fake.fail(Op::Prepare, 12, HomeserverError::Unreachable("connection refused".into()));
+    w.settle().await;
+    w.assert_one_matching_room(id);
+    let tries: Vec<tokio::time::Instant> = w.fake.calls_of(Op::Prepare).iter().map(|c| c.at).collect();
+    assert_eq!(tries.len(), 13);
+    let pauses: Vec<u64> = tries.windows(2).map(|t| u64::try_from((t[1] - t[0]).as_millis()).unwrap()).collect();
+    assert_eq!(pauses, [250, 500, 1000, 2000, 4000, 8000, 16_000, 30_000, 30_000, 30_000, 30_000, 30_000]);
+}
+
+/// A homeserver that asks the service to slow down is waited for as asked.
+#[tokio::test(start_paused = true)]
+async fn a_rate_limit_is_waited_out_as_asked() {
+    let w = World::new();
+    w.org();
+    let id = w.room(1, "Board");
+    w.fake.fail(Op::CreateRoom, 1, HomeserverError::RateLimited { retry_after: Some(Duration::from_secs(7)) });
+    w.settle().await;
+    w.assert_one_matching_room(id);
+    let tries = w.fake.calls_of(Op::CreateRoom);
+    assert_eq!(tries.len(), 2);
+    assert!(tries[1].at - tries[0].at >= Duration::from_secs(7), "{tries:?}");
+}
+
+/// One organization whose room keeps failing does not hold up another's:
+/// the other room is made while the first waits, and the first follows
+/// once its failures end.
+#[tokio::test(start_paused = true)]
+async fn one_failing_organization_does_not_hold_up_others() {
+    let w = World::new();
+    w.org();
+    w.domain.put_org(Principal::Api, 2, "Beta").unwrap();
+    w.domain.put_user(Principal::Api, 9, "Nine").unwrap();
+    w.domain.set_member(Principal::Api, 2, 9, OrgRole::Owner).unwrap();
+    let failing = w.room(1, "Board");
+    let spec = NewRoom {
+        org_id: 2,
+        name: Some("Beta room".into()),
+        users: UserLists { admins: vec![9], ..UserLists::default() },
+        ..NewRoom::default()
+    };
+    let other = w.domain.create_room(Principal::Api, spec).unwrap().id;
+    // The first room's creation, first in the outbox, fails ten times.
+    let error = HomeserverError::Failing("homeserver error 500 for this room".into());
+    w.fake.fail_about(Op::CreateRoom, &failing.to_string(), 10, error);
+    let task = tokio::spawn(w.reconciler().run());
+    // Made in the first pass, not after the failing room's retries.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while w.stored(other).matrix_room_id.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the other organization's room waits for the failing one");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pending = w.stored(failing);
+    assert!(pending.matrix_room_id.is_empty(), "the failing room is still failing");
+    assert!(pending.sync_error.as_deref().is_some_and(|e| e.contains("500")), "it says why: {pending:?}");
+    task.abort();
+    let _ = task.await;
+    w.settle().await;
+    w.assert_one_matching_room(failing);
+    w.assert_one_matching_room(other);
+}
+
+/// A deletion goes on across restarts, its token kept in the database: a
+/// new reconciler asks for the progress of the same deletion (it does not
+/// start another) and follows it to the end.
+#[tokio::test(start_paused = true)]
+async fn a_deletion_is_followed_to_completion_across_restarts() {
+    let w = World::new();
+    w.org();
+    let id = w.room(1, "Doomed");
+    w.settle().await;
+    let mx = w.stored(id).matrix_room_id.clone();
+    w.fake.set_deletion_polls(30);
+    w.domain.delete_room(Principal::Api, &crate::domain::rooms::RoomRef::Id(id)).unwrap();
+    let first = tokio::spawn(w.reconciler().run());
+    while w.fake.calls_of(Op::DeletionProgress).len() < 3 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first.abort();
+    let _ = first.await;
+    let token = w.domain.store.read().unwrap().delete_id(&mx).unwrap();
+    assert!(token.is_some(), "the deletion's progress token is in the database");
+    assert_eq!(w.fake.rooms_of(id).len(), 1, "not deleted yet");
+    w.settle().await;
+    assert_eq!(w.fake.calls_of(Op::StartDeletion).len(), 1, "one deletion, followed, not started again");
+    assert!(w.fake.rooms_of(id).is_empty(), "the homeserver room is gone");
+    assert_eq!(w.domain.store.read().unwrap().delete_id(&mx).unwrap(), None, "and its token forgotten");
+}
+
+/// A deletion the homeserver forgot (its restart) while the room still
+/// exists is started again; one it forgot after finishing is done.
+#[tokio::test(start_paused = true)]
+async fn a_lost_deletion_is_started_again() {
+    let w = World::new();
+    w.org();
+    let id = w.room(1, "Doomed");
+    w.settle().await;
+    w.fake.set_deletion_polls(30);
+    w.domain.delete_room(Principal::Api, &crate::domain::rooms::RoomRef::Id(id)).unwrap();
+    let first = tokio::spawn(w.reconciler().run());
+    while w.fake.calls_of(Op::DeletionProgress).is_empty() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first.abort();
+    let _ = first.await;
+    w.fake.forget_deletions();
+    w.fake.set_deletion_polls(2);
+    w.settle().await;
+    assert_eq!(w.fake.calls_of(Op::StartDeletion).len(), 2, "started again once it was lost");
+    assert!(w.fake.rooms_of(id).is_empty());
+}
+
+/// A deletion under way holds up nothing: rooms queued behind it are made
+/// while it goes on.
+#[tokio::test(start_paused = true)]
+async fn a_long_deletion_does_not_hold_up_other_rooms() {
+    let w = World::new();
+    w.org();
+    let doomed = w.room(1, "Doomed");
+    w.settle().await;
+    w.fake.set_deletion_polls(1000);
+    w.domain.delete_room(Principal::Api, &crate::domain::rooms::RoomRef::Id(doomed)).unwrap();
+    let next = w.room(1, "Next");
+    let task = tokio::spawn(w.reconciler().run());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !w.stored(next).is_synced() {
+        assert!(tokio::time::Instant::now() < deadline, "the new room waits for the deletion");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(w.fake.rooms_of(doomed).len(), 1, "the deletion still goes on");
+    task.abort();
+    let _ = task.await;
+    w.assert_one_matching_room(next);
+}
+
+/// A step the homeserver refuses is not retried: the reason stays on the
+/// room and the outbox goes on.
+#[tokio::test(start_paused = true)]
+async fn a_refused_step_is_recorded_and_not_retried() {
+    let w = World::new();
+    w.org();
+    let id = w.room(1, "Board");
+    w.fake.fail(Op::CreateRoom, 1, HomeserverError::Refused("M_FORBIDDEN: not today".into()));
+    w.settle().await;
+    let room = w.stored(id);
+    assert_eq!(room.sync_error.as_deref(), Some("M_FORBIDDEN: not today"));
+    assert!(room.matrix_room_id.is_empty());
+    assert_eq!(w.fake.calls_of(Op::CreateRoom).len(), 1);
+}
+
+/// Removing a member takes them out of the homeserver room; deactivating a
+/// user deactivates the account.
+#[tokio::test(start_paused = true)]
+async fn membership_and_deactivation_follow_the_database() {
+    let w = World::new();
+    w.org();
+    let id = w.room(1, "Board");
+    w.settle().await;
+    w.domain.remove_member(Principal::Api, 1, 3).unwrap();
+    w.domain.deactivate_user(Principal::Api, 2).unwrap();
+    w.settle().await;
+    w.assert_one_matching_room(id);
+    let (_, hs) = &w.fake.rooms_of(id)[0];
+    assert_eq!(hs.members.get(&3), Some(&Membership::Gone), "the removed member was kicked");
+    assert!(w.fake.account(2).unwrap().deactivated);
+    assert!(!w.domain.store.read().unwrap().has_matrix_account(2).unwrap(), "forgotten as made");
+}
