@@ -26,7 +26,6 @@ fn main() -> std::process::ExitCode {
     };
     let result = match cli.command {
         Command::Serve => {
-            keep_large_blocks_in_mmap();
             messenger_chat::app::init_logging(&config);
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -48,25 +47,3 @@ fn main() -> std::process::ExitCode {
         }
     }
 }
-
-/// Large blocks (a 19 MiB Argon2 buffer, a body of megabytes) are mapped on
-/// their own and given back to the system when freed. glibc otherwise
-/// raises its mmap threshold to the size of each large block freed (up to
-/// 32 MiB), after which such blocks come from the heap of whichever
-/// thread's arena served them and mostly stay there: under the abuse
-/// benchmark the glibc build kept 400 MiB resident after the clients had
-/// gone, 25 MiB with the threshold fixed. The static musl build that
-/// install.sh ships maps large blocks on its own and needs nothing.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn keep_large_blocks_in_mmap() {
-    // glibc's default starting threshold; setting it turns the raising off.
-    const THRESHOLD: libc::c_int = 128 * 1024;
-    // SAFETY: mallopt only changes allocator parameters; it is called before
-    // any thread of this process is started.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, THRESHOLD);
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn keep_large_blocks_in_mmap() {}
