@@ -444,6 +444,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut failures = BTreeMap::<String, usize>::new();
         let (mut failed, mut open, mut late) = (0, 0, 0);
         let (mut after, mut max_total) = (Vec::new(), 0.0f64);
+        // Of the late ones: how long their TLS handshake took here. The
+        // server's clock starts when it has finished the handshake, which
+        // under a burst of handshakes on busy cores is after the client's.
+        let (mut handshakes, mut late_handshakes) = (Vec::new(), Vec::new());
         for r in &of {
             let r = r.lock().expect("record");
             if let Some(why) = &r.failed {
@@ -468,8 +472,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 None => (tls_done, limit + args.header_timeout.max(args.idle_timeout)),
             };
             let waited = secs(closed.saturating_duration_since(from));
+            handshakes.push(secs(tls_done.saturating_duration_since(r.started.unwrap_or(tls_done))));
             if waited > bound + args.slack {
                 late += 1;
+                late_handshakes.push(secs(tls_done.saturating_duration_since(r.started.unwrap_or(tls_done))));
             }
             after.push(waited);
             max_total = max_total.max(secs(closed.saturating_duration_since(r.started.unwrap_or(tls_done))));
@@ -491,6 +497,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         for (why, n) in failures {
             println!("    {n} failed before TLS was up: {why}");
+        }
+        if !late_handshakes.is_empty() {
+            println!(
+                "    TLS handshakes here took (min / median / max) {} s; those of the {late} late ones {} s",
+                spread(handshakes),
+                spread(late_handshakes)
+            );
         }
     }
 
