@@ -336,6 +336,50 @@ pub struct MatrixConfig {
     /// resumes behind them, so a room of thousands of new users does not
     /// hold up every other organization.
     pub accounts_per_step: u32,
+    /// Whether the service uses Synapse's admin API (admin join, room
+    /// purge, display names and deactivation without the user's session);
+    /// see [`AdminApi`]. Shown in `/readyz` (details) and logged at start.
+    pub admin_api: AdminApi,
+}
+
+/// `matrix.admin_api`: whether the homeserver's admin API (`/_synapse/admin`
+/// beyond shared-secret registration, which is always used) is used.
+/// Without it the service falls back to what any homeserver offers: a claim
+/// is an invite the user's own session accepts (the service derives the
+/// password, logs in, joins and logs out), display names and deactivation
+/// go through the user's own session, and a deleted room is emptied, made
+/// invite-only and left: what an operator loses is the purge, the room's
+/// history stays on the homeserver (logged and counted in `/metrics` as
+/// `messenger_chat_rooms_left_with_history_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminApi {
+    /// Probe at start (the bot, registered as a server admin, asks the admin
+    /// API whether it is one) and use it when it answers; fall back when it
+    /// is refused (no such endpoint, a proxy that does not pass it on, a
+    /// bot that is no admin). A probe that fails (no answer, 5xx) is
+    /// repeated with the reconciler's backoff before anything else is done.
+    #[default]
+    Auto,
+    /// Require it: when the probe is refused, nothing is changed on the
+    /// homeserver and `/readyz` answers 503 naming this key; the probe is
+    /// repeated with the reconciler's backoff until it is answered.
+    On,
+    /// Never use it, nor probe; a bot registered now is no server admin
+    /// (an existing bot account keeps the rights it has).
+    Off,
+}
+
+impl AdminApi {
+    /// The setting as written in the configuration.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminApi::Auto => "auto",
+            AdminApi::On => "on",
+            AdminApi::Off => "off",
+        }
+    }
 }
 
 impl Default for MatrixConfig {
@@ -351,6 +395,7 @@ impl Default for MatrixConfig {
             sync_wait_ms: 5000,
             request_timeout_ms: 10000,
             accounts_per_step: 20,
+            admin_api: AdminApi::Auto,
         }
     }
 }
@@ -754,6 +799,21 @@ mod tests {
         let mut c = Config::default();
         c.server.max_header_bytes = 4096;
         assert!(c.validate().unwrap_err().0.contains("server.max_header_bytes"));
+    }
+
+    #[test]
+    fn admin_api_takes_auto_on_or_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        assert_eq!(Config::default().matrix.admin_api, AdminApi::Auto);
+        for (text, setting) in [("auto", AdminApi::Auto), ("on", AdminApi::On), ("off", AdminApi::Off)] {
+            std::fs::write(&file, format!("[matrix]\nadmin_api = \"{text}\"\n")).unwrap();
+            assert_eq!(Config::load(Some(&file)).unwrap().matrix.admin_api, setting, "{text}");
+            assert_eq!(setting.as_str(), text);
+        }
+        std::fs::write(&file, "[matrix]\nadmin_api = \"yes\"\n").unwrap();
+        let err = Config::load(Some(&file)).unwrap_err().0;
+        assert!(err.contains("matrix.admin_api") && err.contains("auto"), "{err}");
     }
 
     #[test]

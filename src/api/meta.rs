@@ -203,11 +203,30 @@ async fn readyz(state: AppState, detailed: bool) -> Response {
         None => return reply(Err(not_ready("the homeserver has not been checked yet").into())),
     };
     let body = if detailed {
-        serde_json::json!({"status": "ready", "database": "ok", "homeserver": homeserver, "outboxDepth": depth})
+        let mut body =
+            serde_json::json!({"status": "ready", "database": "ok", "homeserver": homeserver, "outboxDepth": depth});
+        if let Some(hs) = state.sessions.homeserver() {
+            body["adminApi"] = admin_api(&state.domain.config.matrix, hs.offers());
+        }
+        body
     } else {
         serde_json::json!({"status": "ready"})
     };
     json(StatusCode::OK, &body)
+}
+
+/// `adminApi` of the detailed `/readyz`: the setting (`matrix.admin_api`),
+/// whether the homeserver's admin API is used (`null` until the reconciler
+/// has settled it at start) and why.
+fn admin_api(config: &crate::config::MatrixConfig, offers: Option<crate::homeserver::Offers>) -> serde_json::Value {
+    match offers {
+        Some(o) => serde_json::json!({"setting": config.admin_api.as_str(), "used": o.all(), "why": o.why}),
+        None => serde_json::json!({
+            "setting": config.admin_api.as_str(),
+            "used": null,
+            "why": "not settled yet: the service probes the homeserver when it first reaches it",
+        }),
+    }
 }
 
 fn not_ready(what: &str) -> Error {
@@ -281,6 +300,12 @@ fn metrics(state: AppState) -> Response {
         );
         out.push_str("# TYPE messenger_chat_homeserver_errors_total counter\n");
         let _ = writeln!(out, "messenger_chat_homeserver_errors_total {}", sync.errors());
+        out.push_str(
+            "# HELP messenger_chat_rooms_left_with_history_total Rooms deleted without the homeserver's admin API \
+             (matrix.admin_api): emptied, made invite-only and left, their history still on the homeserver.\n",
+        );
+        out.push_str("# TYPE messenger_chat_rooms_left_with_history_total counter\n");
+        let _ = writeln!(out, "messenger_chat_rooms_left_with_history_total {}", sync.rooms_left_with_history());
     }
     warp::http::Response::builder()
         .header("content-type", "text/plain; version=0.0.4")

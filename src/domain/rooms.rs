@@ -565,13 +565,29 @@ impl Domain {
         }
         let n = self.write(|w| {
             let due = w.rooms_due(now, 256)?;
+            let mut deleted = 0;
             for id in &due {
-                if let Some(room) = w.room(*id)? {
-                    tracing::info!(room = room.id, organization = room.org_id, "scheduled deletion");
-                    remove_room(w, &room)?;
+                let Some(room) = w.room(*id)? else { continue };
+                if room.kind == RoomKind::Default {
+                    // No request gives a default room a deletion time; one
+                    // that has one came from outside (a hand-made dump). The
+                    // organization's room stays: only the time goes.
+                    tracing::warn!(
+                        room = room.id,
+                        organization = room.org_id,
+                        "dropped the scheduled deletion of a default room instead of deleting it; \
+                         an owner/admin of the organization removes it with DELETE /v1/chatrooms/default/{{organizationID}}"
+                    );
+                    let mut kept = room.clone();
+                    kept.scheduled_deletion = None;
+                    w.put_room(&kept, Some(&room))?;
+                    continue;
                 }
+                tracing::info!(room = room.id, organization = room.org_id, "scheduled deletion");
+                remove_room(w, &room)?;
+                deleted += 1;
             }
-            Ok(due.len())
+            Ok(deleted)
         })?;
         Ok(n)
     }

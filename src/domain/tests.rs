@@ -260,6 +260,24 @@ fn scheduled_deletion_by_moving_the_clock() {
     assert!(matches!(&e, Error::Invalid { field, .. } if field == "scheduledDeletion"), "{e:?}");
 }
 
+/// A default room that came with a deletion time from outside the API (a
+/// hand-made dump) is not deleted when the time comes: the time goes.
+#[test]
+fn the_timer_keeps_a_default_room() {
+    let w = world();
+    let id = w.d.create_default_room(Principal::Api, 1, false, None).unwrap().id;
+    let room = w.stored(id);
+    let mut scheduled = room.clone();
+    scheduled.scheduled_deletion = Some(T0 + 60);
+    w.d.store.write(|wr| wr.put_room(&scheduled, Some(&room))).unwrap();
+    w.clock.advance(60);
+    assert_eq!(w.d.delete_due_rooms().unwrap(), 0, "nothing deleted");
+    let kept = w.stored(id);
+    assert_eq!(kept.scheduled_deletion, None, "the time is dropped");
+    assert_eq!(w.d.store.read().unwrap().default_room_id(1).unwrap(), Some(id));
+    assert_eq!(w.d.delete_due_rooms().unwrap(), 0, "and nothing is due any more");
+}
+
 /// A personal access token works until its expiry, by the clock, and
 /// never after; revoked, it stops at once.
 #[test]

@@ -2,7 +2,9 @@
 //! rely on, for fast tests: accounts with passwords, rooms found again by
 //! their marker, power levels, invites, joins and kicks, deletions that
 //! finish only after their progress has been asked for a few times, and
-//! logins. On top, what a test needs: failures injected per operation
+//! logins; or, made [`FakeHomeserver::without_admin_api`], only what any
+//! homeserver offers (claims through the user's own session, deletion by
+//! emptying and leaving). On top, what a test needs: failures injected per operation
 //! (retryable or final, for a number of calls), a call that never returns
 //! (a crash of the caller, before or after the call took effect), and a
 //! record of every call with the (tokio) time it came.
@@ -64,6 +66,9 @@ pub struct FakeRoom {
     /// Power levels above 0, as the homeserver keeps them.
     pub levels: BTreeMap<UserId, i64>,
     pub members: BTreeMap<UserId, Membership>,
+    /// Made invite-only and left by the service (deleted without purge):
+    /// the room and its history stay, the service cannot act in it any more.
+    pub left: bool,
 }
 
 impl FakeRoom {
@@ -123,7 +128,9 @@ struct State {
 /// The in-memory homeserver.
 pub struct FakeHomeserver {
     state: Mutex<State>,
-    offers: Offers,
+    /// What it offers; a test may change it, as an operator changes
+    /// `matrix.admin_api` between two starts.
+    offers: Mutex<Offers>,
     hung: Arc<Notify>,
 }
 
@@ -138,11 +145,30 @@ impl FakeHomeserver {
     /// second look at its progress.
     #[must_use]
     pub fn new() -> Self {
+        Self::offering(Offers::everything("the fake offers everything"))
+    }
+
+    /// A homeserver with the client-server API only (no admin API).
+    #[must_use]
+    pub fn without_admin_api() -> Self {
+        Self::offering(Offers::client_api_only("the fake has no admin API"))
+    }
+
+    fn offering(offers: Offers) -> Self {
         FakeHomeserver {
             state: Mutex::new(State { deletion_polls: 2, ..State::default() }),
-            offers: Offers { join_without_session: true, purge_rooms: true },
+            offers: Mutex::new(offers),
             hung: Arc::new(Notify::new()),
         }
+    }
+
+    /// What it offers from now on.
+    pub fn set_offers(&self, offers: Offers) {
+        *self.offers.lock().unwrap_or_else(PoisonError::into_inner) = offers;
+    }
+
+    fn offered(&self) -> Offers {
+        self.offers.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -275,8 +301,33 @@ impl State {
         format!("{what}{}", self.next_id)
     }
 
+    /// A room the service is in.
     fn room(&mut self, room_id: &str) -> Result<&mut FakeRoom, HomeserverError> {
-        self.rooms.get_mut(room_id).ok_or_else(|| refused(format!("M_NOT_FOUND: no room {room_id}")))
+        match self.rooms.get_mut(room_id) {
+            None => Err(refused(format!("M_NOT_FOUND: no room {room_id}"))),
+            Some(r) if r.left => Err(refused(format!("M_FORBIDDEN: the bot left {room_id}"))),
+            Some(r) => Ok(r),
+        }
+    }
+
+    /// A user's own session, as the password opens it.
+    fn own_session(&self, user: UserId, password: &str) -> Result<&Account, HomeserverError> {
+        match self.accounts.get(&user) {
+            Some(a) if a.password == password && a.deactivated => Err(HomeserverError::Deactivated),
+            Some(a) if a.password == password => Ok(a),
+            _ => Err(refused("M_FORBIDDEN: invalid username or password")),
+        }
+    }
+
+    /// A deletion without purge: everyone out, the room left.
+    fn empty_and_leave(&mut self, room_id: &str) -> Deletion {
+        if let Some(room) = self.rooms.get_mut(room_id) {
+            for m in room.members.values_mut() {
+                *m = Membership::Gone;
+            }
+            room.left = true;
+        }
+        Deletion::Left
     }
 
     fn require_account(&self, user: UserId) -> Result<(), HomeserverError> {
@@ -297,8 +348,8 @@ fn levels_of(desired: &DesiredRoom) -> BTreeMap<UserId, i64> {
 }
 
 impl Homeserver for FakeHomeserver {
-    fn offers(&self) -> Offers {
-        self.offers
+    fn offers(&self) -> Option<Offers> {
+        self.lock().prepared.then(|| self.offered())
     }
 
     fn check(&self) -> HsFuture<'_, ()> {
@@ -332,16 +383,30 @@ impl Homeserver for FakeHomeserver {
         }))
     }
 
-    fn set_display_name<'a>(&'a self, user: UserId, name: &'a str) -> HsFuture<'a, ()> {
+    fn set_display_name<'a>(&'a self, user: UserId, name: &'a str, own: Option<&'a str>) -> HsFuture<'a, ()> {
+        let offered = self.offered().accounts_without_session;
         Box::pin(self.call(Op::SetDisplayName, user.to_string(), move |s| {
+            match own {
+                Some(password) => drop(s.own_session(user, password)?),
+                None if !offered => return Err(refused("M_UNRECOGNIZED: no admin API")),
+                None => {}
+            }
             let account = s.accounts.get_mut(&user).ok_or_else(|| refused(format!("no account of user {user}")))?;
             account.display_name = Some(name.to_string());
             Ok(())
         }))
     }
 
-    fn deactivate(&self, user: UserId) -> HsFuture<'_, ()> {
+    fn deactivate<'a>(&'a self, user: UserId, own: Option<&'a str>) -> HsFuture<'a, ()> {
+        let offered = self.offered().accounts_without_session;
         Box::pin(self.call(Op::Deactivate, user.to_string(), move |s| {
+            match own.map(|password| s.own_session(user, password)) {
+                Some(Err(HomeserverError::Deactivated)) => return Ok(()),
+                Some(Err(e)) => return Err(e),
+                Some(Ok(_)) => {}
+                None if !offered => return Err(refused("M_UNRECOGNIZED: no admin API")),
+                None => {}
+            }
             if let Some(account) = s.accounts.get_mut(&user) {
                 account.deactivated = true;
                 for room in s.rooms.values_mut() {
@@ -362,16 +427,14 @@ impl Homeserver for FakeHomeserver {
 
     fn find_room(&self, marker: RoomId) -> HsFuture<'_, Option<String>> {
         Box::pin(self.call(Op::FindRoom, marker.to_string(), move |s| {
-            Ok(s.rooms.iter().find(|(_, r)| r.marker == marker).map(|(id, _)| id.clone()))
+            Ok(s.rooms.iter().find(|(_, r)| r.marker == marker && !r.left).map(|(id, _)| id.clone()))
         }))
     }
 
     fn made_rooms(&self) -> HsFuture<'_, Vec<(String, RoomId)>> {
-        Box::pin(
-            self.call(Op::MadeRooms, String::new(), |s| {
-                Ok(s.rooms.iter().map(|(id, r)| (id.clone(), r.marker)).collect())
-            }),
-        )
+        Box::pin(self.call(Op::MadeRooms, String::new(), |s| {
+            Ok(s.rooms.iter().filter(|(_, r)| !r.left).map(|(id, r)| (id.clone(), r.marker)).collect())
+        }))
     }
 
     fn create_room<'a>(&'a self, desired: &'a DesiredRoom) -> HsFuture<'a, String> {
@@ -390,13 +453,15 @@ impl Homeserver for FakeHomeserver {
                 avatar_url: desired.avatar_url.clone(),
                 levels: levels_of(desired),
                 members: desired.members.iter().map(|(u, _)| (*u, Membership::Invited)).collect(),
+                left: false,
             };
             s.rooms.insert(id.clone(), room);
             Ok(id)
         }))
     }
 
-    fn update_room<'a>(&'a self, room_id: &'a str, desired: &'a DesiredRoom) -> HsFuture<'a, ()> {
+    fn update_room<'a>(&'a self, room_id: &'a str, desired: &'a DesiredRoom) -> HsFuture<'a, Vec<UserId>> {
+        let admin_join = self.offered().join_without_session;
         Box::pin(self.call(Op::UpdateRoom, room_id.to_string(), move |s| {
             for (u, _) in &desired.members {
                 s.require_account(*u)?;
@@ -406,10 +471,16 @@ impl Homeserver for FakeHomeserver {
             room.topic.clone_from(&desired.topic);
             room.avatar_url.clone_from(&desired.avatar_url);
             room.levels = levels_of(desired);
+            let mut to_join = Vec::new();
             for (u, _) in &desired.members {
                 let now = room.members.get(u).copied();
                 if desired.joined.binary_search(u).is_ok() {
-                    room.members.insert(*u, Membership::Joined);
+                    if admin_join {
+                        room.members.insert(*u, Membership::Joined);
+                    } else if now != Some(Membership::Joined) {
+                        room.members.insert(*u, Membership::Invited);
+                        to_join.push(*u);
+                    }
                 } else if !matches!(now, Some(Membership::Invited | Membership::Joined)) {
                     room.members.insert(*u, Membership::Invited);
                 }
@@ -419,20 +490,40 @@ impl Homeserver for FakeHomeserver {
                     *m = Membership::Gone;
                 }
             }
-            Ok(())
+            Ok(to_join)
         }))
     }
 
-    fn join<'a>(&'a self, room_id: &'a str, user: UserId) -> HsFuture<'a, ()> {
-        Box::pin(self.call(Op::Join, format!("{user} in {room_id}"), move |s| {
+    fn join<'a>(&'a self, room_id: &'a str, user: UserId, own: Option<&'a str>) -> HsFuture<'a, ()> {
+        let admin_join = self.offered().join_without_session;
+        let about = format!("{user} in {room_id}{}", if own.is_some() { " (own session)" } else { "" });
+        Box::pin(self.call(Op::Join, about, move |s| {
             s.require_account(user)?;
-            s.room(room_id)?.members.insert(user, Membership::Joined);
+            match own {
+                // The user's own session accepts an invite, as on any homeserver.
+                Some(password) => {
+                    s.own_session(user, password)?;
+                    let room = s.room(room_id)?;
+                    if !matches!(room.members.get(&user), Some(Membership::Invited | Membership::Joined)) {
+                        return Err(refused(format!("M_FORBIDDEN: user {user} is not invited to {room_id}")));
+                    }
+                    room.members.insert(user, Membership::Joined);
+                }
+                None if !admin_join => return Err(refused("M_UNRECOGNIZED: no admin API")),
+                None => {
+                    s.room(room_id)?.members.insert(user, Membership::Joined);
+                }
+            }
             Ok(())
         }))
     }
 
     fn start_deletion<'a>(&'a self, room_id: &'a str) -> HsFuture<'a, Deletion> {
+        let purge = self.offered().purge_rooms;
         Box::pin(self.call(Op::StartDeletion, room_id.to_string(), move |s| {
+            if !purge {
+                return Ok(s.empty_and_leave(room_id));
+            }
             let Ok(room) = s.room(room_id) else { return Ok(Deletion::Done) };
             for m in room.members.values_mut() {
                 *m = Membership::Gone;
@@ -445,7 +536,12 @@ impl Homeserver for FakeHomeserver {
     }
 
     fn deletion_progress<'a>(&'a self, room_id: &'a str, token: &'a DeletionToken) -> HsFuture<'a, Deletion> {
+        let purge = self.offered().purge_rooms;
         Box::pin(self.call(Op::DeletionProgress, room_id.to_string(), move |s| {
+            if !purge {
+                // A token of a purge begun where one was offered: no longer followed.
+                return Ok(s.empty_and_leave(room_id));
+            }
             let Some((room, polls)) = s.deletions.get_mut(&token.0) else {
                 return Ok(if s.rooms.contains_key(room_id) {
                     Deletion::Failed(format!("the delete of {room_id} was lost; starting it again"))

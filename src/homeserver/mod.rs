@@ -36,14 +36,20 @@ pub type HsFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, HomeserverError
 /// harm: creating a room is the one exception, which is why rooms carry the
 /// service's room id as a marker that [`Homeserver::find_room`] looks for.
 pub trait Homeserver: Send + Sync {
-    /// What this homeserver offers beyond the client-server API.
-    fn offers(&self) -> Offers;
+    /// What this homeserver offers beyond the client-server API, as
+    /// [`Homeserver::prepare`] found out (a probe, or the configuration);
+    /// `None` before that.
+    fn offers(&self) -> Option<Offers>;
 
-    /// Whether the homeserver answers at all (for `/readyz`).
+    /// Whether the homeserver answers at all, and can be used as
+    /// configured (`matrix.admin_api = "on"` with the admin API refused:
+    /// [`HomeserverError::Misconfigured`]), for `/readyz`.
     fn check(&self) -> HsFuture<'_, ()>;
 
     /// Makes the service's own account (the bot, which creates and owns
-    /// every room) ready to act. Called before any other step.
+    /// every room) ready to act, and settles what the homeserver
+    /// [`offers`](Homeserver::offers). Called before any other step, and
+    /// again after it failed.
     fn prepare(&self) -> HsFuture<'_, ()>;
 
     /// Makes sure app user `user`'s account exists, with `password` and
@@ -56,12 +62,15 @@ pub trait Homeserver: Send + Sync {
         display_name: Option<&'a str>,
     ) -> HsFuture<'a, bool>;
 
-    /// Sets the display name of an existing account.
-    fn set_display_name<'a>(&'a self, user: UserId, name: &'a str) -> HsFuture<'a, ()>;
+    /// Sets the display name of an existing account; with `own`, the
+    /// user's password, through the user's own session (for a homeserver
+    /// without [`Offers::accounts_without_session`]).
+    fn set_display_name<'a>(&'a self, user: UserId, name: &'a str, own: Option<&'a str>) -> HsFuture<'a, ()>;
 
     /// Deactivates the account: logged out, out of its rooms, no more
-    /// logins. An account that does not exist is fine.
-    fn deactivate(&self, user: UserId) -> HsFuture<'_, ()>;
+    /// logins. An account that does not exist, or is deactivated already,
+    /// is fine. `own`: as for [`Homeserver::set_display_name`].
+    fn deactivate<'a>(&'a self, user: UserId, own: Option<&'a str>) -> HsFuture<'a, ()>;
 
     /// Stores an avatar image; returns the URI rooms name it by.
     fn upload_avatar<'a>(&'a self, content_type: &'a str, bytes: Bytes) -> HsFuture<'a, String>;
@@ -83,18 +92,29 @@ pub trait Homeserver: Send + Sync {
     /// Makes an existing room match `desired`: name, topic, avatar, power
     /// levels, invites of listed users, joins of claimed users, and app
     /// users who are no longer listed removed. Anyone who is not an app
-    /// user (the bot, people from elsewhere) is left alone.
-    fn update_room<'a>(&'a self, room_id: &'a str, desired: &'a DesiredRoom) -> HsFuture<'a, ()>;
+    /// user (the bot, people from elsewhere) is left alone. Returns the
+    /// claimed users it could only invite (a homeserver without
+    /// [`Offers::join_without_session`]): the caller joins them with
+    /// [`Homeserver::join`] and their password.
+    fn update_room<'a>(&'a self, room_id: &'a str, desired: &'a DesiredRoom) -> HsFuture<'a, Vec<UserId>>;
 
-    /// Joins app user `user` to the room now (a claim).
-    fn join<'a>(&'a self, room_id: &'a str, user: UserId) -> HsFuture<'a, ()>;
+    /// Joins app user `user`, invited already, to the room now (a claim).
+    /// With `own`, the user's password, the user's own session accepts the
+    /// invite (logged in for it and out after); without, the homeserver
+    /// joins the user ([`Offers::join_without_session`]).
+    fn join<'a>(&'a self, room_id: &'a str, user: UserId, own: Option<&'a str>) -> HsFuture<'a, ()>;
 
-    /// Starts deleting a room: everyone out and its history gone. A room
-    /// that does not exist any more is [`Deletion::Done`].
+    /// Starts deleting a room: everyone out and its history gone
+    /// ([`Offers::purge_rooms`]); without that, everyone out, the room
+    /// invite-only and left: [`Deletion::Left`]. A room that does not exist
+    /// any more is [`Deletion::Done`].
     fn start_deletion<'a>(&'a self, room_id: &'a str) -> HsFuture<'a, Deletion>;
 
     /// Where a deletion stands, from the token [`Homeserver::start_deletion`]
-    /// gave (possibly before a restart of either side).
+    /// gave (possibly before a restart of either side). A homeserver that no
+    /// longer offers [`Offers::purge_rooms`] (its setting changed between
+    /// two starts) cannot follow the token: it empties and leaves the room
+    /// instead, [`Deletion::Left`].
     fn deletion_progress<'a>(&'a self, room_id: &'a str, token: &'a DeletionToken) -> HsFuture<'a, Deletion>;
 
     /// Logs app user `user` in with `password` on `device` (the homeserver
@@ -110,8 +130,8 @@ pub trait Homeserver: Send + Sync {
 }
 
 /// What a homeserver offers beyond the client-server API. The reconciler
-/// and the login take the path each allows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// takes the path each allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Offers {
     /// Joins a user to a room without the user's session (Synapse's admin
     /// join); without it a claim needs the user's own login.
@@ -119,6 +139,32 @@ pub struct Offers {
     /// Deletes a room with its history and reports progress (Synapse's
     /// room delete); without it a deletion can only empty and leave a room.
     pub purge_rooms: bool,
+    /// Sets display names and deactivates accounts without the user's
+    /// session (Synapse's user admin); without it the user's own login does.
+    pub accounts_without_session: bool,
+    /// How this was settled (a probe's answer, or the configuration), in
+    /// words for operators: `/readyz` and the log show it.
+    pub why: String,
+}
+
+impl Offers {
+    /// Everything offered.
+    #[must_use]
+    pub fn everything(why: impl Into<String>) -> Self {
+        Offers { join_without_session: true, purge_rooms: true, accounts_without_session: true, why: why.into() }
+    }
+
+    /// Only the client-server API: every fallback in use.
+    #[must_use]
+    pub fn client_api_only(why: impl Into<String>) -> Self {
+        Offers { join_without_session: false, purge_rooms: false, accounts_without_session: false, why: why.into() }
+    }
+
+    /// Whether every extra is offered (no fallback in use).
+    #[must_use]
+    pub fn all(&self) -> bool {
+        self.join_without_session && self.purge_rooms && self.accounts_without_session
+    }
 }
 
 /// The room a stored room should be on the homeserver.
@@ -163,6 +209,10 @@ pub struct DeletionToken(pub String);
 pub enum Deletion {
     /// The room is gone (or was gone already).
     Done,
+    /// Everyone was removed, the room made invite-only and left by the
+    /// service, which is all a homeserver without [`Offers::purge_rooms`]
+    /// allows: its history stays on the homeserver.
+    Left,
     /// Under way: ask again with this token.
     Running(DeletionToken),
     /// The homeserver gave up on it, or forgot it while the room still

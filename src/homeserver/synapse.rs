@@ -3,24 +3,43 @@
 //! registration, claims through the admin join, deletions through the v2
 //! room delete (its `delete_id` is the deletion token), everything else
 //! through the client-server API as the bot, a server admin.
+//!
+//! Without the admin API (`matrix.admin_api`: `"off"`, or `"auto"` when the
+//! probe at start finds it refused), only shared-secret registration is
+//! used beyond the client-server API: a claim is an invite that the user's
+//! own session accepts, display names and deactivation go through the
+//! user's own session, and a deleted room is emptied, made invite-only and
+//! left ([`Deletion::Left`]; its history stays on the homeserver).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::{PoisonError, RwLock};
 
 use bytes::Bytes;
 
 use super::{Deletion, DeletionToken, DesiredRoom, Homeserver, HomeserverError, HsFuture, Offers, Session};
-use crate::config::MatrixConfig;
+use crate::config::{AdminApi, MatrixConfig};
 use crate::matrix::types::{Membership, RoomAvatar, RoomName, RoomTopic};
-use crate::matrix::{DeleteStatus, ErrCode, HomeserverClient, MatrixError, MatrixIds, NewRoom, Registration};
+use crate::matrix::{
+    AdminProbe, DeleteStatus, ErrCode, HomeserverClient, MatrixError, MatrixIds, NewRoom, Registration,
+};
 use crate::model::{RoomId, RoomRole, UserId};
 
 /// Reason shown to users removed from a room.
 const KICK_REASON: &str = "removed from this chatroom";
+/// Reason shown to users removed from a room deleted without the admin API.
+const DELETED_REASON: &str = "this chatroom was deleted";
 
 /// Synapse, reached through one client acting as the bot.
 pub struct Synapse {
     client: HomeserverClient,
+    /// `matrix.admin_api`.
+    setting: AdminApi,
+    /// What [`Homeserver::prepare`] settled.
+    offers: RwLock<Option<Offers>>,
+    /// Why the service cannot go on (`"on"` and the admin API refused), for
+    /// [`Homeserver::check`] and so `/readyz`.
+    refused: RwLock<Option<String>>,
 }
 
 impl Synapse {
@@ -30,7 +49,98 @@ impl Synapse {
     /// # Errors
     /// The client cannot be configured (bad URL, unreadable secret file).
     pub fn new(config: &MatrixConfig, bot_password: String) -> Result<Self, MatrixError> {
-        Ok(Synapse { client: HomeserverClient::new(config, bot_password)? })
+        Ok(Synapse {
+            client: HomeserverClient::new(config, bot_password)?,
+            setting: config.admin_api,
+            offers: RwLock::new(None),
+            refused: RwLock::new(None),
+        })
+    }
+
+    /// Whether the admin API is in use (settled by `prepare`).
+    fn admin(&self) -> bool {
+        self.offers.read().unwrap_or_else(PoisonError::into_inner).as_ref().is_some_and(Offers::all)
+    }
+
+    /// Registers the bot (a server admin unless `matrix.admin_api` is
+    /// `"off"`) and settles whether the admin API is used: `"auto"` asks it,
+    /// `"on"` insists on it.
+    async fn settle_offers(&self) -> Result<Offers, HomeserverError> {
+        let key = "matrix.admin_api";
+        if self.setting == AdminApi::Off {
+            self.client.ensure_bot_with(false).await?;
+            return Ok(Offers::client_api_only(format!("{key} = \"off\": not probed, not used")));
+        }
+        self.client.ensure_bot().await?;
+        let probe = self.client.probe_admin_api().await?;
+        match (probe, self.setting) {
+            (AdminProbe::Answers, setting) => {
+                Ok(Offers::everything(format!("{key} = \"{}\": the probe at start was answered", setting.as_str())))
+            }
+            (AdminProbe::Missing(why), AdminApi::On) => {
+                let message = format!(
+                    "{key} = \"on\" but the admin API cannot be used: {why}; nothing is changed on the homeserver \
+                     until it can (or set {key} to \"auto\" or \"off\" to go on without it)"
+                );
+                *self.refused.write().unwrap_or_else(PoisonError::into_inner) = Some(message.clone());
+                Err(HomeserverError::Misconfigured(message))
+            }
+            (AdminProbe::Missing(why), _) => Ok(Offers::client_api_only(format!(
+                "{key} = \"auto\" and the probe at start was refused ({why}): not used"
+            ))),
+        }
+    }
+
+    /// Logs app user `user` in with `password` for one action of the
+    /// service's (no refresh token, a device of its own); log out after.
+    async fn own_session(&self, user: UserId, password: &str) -> Result<String, MatrixError> {
+        let granted = self.client.password_login(&self.ids().user(user), password, None, false, None).await?;
+        Ok(granted.access_token)
+    }
+
+    /// Ends a session [`Synapse::own_session`] began. A failure is only
+    /// logged: the action it was for is done, and a device left behind
+    /// does no harm.
+    async fn end_session(&self, access_token: &str) {
+        if let Err(e) = self.client.logout(access_token).await {
+            tracing::debug!(error = %e, "could not log out a session the service began for a user");
+        }
+    }
+
+    /// A deletion without the admin API: the room invite-only (nobody
+    /// removed can come back without an invite), everyone else removed,
+    /// then the bot leaves and forgets it. Its history stays on the
+    /// homeserver. Repeating it is harmless: a bot already out of the room
+    /// has nothing left to do.
+    async fn empty_and_leave(&self, room_id: &str) -> Result<Deletion, MatrixError> {
+        let client = &self.client;
+        let bot = client.bot_user_id().to_string();
+        let members = match client.members(room_id).await {
+            Ok(m) => m,
+            // The bot is out (a repeat after it left) or the room is unknown.
+            Err(e) if e.is(&ErrCode::Forbidden) || e.is(&ErrCode::NotFound) => return Ok(Deletion::Left),
+            Err(e) => return Err(e),
+        };
+        client.put_state(room_id, "m.room.join_rules", "", &serde_json::json!({"join_rule": "invite"})).await?;
+        for m in members {
+            let present = matches!(m.membership, Membership::Join | Membership::Invite | Membership::Knock);
+            if present && m.user_id != bot {
+                match client.kick(room_id, &m.user_id, Some(DELETED_REASON)).await {
+                    Ok(()) => {}
+                    // In a room version before 12 the bot, at 100, cannot
+                    // kick another 100: leaving matters more than stopping here.
+                    Err(e) if e.is(&ErrCode::Forbidden) => tracing::warn!(
+                        room = room_id,
+                        user = %m.user_id,
+                        error = %e,
+                        "could not remove a member from a room the service is deleting; they stay in it"
+                    ),
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        client.leave_and_forget(room_id).await?;
+        Ok(Deletion::Left)
     }
 
     /// The HTTP client underneath.
@@ -43,8 +153,10 @@ impl Synapse {
         self.client.ids()
     }
 
-    /// Power levels and memberships of an existing room, compared and changed.
-    async fn converge_members(&self, room_id: &str, desired: &DesiredRoom) -> Result<(), MatrixError> {
+    /// Power levels and memberships of an existing room, compared and
+    /// changed; returns the claimed users who could only be invited (no
+    /// admin join).
+    async fn converge_members(&self, room_id: &str, desired: &DesiredRoom) -> Result<Vec<UserId>, MatrixError> {
         let client = &self.client;
         let ids = self.ids();
         let bot = client.bot_user_id().to_string();
@@ -66,12 +178,24 @@ impl Synapse {
 
         let members: HashMap<String, Membership> =
             client.members(room_id).await?.into_iter().map(|m| (m.user_id, m.membership)).collect();
+        let admin = self.admin();
+        let mut to_join = Vec::new();
         for (user, _) in &desired.members {
             let mx = ids.user(*user);
             let now = members.get(&mx);
             if desired.joined.binary_search(user).is_ok() {
-                if now != Some(&Membership::Join) {
-                    client.admin_join(room_id, &mx).await?;
+                match now {
+                    Some(Membership::Join) => {}
+                    _ if admin => {
+                        client.admin_join(room_id, &mx).await?;
+                    }
+                    // Without the admin join: invited, and the user's own
+                    // session accepts (the caller's part).
+                    Some(Membership::Invite) => to_join.push(*user),
+                    _ => {
+                        client.invite(room_id, &mx).await?;
+                        to_join.push(*user);
+                    }
                 }
             } else if !matches!(now, Some(Membership::Join | Membership::Invite)) {
                 client.invite(room_id, &mx).await?;
@@ -83,7 +207,7 @@ impl Synapse {
                 client.kick(room_id, mx, Some(KICK_REASON)).await?;
             }
         }
-        Ok(())
+        Ok(to_join)
     }
 
     /// Name, topic and avatar of an existing room, compared and changed.
@@ -126,16 +250,27 @@ impl From<MatrixError> for HomeserverError {
 }
 
 impl Homeserver for Synapse {
-    fn offers(&self) -> Offers {
-        Offers { join_without_session: true, purge_rooms: true }
+    fn offers(&self) -> Option<Offers> {
+        self.offers.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     fn check(&self) -> HsFuture<'_, ()> {
-        Box::pin(async move { Ok(self.client.versions().await.map(|_| ())?) })
+        Box::pin(async move {
+            self.client.versions().await?;
+            match self.refused.read().unwrap_or_else(PoisonError::into_inner).clone() {
+                Some(why) => Err(HomeserverError::Misconfigured(why)),
+                None => Ok(()),
+            }
+        })
     }
 
     fn prepare(&self) -> HsFuture<'_, ()> {
-        Box::pin(async move { Ok(self.client.ensure_bot().await.map(|_| ())?) })
+        Box::pin(async move {
+            let offers = self.settle_offers().await?;
+            *self.refused.write().unwrap_or_else(PoisonError::into_inner) = None;
+            *self.offers.write().unwrap_or_else(PoisonError::into_inner) = Some(offers);
+            Ok(())
+        })
     }
 
     fn ensure_account<'a>(
@@ -150,16 +285,33 @@ impl Homeserver for Synapse {
         })
     }
 
-    fn set_display_name<'a>(&'a self, user: UserId, name: &'a str) -> HsFuture<'a, ()> {
-        Box::pin(async move { Ok(self.client.set_display_name(&self.ids().user(user), name).await?) })
+    fn set_display_name<'a>(&'a self, user: UserId, name: &'a str, own: Option<&'a str>) -> HsFuture<'a, ()> {
+        Box::pin(async move {
+            let mx = self.ids().user(user);
+            let Some(password) = own else { return Ok(self.client.set_display_name(&mx, name).await?) };
+            let token = self.own_session(user, password).await?;
+            let set = self.client.set_own_display_name(&token, &mx, name).await;
+            self.end_session(&token).await;
+            Ok(set?)
+        })
     }
 
-    fn deactivate(&self, user: UserId) -> HsFuture<'_, ()> {
+    fn deactivate<'a>(&'a self, user: UserId, own: Option<&'a str>) -> HsFuture<'a, ()> {
         Box::pin(async move {
-            match self.client.deactivate(&self.ids().user(user)).await {
-                Err(e) if e.is(&ErrCode::NotFound) => Ok(()),
-                other => Ok(other?),
-            }
+            let mx = self.ids().user(user);
+            let Some(password) = own else {
+                return match self.client.deactivate(&mx).await {
+                    Err(e) if e.is(&ErrCode::NotFound) => Ok(()),
+                    other => Ok(other?),
+                };
+            };
+            let token = match self.own_session(user, password).await {
+                Ok(t) => t,
+                Err(e) if e.is(&ErrCode::UserDeactivated) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            };
+            // Deactivation ends every session of the account, this one too.
+            Ok(self.client.deactivate_own(&token, &mx, password).await?)
         })
     }
 
@@ -199,20 +351,30 @@ impl Homeserver for Synapse {
         })
     }
 
-    fn update_room<'a>(&'a self, room_id: &'a str, desired: &'a DesiredRoom) -> HsFuture<'a, ()> {
+    fn update_room<'a>(&'a self, room_id: &'a str, desired: &'a DesiredRoom) -> HsFuture<'a, Vec<UserId>> {
         Box::pin(async move {
             self.converge_state(room_id, desired).await?;
-            self.converge_members(room_id, desired).await?;
-            Ok(())
+            Ok(self.converge_members(room_id, desired).await?)
         })
     }
 
-    fn join<'a>(&'a self, room_id: &'a str, user: UserId) -> HsFuture<'a, ()> {
-        Box::pin(async move { Ok(self.client.admin_join(room_id, &self.ids().user(user)).await.map(|_| ())?) })
+    fn join<'a>(&'a self, room_id: &'a str, user: UserId, own: Option<&'a str>) -> HsFuture<'a, ()> {
+        Box::pin(async move {
+            let Some(password) = own else {
+                return Ok(self.client.admin_join(room_id, &self.ids().user(user)).await.map(|_| ())?);
+            };
+            let token = self.own_session(user, password).await?;
+            let joined = self.client.join_as(&token, room_id).await;
+            self.end_session(&token).await;
+            Ok(joined?)
+        })
     }
 
     fn start_deletion<'a>(&'a self, room_id: &'a str) -> HsFuture<'a, Deletion> {
         Box::pin(async move {
+            if !self.admin() {
+                return Ok(self.empty_and_leave(room_id).await?);
+            }
             match self.client.delete_room(room_id).await {
                 Ok(id) => Ok(Deletion::Running(DeletionToken(id))),
                 Err(e) if e.is(&ErrCode::NotFound) => Ok(Deletion::Done),
@@ -223,6 +385,10 @@ impl Homeserver for Synapse {
 
     fn deletion_progress<'a>(&'a self, room_id: &'a str, token: &'a DeletionToken) -> HsFuture<'a, Deletion> {
         Box::pin(async move {
+            if !self.admin() {
+                // Begun with the admin API before a start without it.
+                return Ok(self.empty_and_leave(room_id).await?);
+            }
             match self.client.delete_status(&token.0).await {
                 Ok(DeleteStatus::Complete) => Ok(Deletion::Done),
                 Ok(DeleteStatus::Failed(why)) => Ok(Deletion::Failed(format!(

@@ -9,8 +9,9 @@ use sha1::Sha1;
 use super::client::{Auth, Body, HomeserverClient, enc};
 use super::error::{ErrCode, MatrixError};
 use super::types::{
-    DeactivateBody, DeleteRoomRequest, DeleteRoomResponse, DeleteStatus, DeleteStatusResponse, DisplayNameBody,
-    Ignored, Membership, Nonce, RegisterResponse, Registration, RoomIdResponse, SharedSecretRegister, UserIdBody,
+    AdminFlag, DeactivateBody, DeleteRoomRequest, DeleteRoomResponse, DeleteStatus, DeleteStatusResponse,
+    DisplayNameBody, Ignored, Membership, Nonce, RegisterResponse, Registration, RoomIdResponse, SharedSecretRegister,
+    UserIdBody,
 };
 
 const REGISTER_PATH: &str = "/_synapse/admin/v1/register";
@@ -72,7 +73,36 @@ impl HomeserverClient {
     /// # Errors
     /// As [`HomeserverClient::register`].
     pub async fn ensure_bot(&self) -> Result<Registration, MatrixError> {
-        self.register(self.bot_localpart(), self.bot_password(), true, None).await
+        self.ensure_bot_with(true).await
+    }
+
+    /// Registers the bot with its password, a server admin or not; an
+    /// existing bot account is left as it is (its rights too).
+    ///
+    /// # Errors
+    /// As [`HomeserverClient::register`].
+    pub async fn ensure_bot_with(&self, admin: bool) -> Result<Registration, MatrixError> {
+        self.register(self.bot_localpart(), self.bot_password(), admin, None).await
+    }
+
+    /// Whether the admin API works for the bot: `GET
+    /// /_synapse/admin/v1/users/{bot}/admin`, which needs a server admin.
+    /// The bot logs in first, so a failed login is an error of its own and
+    /// not taken for a missing admin API.
+    ///
+    /// # Errors
+    /// The bot's login failing; the homeserver unreachable, failing or
+    /// limiting (retryable: ask again later).
+    pub async fn probe_admin_api(&self) -> Result<AdminProbe, MatrixError> {
+        self.bot_token().await?;
+        let path = format!("/_synapse/admin/v1/users/{}/admin", enc(self.bot_user_id()));
+        match self.bot_send::<AdminFlag>(Method::GET, &path, || Body::Empty).await {
+            Ok(AdminFlag { admin: true }) => Ok(AdminProbe::Answers),
+            Ok(AdminFlag { admin: false }) => {
+                Ok(AdminProbe::Missing(format!("the homeserver says {} is no server admin", self.bot_user_id())))
+            }
+            Err(e) => AdminProbe::from_error(e, self.bot_user_id()),
+        }
     }
 
     /// `POST /_synapse/admin/v1/join/{room}`: joins `user_id` to the room
@@ -152,9 +182,66 @@ impl HomeserverClient {
     }
 }
 
+/// What [`HomeserverClient::probe_admin_api`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminProbe {
+    /// The bot's admin request was answered.
+    Answers,
+    /// It was refused; why, in words for operators.
+    Missing(String),
+}
+
+impl AdminProbe {
+    /// A failed probe request, sorted: a refusal of any kind (no such
+    /// endpoint, the bot no admin, a reverse proxy that does not pass
+    /// `/_synapse/admin` on) means the admin API cannot be used; a failure
+    /// that may pass is returned as an error, to ask again.
+    fn from_error(e: MatrixError, bot: &str) -> Result<Self, MatrixError> {
+        if e.is_retryable() || matches!(e, MatrixError::Config(_)) {
+            return Err(e);
+        }
+        let why = match &e {
+            MatrixError::Api { status: 401 | 403, .. } | MatrixError::Decode { status: 401 | 403, .. } => {
+                format!("the homeserver refuses the admin API to {bot}, which is then no server admin ({e})")
+            }
+            MatrixError::Api { status: 404 | 405, .. } | MatrixError::Decode { status: 404 | 405, .. } => {
+                format!("the homeserver (or a proxy in front of it) does not serve /_synapse/admin ({e})")
+            }
+            _ => format!("the admin API refused the bot's request ({e})"),
+        };
+        Ok(AdminProbe::Missing(why))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_probe_means_no_admin_api_and_a_failing_one_asks_again() {
+        let bot = "@bot:hs";
+        let api = |status, errcode: ErrCode| MatrixError::Api { status, errcode, message: "nope".into() };
+        for (e, says) in [
+            (api(403, ErrCode::Forbidden), "no server admin"),
+            (api(401, ErrCode::Other("M_UNAUTHORIZED".into())), "no server admin"),
+            (api(404, ErrCode::Unrecognized), "does not serve /_synapse/admin"),
+            (MatrixError::Decode { status: 404, reason: "<html>".into() }, "does not serve /_synapse/admin"),
+            (api(400, ErrCode::InvalidParam), "refused the bot's request"),
+        ] {
+            match AdminProbe::from_error(e, bot) {
+                Ok(AdminProbe::Missing(why)) => assert!(why.contains(says), "{why}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        for e in [
+            MatrixError::Unreachable("refused".into()),
+            MatrixError::Server { status: 502, errcode: None, message: String::new() },
+            MatrixError::RateLimited { retry_after_ms: Some(5) },
+            MatrixError::Config("bad".into()),
+        ] {
+            assert!(AdminProbe::from_error(e, bot).is_err(), "asked again later");
+        }
+    }
 
     #[test]
     fn mac_matches_synapse_docs_shape() {

@@ -241,7 +241,8 @@ impl HomeserverClient {
         }
     }
 
-    async fn bot_token(&self) -> Result<String, MatrixError> {
+    /// The bot's access token, logging in when there is none.
+    pub(crate) async fn bot_token(&self) -> Result<String, MatrixError> {
         let mut slot = self.inner.bot_token.lock().await;
         if let Some(token) = slot.as_ref() {
             return Ok(token.clone());

@@ -5,9 +5,11 @@
 //! - [`error`]: [`MatrixError`], sorted into retryable and final
 //! - [`ids`]: [`MatrixIds`], the Matrix ids of the service's accounts
 //! - [`types`]: request and response bodies
-//! - [`session`]: user logins, refresh, whoami
+//! - [`session`]: user logins, refresh, whoami, and what a user does with
+//!   their own session (join, display name, deactivation, logout)
 //! - [`rooms`]: room creation, markers, state, power levels, membership, media
-//! - [`admin`]: shared-secret registration, admin join, room delete, users
+//! - [`admin`]: shared-secret registration, the probe of the admin API, admin
+//!   join, room delete, users
 
 pub mod admin;
 pub mod client;
@@ -17,6 +19,7 @@ pub mod rooms;
 pub mod session;
 pub mod types;
 
+pub use admin::AdminProbe;
 pub use client::HomeserverClient;
 pub use error::{ErrCode, MatrixError};
 pub use ids::MatrixIds;

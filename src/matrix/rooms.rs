@@ -340,6 +340,35 @@ impl HomeserverClient {
         }
     }
 
+    /// `POST /rooms/{room}/leave` then `POST /rooms/{room}/forget` as the
+    /// bot: it is out of the room, and a homeserver that removes rooms every
+    /// local user has forgotten may remove this one. Leaving a room the bot
+    /// is out of already is not an error.
+    ///
+    /// # Errors
+    /// Transport errors.
+    pub async fn leave_and_forget(&self, room_id: &str) -> Result<(), MatrixError> {
+        let empty = || Body::json(&json!({}));
+        let leave = format!("/_matrix/client/v3/rooms/{}/leave", enc(room_id));
+        match self.bot_send::<Ignored>(Method::POST, &leave, empty).await {
+            Ok(_) => {}
+            // Out already (left, kicked, or never in): nothing to leave.
+            Err(e) if e.is(&ErrCode::Forbidden) || e.is(&ErrCode::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+        let forget = format!("/_matrix/client/v3/rooms/{}/forget", enc(room_id));
+        match self.bot_send::<Ignored>(Method::POST, &forget, empty).await {
+            Ok(_) => Ok(()),
+            // Forgetting is a courtesy to the homeserver's clean-up; a room it
+            // does not let the bot forget is still left.
+            Err(e) if !e.is_retryable() => {
+                tracing::debug!(room = room_id, error = %e, "the homeserver did not let the bot forget a room it left");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// `GET /_synapse/admin/v1/rooms/{room}`: whether Synapse still knows the
     /// room. Follows a room delete whose status Synapse has forgotten (it
     /// keeps none across its own restart).

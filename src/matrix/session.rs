@@ -8,8 +8,8 @@ use http::Method;
 use super::client::{Auth, Body, HomeserverClient, enc};
 use super::error::{ErrCode, MatrixError};
 use super::types::{
-    DisplayNameResponse, EventIdResponse, JoinedRooms, LoginResponse, PasswordLogin, RefreshRequest, RefreshResponse,
-    TextMessage, UserIdentifier, WhoAmI,
+    DisplayNameBody, DisplayNameResponse, EventIdResponse, Ignored, JoinedRooms, LoginResponse, OwnDeactivateBody,
+    PasswordAuth, PasswordLogin, RefreshRequest, RefreshResponse, TextMessage, UserIdentifier, WhoAmI,
 };
 
 impl HomeserverClient {
@@ -107,6 +107,75 @@ impl HomeserverClient {
         let r: EventIdResponse =
             self.send(Method::PUT, &path, Auth::Token(access_token), Body::json(&message), None).await?;
         Ok(r.event_id)
+    }
+
+    /// `POST /_matrix/client/v3/rooms/{room}/join` as the user of
+    /// `access_token`: accepts an invite (or re-joins; joining a room one is
+    /// in already changes nothing).
+    ///
+    /// # Errors
+    /// `M_FORBIDDEN` when the user is not invited to an invite-only room;
+    /// transport errors.
+    pub async fn join_as(&self, access_token: &str, room_id: &str) -> Result<(), MatrixError> {
+        let path = format!("/_matrix/client/v3/rooms/{}/join", enc(room_id));
+        let _: Ignored =
+            self.send(Method::POST, &path, Auth::Token(access_token), Body::json(&serde_json::json!({})), None).await?;
+        Ok(())
+    }
+
+    /// `POST /_matrix/client/v3/logout`: ends the session of `access_token`
+    /// and removes its device.
+    ///
+    /// # Errors
+    /// `M_UNKNOWN_TOKEN` for a session that has ended already; transport errors.
+    pub async fn logout(&self, access_token: &str) -> Result<(), MatrixError> {
+        let body = Body::json(&serde_json::json!({}));
+        let _: Ignored =
+            self.send(Method::POST, "/_matrix/client/v3/logout", Auth::Token(access_token), body, None).await?;
+        Ok(())
+    }
+
+    /// `PUT /_matrix/client/v3/profile/{user}/displayname` as that user.
+    ///
+    /// # Errors
+    /// `M_FORBIDDEN` when `access_token` is not `user_id`'s; transport errors.
+    pub async fn set_own_display_name(
+        &self,
+        access_token: &str,
+        user_id: &str,
+        displayname: &str,
+    ) -> Result<(), MatrixError> {
+        let path = format!("/_matrix/client/v3/profile/{}/displayname", enc(user_id));
+        let body = Body::json(&DisplayNameBody { displayname });
+        let _: Ignored = self.send(Method::PUT, &path, Auth::Token(access_token), body, None).await?;
+        Ok(())
+    }
+
+    /// `POST /_matrix/client/v3/account/deactivate` as the user, the
+    /// password as its authentication (not erased): the account is logged
+    /// out everywhere, leaves its rooms and refuses logins from then on.
+    ///
+    /// # Errors
+    /// 401 when the homeserver wants another authentication; transport errors.
+    pub async fn deactivate_own(&self, access_token: &str, user_id: &str, password: &str) -> Result<(), MatrixError> {
+        let body = OwnDeactivateBody {
+            auth: PasswordAuth {
+                kind: "m.login.password",
+                identifier: UserIdentifier { kind: "m.id.user", user: user_id },
+                password,
+            },
+            erase: false,
+        };
+        let _: Ignored = self
+            .send(
+                Method::POST,
+                "/_matrix/client/v3/account/deactivate",
+                Auth::Token(access_token),
+                Body::json(&body),
+                None,
+            )
+            .await?;
+        Ok(())
     }
 
     /// `GET /_matrix/client/v3/profile/{user}/displayname`: `None` when the

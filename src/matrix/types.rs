@@ -403,7 +403,7 @@ impl From<DeleteStatusResponse> for DeleteStatus {
     }
 }
 
-/// `PUT /_synapse/admin/v2/users/{user}`.
+/// `PUT /_synapse/admin/v2/users/{user}` and `PUT /profile/{user}/displayname`.
 #[derive(Debug, Serialize)]
 pub(crate) struct DisplayNameBody<'a> {
     pub displayname: &'a str,
@@ -413,6 +413,30 @@ pub(crate) struct DisplayNameBody<'a> {
 #[derive(Debug, Serialize)]
 pub(crate) struct DeactivateBody {
     pub erase: bool,
+}
+
+/// `GET /_synapse/admin/v1/users/{user}/admin`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct AdminFlag {
+    #[serde(default)]
+    pub admin: bool,
+}
+
+/// `POST /_matrix/client/v3/account/deactivate` with the password as its
+/// user-interactive authentication, in one request.
+#[derive(Debug, Serialize)]
+pub(crate) struct OwnDeactivateBody<'a> {
+    pub auth: PasswordAuth<'a>,
+    pub erase: bool,
+}
+
+/// `m.login.password` user-interactive authentication.
+#[derive(Debug, Serialize)]
+pub(crate) struct PasswordAuth<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub identifier: UserIdentifier<'a>,
+    pub password: &'a str,
 }
 
 /// `GET /profile/{user}/displayname`.

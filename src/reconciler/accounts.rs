@@ -16,7 +16,8 @@ impl Reconciler {
         // The background sync waits for a derivation slot rather than being refused.
         self.sessions.ensure_account(user, None, Wait::Always).await?;
         if !record.display_name.is_empty() {
-            self.hs.set_display_name(user, &record.display_name).await?;
+            let own = self.own_password(user, self.offers().accounts_without_session).await?;
+            self.hs.set_display_name(user, &record.display_name, own.as_deref()).await?;
         }
         Ok(())
     }
@@ -27,7 +28,11 @@ impl Reconciler {
         if !still {
             return Ok(());
         }
-        self.hs.deactivate(user).await?;
+        // Without an account there is nothing to deactivate (nor to log in to).
+        if self.sessions.has_account(user)? {
+            let own = self.own_password(user, self.offers().accounts_without_session).await?;
+            self.hs.deactivate(user, own.as_deref()).await?;
+        }
         self.sessions.forget_account(user)?;
         Ok(())
     }

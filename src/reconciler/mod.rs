@@ -27,7 +27,7 @@ use tokio::sync::watch;
 
 use crate::domain::Domain;
 use crate::domain::sessions::{AccountError, Sessions};
-use crate::homeserver::{Homeserver, HomeserverError};
+use crate::homeserver::{Homeserver, HomeserverError, Offers};
 use crate::model::{OutboxOp, RoomId};
 use crate::store::{Read, StoreError};
 
@@ -102,12 +102,20 @@ pub struct Progress {
     finished: watch::Sender<u64>,
     /// Failed homeserver steps since start (for /metrics).
     errors: AtomicU64,
+    /// Rooms deleted since start by emptying and leaving them, their
+    /// history left on the homeserver (for /metrics).
+    left_with_history: AtomicU64,
 }
 
 impl Progress {
     #[must_use]
     pub fn new(domain: Arc<Domain>) -> Self {
-        Progress { domain, finished: watch::channel(0).0, errors: AtomicU64::new(0) }
+        Progress {
+            domain,
+            finished: watch::channel(0).0,
+            errors: AtomicU64::new(0),
+            left_with_history: AtomicU64::new(0),
+        }
     }
 
     /// Waits until the room's homeserver side matches `generation`, the room
@@ -133,6 +141,17 @@ impl Progress {
     #[must_use]
     pub fn errors(&self) -> u64 {
         self.errors.load(Ordering::Relaxed)
+    }
+
+    /// Rooms deleted since start whose history stays on the homeserver
+    /// (deleted without its admin API).
+    #[must_use]
+    pub fn rooms_left_with_history(&self) -> u64 {
+        self.left_with_history.load(Ordering::Relaxed)
+    }
+
+    fn left_one(&self) {
+        self.left_with_history.fetch_add(1, Ordering::Relaxed);
     }
 
     fn failed(&self) {
@@ -216,6 +235,21 @@ enum Pass {
 }
 
 impl Reconciler {
+    /// What the homeserver offers (settled by `prepare`, which runs first).
+    fn offers(&self) -> Offers {
+        self.hs.offers().unwrap_or_else(|| Offers::client_api_only("not settled yet"))
+    }
+
+    /// The user's derived password when the homeserver needs the user's own
+    /// session for an action (`offered` false), `None` otherwise.
+    async fn own_password(&self, user: crate::model::UserId, offered: bool) -> Result<Option<String>, StepError> {
+        if offered {
+            return Ok(None);
+        }
+        let (_, password) = self.domain.credentials(user, crate::domain::passwords::Wait::Always).await?;
+        Ok(Some(password))
+    }
+
     #[must_use]
     pub fn new(domain: Arc<Domain>, hs: Arc<dyn Homeserver>, sessions: Arc<Sessions>, progress: Arc<Progress>) -> Self {
         Reconciler {
@@ -267,6 +301,19 @@ impl Reconciler {
             self.hs.prepare().await?;
             self.prepared = true;
             tracing::info!(bot = %self.domain.ids.bot(), "homeserver account of the service is ready");
+            match self.hs.offers() {
+                Some(o) if o.all() => tracing::info!(admin_api = true, how = %o.why, "homeserver admin API in use"),
+                Some(o) => tracing::warn!(
+                    admin_api = false,
+                    how = %o.why,
+                    join_without_session = o.join_without_session,
+                    purge_rooms = o.purge_rooms,
+                    accounts_without_session = o.accounts_without_session,
+                    "homeserver admin API not used: claims, display names and deactivations go through the \
+                     users' own sessions, and a deleted room is emptied and left with its history on the homeserver"
+                ),
+                None => {}
+            }
         }
         let head = self.domain.store.read()?.outbox_head(64)?;
         if head.is_empty() {

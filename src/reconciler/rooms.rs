@@ -64,7 +64,8 @@ impl Reconciler {
                 Some(m) => {
                     self.record_matrix_id(room.id, &m)?;
                     self.suspects().remove(&room.id);
-                    self.hs.update_room(&m, &desired).await?;
+                    let to_join = self.hs.update_room(&m, &desired).await?;
+                    self.join_claimed(&m, &to_join).await?;
                 }
                 None => {
                     self.suspects().insert(room.id);
@@ -73,13 +74,12 @@ impl Reconciler {
                     self.record_matrix_id(room.id, &made)?;
                     self.suspects().remove(&room.id);
                     // Made just now with these powers and invites: only claims remain.
-                    for user in &room.claimed {
-                        self.hs.join(&made, *user).await?;
-                    }
+                    self.join_claimed(&made, &room.claimed).await?;
                 }
             }
         } else {
-            self.hs.update_room(&room.matrix_room_id, &desired).await?;
+            let to_join = self.hs.update_room(&room.matrix_room_id, &desired).await?;
+            self.join_claimed(&room.matrix_room_id, &to_join).await?;
         }
 
         let generation = room.generation;
@@ -96,6 +96,17 @@ impl Reconciler {
             Ok::<_, StoreError>(())
         })?;
         Ok(Step::Done)
+    }
+
+    /// Joins claimed users, invited already: by the homeserver when it can,
+    /// else each through their own session (the service derives the password).
+    async fn join_claimed(&self, matrix_id: &str, users: &[crate::model::UserId]) -> Result<(), StepError> {
+        let offered = self.offers().join_without_session;
+        for user in users {
+            let own = self.own_password(*user, offered).await?;
+            self.hs.join(matrix_id, *user, own.as_deref()).await?;
+        }
+        Ok(())
     }
 
     /// Uploads a waiting avatar; the URI of the room's avatar, or "" for none.
@@ -173,7 +184,9 @@ impl Reconciler {
 
     /// Removes everyone from a homeserver room and deletes it, following the
     /// homeserver's deletion to its end (across restarts: its progress token
-    /// is kept in the database).
+    /// is kept in the database). A homeserver that cannot purge rooms
+    /// leaves the room emptied and closed, with its history: logged, and
+    /// counted for `/metrics`.
     pub(super) async fn delete_room(&self, room_id: RoomId, matrix_id: &str) -> Result<Step, StepError> {
         let matrix_id = if matrix_id.is_empty() {
             match self.made_before(room_id).await? {
@@ -198,6 +211,19 @@ impl Reconciler {
                         self.domain.store.write(|w| w.set_delete_id(&matrix_id, None))?;
                     }
                     tracing::info!(room = room_id, matrix_room = %matrix_id, "deleted the Matrix room");
+                    return Ok(Step::Done);
+                }
+                Deletion::Left => {
+                    if stored.is_some() {
+                        self.domain.store.write(|w| w.set_delete_id(&matrix_id, None))?;
+                    }
+                    self.progress.left_one();
+                    tracing::warn!(
+                        room = room_id,
+                        matrix_room = %matrix_id,
+                        "emptied the Matrix room, made it invite-only and left it; without the homeserver's admin \
+                         API (matrix.admin_api) its history stays on the homeserver"
+                    );
                     return Ok(Step::Done);
                 }
                 Deletion::Failed(why) => {

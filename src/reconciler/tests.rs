@@ -23,6 +23,8 @@ struct World {
     _dir: tempfile::TempDir,
     domain: Arc<Domain>,
     fake: Arc<FakeHomeserver>,
+    /// What /metrics would show, across the reconcilers of the test.
+    progress: Arc<Progress>,
 }
 
 fn cheap_config() -> Config {
@@ -35,6 +37,15 @@ fn cheap_config() -> Config {
 
 impl World {
     fn new() -> World {
+        World::on(FakeHomeserver::new())
+    }
+
+    /// A world whose homeserver has no admin API.
+    fn without_admin_api() -> World {
+        World::on(FakeHomeserver::without_admin_api())
+    }
+
+    fn on(fake: FakeHomeserver) -> World {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db.redb"), 1 << 20).unwrap();
         let domain = Domain::new(
@@ -44,7 +55,9 @@ impl World {
             Arc::new(ManualClock::new(T0)),
         )
         .unwrap();
-        World { _dir: dir, domain: Arc::new(domain), fake: Arc::new(FakeHomeserver::new()) }
+        let domain = Arc::new(domain);
+        let progress = Arc::new(Progress::new(domain.clone()));
+        World { _dir: dir, domain, fake: Arc::new(fake), progress }
     }
 
     /// Organization 1 with users 1 (owner), 2 and 3 (members).
@@ -72,7 +85,7 @@ impl World {
     fn reconciler(&self) -> Reconciler {
         let hs: Arc<dyn Homeserver> = self.fake.clone();
         let sessions = Arc::new(Sessions::new(self.domain.clone(), Some(hs.clone())));
-        Reconciler::new(self.domain.clone(), hs, sessions, Arc::new(Progress::new(self.domain.clone())))
+        Reconciler::new(self.domain.clone(), hs, sessions, self.progress.clone())
     }
 
     fn depth(&self) -> u64 {
@@ -382,4 +395,88 @@ async fn membership_and_deactivation_follow_the_database() {
     assert_eq!(hs.members.get(&3), Some(&Membership::Gone), "the removed member was kicked");
     assert!(w.fake.account(2).unwrap().deactivated);
     assert!(!w.domain.store.read().unwrap().has_matrix_account(2).unwrap(), "forgotten as made");
+}
+
+/// Without the admin API a claim is an invite the user's own session
+/// accepts (the fake refuses a join without one), at the room's creation
+/// and later; display names and deactivation go through the user's session too.
+#[tokio::test(start_paused = true)]
+async fn without_the_admin_api_claims_and_accounts_go_through_the_users_own_session() {
+    let w = World::without_admin_api();
+    w.org();
+    let id = w.room(1, "Board");
+    w.domain.claim(3, &crate::domain::rooms::RoomRef::Id(id)).unwrap();
+    w.settle().await;
+    w.assert_one_matching_room(id);
+    w.domain.claim(1, &crate::domain::rooms::RoomRef::Id(id)).unwrap();
+    w.settle().await;
+    w.assert_one_matching_room(id);
+    assert_eq!(w.fake.rooms_of(id)[0].1.joined(), [1, 3]);
+    let joins: Vec<String> = w.fake.calls_of(Op::Join).into_iter().map(|c| c.about).collect();
+    assert_eq!(joins.len(), 2, "{joins:?}");
+    assert!(joins.iter().all(|j| j.ends_with("(own session)")), "{joins:?}");
+    assert!(w.fake.offers().is_some_and(|o| !o.all()), "settled at start: no admin API");
+
+    w.domain.put_user(Principal::Api, 2, "Renamed").unwrap();
+    w.domain.deactivate_user(Principal::Api, 3).unwrap();
+    w.settle().await;
+    assert_eq!(w.fake.account(2).unwrap().display_name.as_deref(), Some("Renamed"));
+    assert!(w.fake.account(3).unwrap().deactivated);
+    assert_eq!(w.progress.errors(), 0, "no step failed on the way");
+}
+
+/// Without the admin API a deleted room is emptied, made invite-only and
+/// left, once; the room and its history stay on the homeserver, which
+/// /metrics counts.
+#[tokio::test(start_paused = true)]
+async fn without_the_admin_api_a_deleted_room_is_emptied_and_left() {
+    let w = World::without_admin_api();
+    w.org();
+    let id = w.room(1, "Doomed");
+    w.domain.claim(3, &crate::domain::rooms::RoomRef::Id(id)).unwrap();
+    w.settle().await;
+    let mx = w.stored(id).matrix_room_id.clone();
+    assert_eq!(w.progress.rooms_left_with_history(), 0);
+    w.domain.delete_room(Principal::Api, &crate::domain::rooms::RoomRef::Id(id)).unwrap();
+    w.settle().await;
+    let rooms = w.fake.rooms();
+    let left = rooms.get(&mx).expect("the room stays on the homeserver");
+    assert!(left.left, "the service left it: {left:?}");
+    assert!(left.present().is_empty(), "everyone removed: {left:?}");
+    assert_eq!(w.fake.calls_of(Op::StartDeletion).len(), 1);
+    assert!(w.fake.calls_of(Op::DeletionProgress).is_empty(), "nothing to follow");
+    assert_eq!(w.domain.store.read().unwrap().delete_id(&mx).unwrap(), None, "no token kept");
+    assert_eq!(w.progress.rooms_left_with_history(), 1);
+    // A restart does not find it again among the rooms the service made.
+    let next = w.room(1, "Next");
+    w.settle().await;
+    w.assert_one_matching_room(next);
+    assert!(w.fake.rooms().get(&mx).is_some_and(|r| r.left), "not touched again");
+    assert_eq!(w.fake.calls_of(Op::StartDeletion).len(), 1);
+}
+
+/// A purge begun with the admin API, then a start without it (the setting
+/// changed): the stored token cannot be followed, so the room is emptied
+/// and left instead, and the token forgotten.
+#[tokio::test(start_paused = true)]
+async fn a_purge_begun_with_the_admin_api_is_finished_without_it() {
+    let w = World::new();
+    w.org();
+    let id = w.room(1, "Doomed");
+    w.settle().await;
+    let mx = w.stored(id).matrix_room_id.clone();
+    w.fake.set_deletion_polls(30);
+    w.domain.delete_room(Principal::Api, &crate::domain::rooms::RoomRef::Id(id)).unwrap();
+    let first = tokio::spawn(w.reconciler().run());
+    while w.fake.calls_of(Op::DeletionProgress).is_empty() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first.abort();
+    let _ = first.await;
+    assert!(w.domain.store.read().unwrap().delete_id(&mx).unwrap().is_some(), "a purge under way");
+    w.fake.set_offers(crate::homeserver::Offers::client_api_only("turned off"));
+    w.settle().await;
+    assert!(w.fake.rooms().get(&mx).is_some_and(|r| r.left && r.present().is_empty()));
+    assert_eq!(w.domain.store.read().unwrap().delete_id(&mx).unwrap(), None, "its token forgotten");
+    assert_eq!(w.progress.rooms_left_with_history(), 1);
 }

@@ -22,6 +22,7 @@ mod service;
 mod synapse;
 
 mod fairness;
+mod fallback;
 mod faults;
 mod login;
 mod membership;

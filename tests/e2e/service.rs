@@ -128,6 +128,11 @@ impl Service {
         lines[lines.len().saturating_sub(60)..].join("\n")
     }
 
+    /// Everything the service logged (all starts).
+    pub fn log(&self) -> String {
+        (1..=self.starts).map(|n| std::fs::read_to_string(self.stderr_path(n)).unwrap_or_default()).collect()
+    }
+
     fn spawn(&mut self) {
         self.starts += 1;
         let stderr = File::create(self.stderr_path(self.starts)).expect("create the stderr log");
@@ -180,6 +185,12 @@ impl Service {
             child.wait().expect("reap the service");
         }
         self.client = None;
+    }
+
+    /// Changes one `MESSENGER_CHAT_…` setting for the next start.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.to_string()));
     }
 
     /// Starts the binary again on the same data directory and settings.
