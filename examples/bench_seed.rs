@@ -8,6 +8,11 @@
 //! outbox, so the service starts without homeserver work to catch up on.
 //! Prints `key=value` lines on stdout for the script to read.
 //!
+//! With `--users N --tokens-file PATH` it also writes N more users (ids 2 to
+//! N + 1), members of the small organization, each with a PAT of its own,
+//! one token per line in PATH: `scripts/abuse.sh` sends concurrent requests
+//! of many users, which the per-user rate limits would otherwise refuse.
+//!
 //! With `--old-schema` the rooms are written as the first release wrote them
 //! (schema 1: room record version 1, its room JSON, no topic), straight into
 //! the tables, so `scripts/bench-capacity.sh` can time the migration of a
@@ -42,6 +47,12 @@ struct Args {
     /// Write the rooms in the format of schema 1 (the release before versioned records).
     #[arg(long)]
     old_schema: bool,
+    /// More users, each with a PAT of its own, members of the small organization.
+    #[arg(long, default_value_t = 0, requires = "tokens_file")]
+    users: u64,
+    /// Where the PATs of those users go, one per line (mode 0600).
+    #[arg(long)]
+    tokens_file: Option<PathBuf>,
 }
 
 /// The counters the service draws room and token ids from: seeding through
@@ -149,24 +160,41 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let started = std::time::Instant::now();
 
     let token = new_token(PAT_PREFIX);
+    let extra: Vec<(i64, String)> =
+        (0..args.users).map(|n| (USER + 1 + i64::try_from(n).unwrap_or(i64::MAX - 2), new_token(PAT_PREFIX))).collect();
     store.write(|w| {
         for (id, name) in [(SMALL_ORG, "Bench small"), (BIG_ORG, "Bench big")] {
             w.put_org(&Organization { id, name: name.into(), created_at: at })?;
             w.set_member(id, USER, OrgRole::Member)?;
         }
-        w.put_user(&User { id: USER, display_name: "Bench".into(), deactivated: false, created_at: at })?;
-        let id = w.next_id(TOKEN_COUNTER)?;
-        w.put_token(&Token {
-            id,
-            kind: TokenKind::Personal,
-            user_id: USER,
-            name: "bench".into(),
-            hash: token_hash(&token),
-            created_at: at,
-            expires_at: Some(at + 86_400),
-            revoked: false,
-        })
+        for (user, secret) in std::iter::once(&(USER, token.clone())).chain(&extra) {
+            let display_name = if *user == USER { "Bench".to_string() } else { format!("Bench {user}") };
+            w.put_user(&User { id: *user, display_name, deactivated: false, created_at: at })?;
+            if *user != USER {
+                w.set_member(SMALL_ORG, *user, OrgRole::Member)?;
+            }
+            let id = w.next_id(TOKEN_COUNTER)?;
+            w.put_token(&Token {
+                id,
+                kind: TokenKind::Personal,
+                user_id: *user,
+                name: "bench".into(),
+                hash: token_hash(secret),
+                created_at: at,
+                expires_at: Some(at + 86_400),
+                revoked: false,
+            })?;
+        }
+        Ok::<_, StoreError>(())
     })?;
+    if let Some(path) = &args.tokens_file {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+        for (_, secret) in &extra {
+            writeln!(f, "{secret}")?;
+        }
+    }
     let room = if args.old_schema {
         drop(store);
         let db = redb::Database::create(args.data_dir.join("messenger-chat.redb"))?;

@@ -259,7 +259,13 @@ pub async fn serve<F, R>(
             let Some(acceptor) = acceptor else {
                 return serve_connection(tcp, false, false, &builder, svc, front, peer, limits, stop).await;
             };
-            let stream = match tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp)).await {
+            // A handshake is not a request in flight: a stopping server does not wait for it.
+            let mut stopped = stop.clone();
+            let handshake = tokio::select! {
+                done = tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp)) => done,
+                () = stopping(&mut stopped) => return,
+            };
+            let stream = match handshake {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -373,7 +379,7 @@ async fn serve_connection<I, S, B>(
     // own: polled here with the connection, they would cost a lock on every
     // wake of this task, several per request.
     let (signal_tx, signal) = tokio::sync::oneshot::channel();
-    tokio::spawn(guard(conn_state, limits, stop, signal_tx));
+    tokio::spawn(guard(conn_state.clone(), limits, stop, signal_tx));
     let why = tokio::select! {
         biased;
         ended = conn.as_mut() => {
@@ -385,9 +391,18 @@ async fn serve_connection<I, S, B>(
         signal = signal => match signal {
             Ok(Signal::Expired(why)) => why,
             Ok(Signal::Stop) => {
-                // Shutting down: in-flight requests finish within the shutdown grace.
+                // Shutting down: in-flight requests finish within the shutdown
+                // grace; a connection without one ends now. hyper's graceful
+                // close alone would wait for a first head that may never come
+                // (a slowloris held the stop for the whole grace), and the
+                // drain after an early answer would run its full time.
                 conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    () = nothing_to_finish(&conn_state) => {
+                        tracing::debug!(%peer, "closing the connection: shutting down");
+                    }
+                }
                 return;
             }
             Err(_) => {
@@ -406,6 +421,22 @@ async fn serve_connection<I, S, B>(
     // HTTP/1: closes it at once (nothing is in flight); HTTP/2: GOAWAY.
     conn.as_mut().graceful_shutdown();
     let _ = tokio::time::timeout(limits.header_timeout, conn).await;
+}
+
+/// Resolves once a stopping server owes the connection's client nothing:
+/// no request in flight, and either none was ever begun on it (its first
+/// head still trickling in, or none sent) or its last answer is out and
+/// only the drain of an unread body is left. Looked at every 50 ms, only
+/// while the server stops.
+async fn nothing_to_finish(state: &ConnState) {
+    loop {
+        if state.in_flight.load(Ordering::Acquire) == 0
+            && (!state.served.load(Ordering::Acquire) || state.draining.load(Ordering::Acquire))
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// What a connection's guard tells it.
@@ -482,12 +513,14 @@ async fn watchdog(state: &ConnState, limits: &ConnLimits) -> Expired {
             }
         };
         // Looked at again when the deadline is due, and at least once per
-        // head timeout: a head that begins meanwhile is then still caught
-        // exactly at its own deadline (it cannot be due before the next
-        // look), without waking this per request.
+        // the shorter timeout: a head or an idle spell that begins meanwhile
+        // is then still caught exactly at its own deadline (it cannot be due
+        // before the next look), without waking this per request. Capped at
+        // the head timeout alone, an idle timeout shorter than it was
+        // overslept: the connection closed up to a head timeout late.
         let wait = match due {
             Some((at, why)) if at <= now => return why,
-            Some((at, _)) => (at - now).min(head),
+            Some((at, _)) => (at - now).min(head.min(idle)),
             None => head.min(idle),
         };
         tokio::time::sleep(Duration::from_millis(wait)).await;
@@ -514,6 +547,8 @@ struct ConnState {
     body_done: AtomicBool,
     /// An answer went out with the body unread: drain it on close.
     linger: AtomicBool,
+    /// That answer is out (close_notify and FIN sent); the drain is under way.
+    draining: AtomicBool,
 }
 
 impl ConnState {
@@ -528,6 +563,7 @@ impl ConnState {
             write_stalled_since: AtomicU64::new(0),
             body_done: AtomicBool::new(false),
             linger: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
         }
     }
 
@@ -765,6 +801,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Watched<I> {
         if !this.state.linger.load(Ordering::Acquire) {
             return Poll::Ready(Ok(()));
         }
+        this.state.draining.store(true, Ordering::Release);
         // Read and drop what the client still sends until it closes its side,
         // for at most `linger_for`.
         let linger_for = this.linger_for;

@@ -162,7 +162,7 @@ async fn get_event_room(state: AppState, r: Reader, p: Principal, query: String)
 /// POST /v1/chatrooms (custom room) and POST /v1/chatrooms/event (an event's room)
 /// — owners/admins of the organization; a PAT caller becomes a room admin.
 async fn create_room(state: AppState, p: Principal, body: Bytes, event: bool) -> Handled {
-    let b: CreateRoomBody = extract::json(&body)?;
+    let b: CreateRoomBody = extract::json_large(body).await?;
     let event_id = match (event, b.event_id) {
         (true, None) => return Err(Error::Malformed("eventID is required for an event's room".into()).into()),
         (false, Some(_)) => {
@@ -213,7 +213,7 @@ async fn get_room(id: String, state: AppState, r: Reader, p: Principal) -> Handl
 /// PATCH /v1/chatrooms/{roomID} — owners/admins of the organization, admins of the room.
 async fn update_room(id: String, state: AppState, p: Principal, body: Bytes) -> Handled {
     let which = room_ref(&id)?;
-    let b: UpdateRoomBody = extract::json(&body)?;
+    let b: UpdateRoomBody = extract::json_large(body).await?;
     let patch = RoomPatch {
         automation: b.automation_enabled,
         name: b.name,
@@ -261,7 +261,7 @@ async fn change_users(id: String, state: AppState, p: Principal, body: Bytes, ad
     let r = state.domain.store.read()?;
     state.domain.may_change_users(&r, p, &which)?;
     drop(r);
-    let b: UsersBody = extract::json(&body)?;
+    let b: UsersBody = extract::json_large(body).await?;
     let lists = UserLists { admins: b.admins, moderators: b.moderators, assigned: b.assigned_users };
     let d = state.domain.clone();
     let changed =

@@ -262,6 +262,24 @@ async fn an_idle_keep_alive_connection_is_closed_at_the_idle_timeout() {
     assert!(took >= secs(IDLE_SECS) / 2, "closed after {took:?}, before the idle timeout of {IDLE_SECS} s");
 }
 
+/// An idle timeout shorter than the head timeout is kept too: the first
+/// answer starts the idle clock, and the connection closes at it, not at
+/// the head timeout that bounded the wait for that first request.
+#[tokio::test]
+async fn an_idle_timeout_shorter_than_the_head_timeout_is_kept() {
+    let srv = TestServer::start_with(&[
+        ("MESSENGER_CHAT_SERVER__HEADER_TIMEOUT_SECS", "30"),
+        ("MESSENGER_CHAT_SERVER__IDLE_TIMEOUT_SECS", "2"),
+    ]);
+    let mut conn = tls(&srv, b"http/1.1").await;
+    conn.write_all(head(&srv, "GET", "/healthz", &[]).as_bytes()).await.unwrap();
+    assert_eq!(read_answer(&mut conn, secs(10)).await.unwrap().status, 200);
+    let took = closed_within(&mut conn, secs(2) + SLACK)
+        .await
+        .expect("an idle connection was still open well after server.idle_timeout_secs (2 s; head timeout 30 s)");
+    assert!(took >= secs(1), "closed after {took:?}, before the idle timeout of 2 s");
+}
+
 #[tokio::test]
 async fn a_keep_alive_connection_serves_request_after_request() {
     let srv = start();
@@ -534,6 +552,59 @@ async fn both_token_headers_with_different_tokens_get_401() {
     // The same token in both is one token.
     srv.raw("GET", path, &[("authorization", &api), ("api-token", &srv.api_token)], b"").await.expect(200);
     srv.raw("GET", path, &[("authorization", &pat), ("api-token", &member.token)], b"").await.expect(200);
+}
+
+/// SIGTERM waits for requests in flight, not for connections without one:
+/// a TCP connection that never starts TLS, one that sends nothing after the
+/// handshake, a first head still trickling in, and the drain after a 401 to
+/// an unread upload. With every timeout and the grace at 30 s, the process
+/// is gone well before any of them, and the request in flight is answered.
+#[tokio::test]
+async fn sigterm_waits_for_requests_in_flight_only() {
+    let mut srv = TestServer::start_with(&[
+        ("MESSENGER_CHAT_SERVER__HEADER_TIMEOUT_SECS", "30"),
+        ("MESSENGER_CHAT_SERVER__BODY_TIMEOUT_SECS", "30"),
+        ("MESSENGER_CHAT_SERVER__IDLE_TIMEOUT_SECS", "60"),
+        ("MESSENGER_CHAT_SERVER__SHUTDOWN_GRACE_SECS", "30"),
+    ]);
+    let no_tls = TcpStream::connect(authority(&srv)).await.unwrap();
+    let silent = tls(&srv, b"http/1.1").await;
+    let mut slow = tls(&srv, b"http/1.1").await;
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\nx-slow: ").await.unwrap();
+    let mut upload = tls(&srv, b"http/1.1").await;
+    let unread = [("content-type", "application/json"), ("content-length", "20971520")];
+    upload.write_all(head(&srv, "POST", "/v1/chatrooms", &unread).as_bytes()).await.unwrap();
+    upload.write_all(&[b' '; 4096]).await.unwrap();
+    read_answer(&mut upload, secs(10)).await.unwrap().problem(401);
+    // A request whose body is half sent when the signal comes.
+    let body = br#"{"name": "Acme"}"#;
+    let auth = format!("Bearer {}", srv.api_token);
+    let len = body.len().to_string();
+    let mut in_flight = tls(&srv, b"http/1.1").await;
+    let h = head(
+        &srv,
+        "PUT",
+        "/v1/organizations/1",
+        &[("authorization", &auth), ("content-type", "application/json"), ("content-length", &len)],
+    );
+    in_flight.write_all(h.as_bytes()).await.unwrap();
+    in_flight.write_all(&body[..6]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let started = Instant::now();
+    let stopping = tokio::task::spawn_blocking(move || {
+        let clean = srv.stop();
+        (clean, srv.stderr())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    in_flight.write_all(&body[6..]).await.unwrap();
+    let answer = read_answer(&mut in_flight, secs(10)).await.expect("the request in flight is answered");
+    assert_eq!(answer.status, 201, "{answer:?}");
+    let (clean, stderr) = stopping.await.unwrap();
+    let took = started.elapsed();
+    assert!(clean, "exit status 0 after SIGTERM\n{stderr}");
+    assert!(took < secs(10), "SIGTERM took {took:?} with one short request in flight (grace 30 s)\n{stderr}");
+    drop((no_tls, silent, slow, upload));
 }
 
 /// Connections beyond `server.max_connections` are closed at once, with a
