@@ -123,6 +123,7 @@ pub async fn serve(config: Config, config_path: Option<&Path>) -> Result<(), Str
         }
     };
     tokio::spawn(delete_scheduled_rooms(domain.clone()));
+    let kept = domain.clone();
     let state = AppState::new(domain, sessions, sync);
     api::meta::spawn_homeserver_check(&state);
     // The operators' listener stops when the public one has stopped.
@@ -143,6 +144,7 @@ pub async fn serve(config: Config, config_path: Option<&Path>) -> Result<(), Str
     if let Some(task) = operators {
         let _ = task.await;
     }
+    kept.forget_all_passwords();
     tracing::info!("stopped");
     Ok(())
 }

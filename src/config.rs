@@ -273,6 +273,10 @@ pub struct SecurityConfig {
     /// Derivations that may wait for one of those; 0 means twice
     /// `argon2_concurrency`. Beyond them a request is answered 503 with Retry-After.
     pub argon2_queue: u32,
+    /// Derived passwords kept in memory (least recently used out first),
+    /// so a login does not derive each time; 0 keeps none. Each entry
+    /// takes about 150 bytes; never written to disk.
+    pub password_cache_size: u32,
 }
 
 impl Default for SecurityConfig {
@@ -283,6 +287,7 @@ impl Default for SecurityConfig {
             argon2_parallelism: 1,
             argon2_concurrency: 0,
             argon2_queue: 0,
+            password_cache_size: 10_000,
         }
     }
 }
@@ -528,6 +533,9 @@ impl Config {
         if self.security.argon2_queue > 65_536 {
             return bad("security.argon2_queue", "must be at most 65536 (0 means twice argon2_concurrency)".into());
         }
+        if self.security.password_cache_size > 10_000_000 {
+            return bad("security.password_cache_size", "must be at most 10000000 (0 keeps none)".into());
+        }
         if self.security.argon2_memory_kib < 8 * self.security.argon2_parallelism.max(1) {
             return bad("security.argon2_memory_kib", "must be at least 8 KiB per lane".into());
         }
@@ -688,6 +696,9 @@ mod tests {
         let mut c = Config::default();
         c.security.argon2_queue = 100_000;
         assert!(c.validate().unwrap_err().0.contains("security.argon2_queue"));
+        let mut c = Config::default();
+        c.security.password_cache_size = 10_000_001;
+        assert!(c.validate().unwrap_err().0.contains("security.password_cache_size"));
 
         let mut c = Config::default();
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);

@@ -171,6 +171,7 @@ impl Domain {
             }
             Ok(())
         })?;
+        self.forget_password(id);
         Ok(())
     }
 

@@ -90,6 +90,8 @@ pub struct Domain {
     pub outbox_changed: Arc<Notify>,
     /// Where Matrix passwords are derived, a bounded number at a time.
     derivations: passwords::Derivations,
+    /// Derived passwords kept in memory (`security.password_cache_size`).
+    passwords: passwords::PasswordCache,
 }
 
 impl Domain {
@@ -112,7 +114,8 @@ impl Domain {
             passwords::Derivations::new(config.security.derivations_at_once(), config.security.derivations_waiting());
         let ids = MatrixIds::new(&config.matrix);
         let outbox_changed = store.outbox_changed().clone();
-        Ok(Domain { store, config, key, clock, ids, api_hashes, outbox_changed, derivations })
+        let passwords = passwords::PasswordCache::new(config.security.password_cache_size as usize);
+        Ok(Domain { store, config, key, clock, ids, api_hashes, outbox_changed, derivations, passwords })
     }
 
     /// One write transaction with the domain's error type.

@@ -129,6 +129,8 @@ impl Sessions {
     /// Storage failures.
     pub fn forget_account(&self, user: UserId) -> Result<()> {
         self.known().remove(&user);
+        // Also covers a deactivation made by the command line in another process.
+        self.domain.forget_password(user);
         Ok(self.domain.store.write(|w| w.set_matrix_account(user, false))?)
     }
 
@@ -142,7 +144,7 @@ impl Sessions {
     pub async fn credentials(self: &Arc<Self>, user: UserId) -> Result<Credentials> {
         let (username, password) = self.domain.credentials(user, Wait::Bounded).await?;
         self.ensure_account(user, Some(&password), Wait::Bounded).await.map_err(account_error)?;
-        Ok(Credentials { username, password })
+        Ok(Credentials { username, password: password.to_string() })
     }
 
     /// Logs the user's Matrix account in (making it first when needed) on
