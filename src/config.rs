@@ -341,6 +341,10 @@ pub struct MatrixConfig {
     /// resumes behind them, so a room of thousands of new users does not
     /// hold up every other organization.
     pub accounts_per_step: u32,
+    /// Outbox entries the background sync applies at once, each about a
+    /// different room or user (one room's changes stay in order). A
+    /// homeserver makes rooms faster with a few in flight than one at a time.
+    pub concurrency: u32,
 }
 
 impl Default for MatrixConfig {
@@ -356,6 +360,7 @@ impl Default for MatrixConfig {
             sync_wait_ms: 5000,
             request_timeout_ms: 10000,
             accounts_per_step: 20,
+            concurrency: 4,
         }
     }
 }
@@ -566,6 +571,9 @@ impl Config {
         if self.matrix.accounts_per_step == 0 {
             return bad("matrix.accounts_per_step", "must be at least 1".into());
         }
+        if !(1..=256).contains(&self.matrix.concurrency) {
+            return bad("matrix.concurrency", format!("must be between 1 and 256, got {}", self.matrix.concurrency));
+        }
         for (key, burst) in [
             ("limits.login_burst", self.limits.login_burst),
             ("limits.token_issue_burst", self.limits.token_issue_burst),
@@ -690,6 +698,11 @@ mod tests {
         let mut c = Config::default();
         c.matrix.accounts_per_step = 0;
         assert!(c.validate().unwrap_err().0.contains("matrix.accounts_per_step"));
+        for wrong in [0, 257] {
+            let mut c = Config::default();
+            c.matrix.concurrency = wrong;
+            assert!(c.validate().unwrap_err().0.contains("matrix.concurrency"), "{wrong}");
+        }
         let mut c = Config::default();
         c.security.argon2_concurrency = 5000;
         assert!(c.validate().unwrap_err().0.contains("security.argon2_concurrency"));
