@@ -1,18 +1,32 @@
 #!/usr/bin/env bash
-# The homeserver benchmark: login through the service against login straight
-# at Synapse, and room creation throughput, on one machine in one run.
+# The homeserver benchmark, on one machine in one run against one Synapse:
+# login through the service against login straight at Synapse, and rooms
+# per second through the service (matrix.concurrency = C) against the same
+# work given to Synapse straight from a client with C requests in flight,
+# for each C of BENCH_CONCURRENCY. Each C gets a fresh service of its own.
 #
-#   scripts/bench-matrix.sh        (BENCH_LOGINS=30, BENCH_ROOMS=50)
+#   scripts/bench-matrix.sh   (BENCH_LOGINS=40, BENCH_ROOMS=60, BENCH_ROUNDS=2,
+#                              BENCH_CONCURRENCY="4 8")
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-LOGINS=${BENCH_LOGINS:-30}
-ROOMS=${BENCH_ROOMS:-50}
+LOGINS=${BENCH_LOGINS:-40}
+ROOMS=${BENCH_ROOMS:-60}
+ROUNDS=${BENCH_ROUNDS:-2}
+CONCURRENCY=${BENCH_CONCURRENCY:-4 8}
 SYNAPSE="$ROOT/scripts/synapse.sh"
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 
 WORK=$(mktemp -d /tmp/messenger-chat-bench-matrix.XXXXXX)
 SERVICE_PID=
+stop_service() {
+    if [ -n "$SERVICE_PID" ]; then
+        kill -TERM "$SERVICE_PID" 2>/dev/null || true
+        wait "$SERVICE_PID" 2>/dev/null || true
+        SERVICE_PID=
+    fi
+}
 cleanup() {
-    [ -n "$SERVICE_PID" ] && kill -TERM "$SERVICE_PID" 2>/dev/null && wait "$SERVICE_PID" 2>/dev/null
+    stop_service
     "$SYNAPSE" stop "$WORK/synapse" >/dev/null 2>&1 || true
     rm -rf "$WORK"
 }
@@ -25,19 +39,30 @@ out=$("$SYNAPSE" start "$WORK/synapse")
 SYNAPSE_URL=$(sed -n 's/^SYNAPSE_URL=//p' <<<"$out")
 SECRET_FILE=$(sed -n 's/^SYNAPSE_SHARED_SECRET_FILE=//p' <<<"$out")
 
-mkdir -p "$WORK/svc"
-(cd "$WORK/svc" && exec env MESSENGER_CHAT_SERVER__LISTEN=127.0.0.1:0 \
-    MESSENGER_CHAT_SERVER__METRICS_LISTEN=127.0.0.1:0 \
-    MESSENGER_CHAT_MATRIX__HOMESERVER_URL="$SYNAPSE_URL" \
-    MESSENGER_CHAT_MATRIX__REGISTRATION_SHARED_SECRET_FILE="$SECRET_FILE" \
-    MESSENGER_CHAT_MATRIX__SYNC_WAIT_MS=0 \
-    MESSENGER_CHAT_LIMITS__LOGIN_BURST=100000 \
-    MESSENGER_CHAT_LOG__LEVEL=warn \
-    "$ROOT/target/release/messenger-chat" serve >"$WORK/svc/out" 2>"$WORK/svc/err") &
-SERVICE_PID=$!
-for _ in $(seq 100); do grep -q "listening on" "$WORK/svc/out" 2>/dev/null && break; sleep 0.1; done
-URL=$(grep "listening on" "$WORK/svc/out" | awk '{print $NF}')
-TOKEN=$(grep "API token" "$WORK/svc/out" | awk '{print $NF}')
-[ -n "$URL" ] || { cat "$WORK/svc/err" >&2; exit 1; }
-
-"$ROOT/target/release/examples/bench_matrix" "$URL" "$WORK/svc/data/tls/cert.pem" "$TOKEN" "$SYNAPSE_URL" "$LOGINS" "$ROOMS"
+echo "| measure | value |"
+echo "|---|---|"
+logins=$LOGINS
+for c in $CONCURRENCY; do
+    svc="$WORK/svc$c"
+    mkdir -p "$svc"
+    (cd "$svc" && exec env MESSENGER_CHAT_SERVER__LISTEN=127.0.0.1:0 \
+        MESSENGER_CHAT_SERVER__METRICS_LISTEN=127.0.0.1:0 \
+        MESSENGER_CHAT_MATRIX__HOMESERVER_URL="$SYNAPSE_URL" \
+        MESSENGER_CHAT_MATRIX__REGISTRATION_SHARED_SECRET_FILE="$SECRET_FILE" \
+        MESSENGER_CHAT_MATRIX__SYNC_WAIT_MS=0 \
+        MESSENGER_CHAT_MATRIX__CONCURRENCY="$c" \
+        MESSENGER_CHAT_MATRIX__USER_PREFIX="c${c}u" \
+        MESSENGER_CHAT_MATRIX__BOT_LOCALPART="benchbot$c" \
+        MESSENGER_CHAT_LIMITS__LOGIN_BURST=100000 \
+        MESSENGER_CHAT_LOG__LEVEL=warn \
+        "$TARGET/release/messenger-chat" serve >"$svc/out" 2>"$svc/err") &
+    SERVICE_PID=$!
+    for _ in $(seq 100); do grep -q "listening on" "$svc/out" 2>/dev/null && break; sleep 0.1; done
+    URL=$(grep "listening on" "$svc/out" | awk '{print $NF}')
+    TOKEN=$(grep "API token" "$svc/out" | awk '{print $NF}')
+    [ -n "$URL" ] || { cat "$svc/err" >&2; exit 1; }
+    "$TARGET/release/examples/bench_matrix" "$URL" "$svc/data/tls/cert.pem" "$TOKEN" "$SYNAPSE_URL" "$SECRET_FILE" \
+        "$logins" "$ROOMS" "$c" "$ROUNDS"
+    logins=0
+    stop_service
+done

@@ -124,6 +124,7 @@ pub async fn serve(config: Config, config_path: Option<&Path>) -> Result<(), Str
     };
     tokio::spawn(delete_scheduled_rooms(domain.clone()));
     tokio::spawn(prune_old_events(domain.clone()));
+    let kept = domain.clone();
     let state = AppState::new(domain, sessions, sync);
     // Long polls of /v1/events end when the stop begins, not after the grace period.
     let stopping = state.stopping.clone();
@@ -150,6 +151,7 @@ pub async fn serve(config: Config, config_path: Option<&Path>) -> Result<(), Str
     if let Some(task) = operators {
         let _ = task.await;
     }
+    kept.forget_all_passwords();
     tracing::info!("stopped");
     Ok(())
 }

@@ -299,6 +299,10 @@ pub struct SecurityConfig {
     /// Derivations that may wait for one of those; 0 means twice
     /// `argon2_concurrency`. Beyond them a request is answered 503 with Retry-After.
     pub argon2_queue: u32,
+    /// Derived passwords kept in memory (least recently used out first),
+    /// so a login does not derive each time; 0 keeps none. Each entry
+    /// takes about 150 bytes; never written to disk.
+    pub password_cache_size: u32,
 }
 
 impl Default for SecurityConfig {
@@ -309,6 +313,7 @@ impl Default for SecurityConfig {
             argon2_parallelism: 1,
             argon2_concurrency: 0,
             argon2_queue: 0,
+            password_cache_size: 10_000,
         }
     }
 }
@@ -362,6 +367,10 @@ pub struct MatrixConfig {
     /// resumes behind them, so a room of thousands of new users does not
     /// hold up every other organization.
     pub accounts_per_step: u32,
+    /// Outbox entries the background sync applies at once, each about a
+    /// different room or user (one room's changes stay in order). A
+    /// homeserver makes rooms faster with a few in flight than one at a time.
+    pub concurrency: u32,
     /// Whether the service uses Synapse's admin API (admin join, room
     /// purge, display names and deactivation without the user's session);
     /// see [`AdminApi`]. Shown in `/readyz` (details) and logged at start.
@@ -421,6 +430,7 @@ impl Default for MatrixConfig {
             sync_wait_ms: 5000,
             request_timeout_ms: 10000,
             accounts_per_step: 20,
+            concurrency: 4,
             admin_api: AdminApi::Auto,
         }
     }
@@ -605,6 +615,9 @@ impl Config {
         if self.security.argon2_queue > 65_536 {
             return bad("security.argon2_queue", "must be at most 65536 (0 means twice argon2_concurrency)".into());
         }
+        if self.security.password_cache_size > 10_000_000 {
+            return bad("security.password_cache_size", "must be at most 10000000 (0 keeps none)".into());
+        }
         if self.security.argon2_memory_kib < 8 * self.security.argon2_parallelism.max(1) {
             return bad("security.argon2_memory_kib", "must be at least 8 KiB per lane".into());
         }
@@ -634,6 +647,9 @@ impl Config {
         }
         if self.matrix.accounts_per_step == 0 {
             return bad("matrix.accounts_per_step", "must be at least 1".into());
+        }
+        if !(1..=256).contains(&self.matrix.concurrency) {
+            return bad("matrix.concurrency", format!("must be between 1 and 256, got {}", self.matrix.concurrency));
         }
         for (key, burst) in [
             ("limits.login_burst", self.limits.login_burst),
@@ -768,12 +784,20 @@ mod tests {
         let mut c = Config::default();
         c.matrix.accounts_per_step = 0;
         assert!(c.validate().unwrap_err().0.contains("matrix.accounts_per_step"));
+        for wrong in [0, 257] {
+            let mut c = Config::default();
+            c.matrix.concurrency = wrong;
+            assert!(c.validate().unwrap_err().0.contains("matrix.concurrency"), "{wrong}");
+        }
         let mut c = Config::default();
         c.security.argon2_concurrency = 5000;
         assert!(c.validate().unwrap_err().0.contains("security.argon2_concurrency"));
         let mut c = Config::default();
         c.security.argon2_queue = 100_000;
         assert!(c.validate().unwrap_err().0.contains("security.argon2_queue"));
+        let mut c = Config::default();
+        c.security.password_cache_size = 10_000_001;
+        assert!(c.validate().unwrap_err().0.contains("security.password_cache_size"));
 
         let mut c = Config::default();
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);

@@ -294,6 +294,12 @@ fn metrics(state: AppState) -> Response {
         out.push_str("# HELP messenger_chat_users Stored app users.\n# TYPE messenger_chat_users gauge\n");
         let _ = writeln!(out, "messenger_chat_users {users}");
     }
+    out.push_str("# HELP messenger_chat_password_derivations_total Argon2id password derivations run since start.\n");
+    out.push_str("# TYPE messenger_chat_password_derivations_total counter\n");
+    let _ = writeln!(out, "messenger_chat_password_derivations_total {}", state.domain.derivations_done());
+    out.push_str("# HELP messenger_chat_password_cache_entries Derived passwords kept in memory.\n");
+    out.push_str("# TYPE messenger_chat_password_cache_entries gauge\n");
+    let _ = writeln!(out, "messenger_chat_password_cache_entries {}", state.domain.password_cache().len());
     if let Some(sync) = &state.sync {
         out.push_str(
             "# HELP messenger_chat_homeserver_errors_total Homeserver steps that failed (and were retried).\n",

@@ -217,6 +217,7 @@ impl Domain {
             }
             Ok(())
         })?;
+        self.forget_password(id);
         Ok(())
     }
 

@@ -118,6 +118,8 @@ pub struct Domain {
     derivations: passwords::Derivations,
     /// Who holds a token, remembered between requests (see `auth_cache`).
     tokens: auth_cache::TokenCache,
+    /// Derived passwords kept in memory (`security.password_cache_size`).
+    passwords: passwords::PasswordCache,
 }
 
 impl Domain {
@@ -141,7 +143,8 @@ impl Domain {
         let ids = MatrixIds::new(&config.matrix);
         let outbox_changed = store.outbox_changed().clone();
         let tokens = auth_cache::TokenCache::new(config.auth.token_cache_entries);
-        Ok(Domain { store, config, key, clock, ids, api_hashes, outbox_changed, derivations, tokens })
+        let passwords = passwords::PasswordCache::new(config.security.password_cache_size as usize);
+        Ok(Domain { store, config, key, clock, ids, api_hashes, outbox_changed, derivations, tokens, passwords })
     }
 
     /// One write transaction with the domain's error type.

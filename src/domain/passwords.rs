@@ -7,11 +7,16 @@
 //! handed on to the next one while more come (and freed when none do), at
 //! most `security.argon2_queue` more wait for a turn, and a request beyond
 //! those is answered 503 with `Retry-After` at once, before it costs anything.
+//!
+//! A derived password is then kept in memory ([`PasswordCache`]), so a
+//! user's next login or credentials request does not derive it again.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::Semaphore;
+use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
 use crate::model::UserId;
@@ -43,6 +48,8 @@ pub struct Derivations {
     admitted: Arc<AtomicUsize>,
     /// Most derivations running and waiting together.
     capacity: usize,
+    /// Derivations run since start (for /metrics).
+    done: AtomicU64,
 }
 
 /// Takes one off [`Derivations::admitted`] when the derivation ends (or its
@@ -65,6 +72,7 @@ impl Derivations {
             buffers: Arc::new(Mutex::new(Vec::with_capacity(at_once))),
             admitted: Arc::new(AtomicUsize::new(0)),
             capacity: at_once + waiting,
+            done: AtomicU64::new(0),
         }
     }
 
@@ -98,6 +106,7 @@ impl Derivations {
             });
         }
         let admission = Admission(self.admitted.clone());
+        self.done.fetch_add(1, Ordering::Relaxed);
         let slot = self
             .slots
             .clone()
@@ -133,15 +142,128 @@ impl Derivations {
     }
 }
 
+/// Derived Matrix passwords kept in memory, so that a login does not run
+/// Argon2 every time (a derivation costs tens of milliseconds of a core and
+/// 19 MiB, as much as the rest of the service's part of a login many times
+/// over). At most `security.password_cache_size` entries, the least
+/// recently used leaving first; each password is wiped (zeroized) when it
+/// leaves or the process ends, and is never written to disk or logged. A
+/// user's entry is wiped when the user is deactivated. A password depends
+/// only on the server key, the Argon2 parameters and the account name, none
+/// of which change while the process runs, so an entry never goes stale.
+pub struct PasswordCache {
+    capacity: usize,
+    inner: Mutex<Cache>,
+}
+
+#[derive(Default)]
+struct Cache {
+    entries: HashMap<UserId, Cached>,
+    /// Bumped at every use, to tell the least recently used.
+    uses: u64,
+    /// Bumped at every wipe: a derivation that began before one is not kept.
+    wipes: u64,
+}
+
+struct Cached {
+    password: Zeroizing<String>,
+    used: u64,
+}
+
+impl PasswordCache {
+    /// Keeps at most `capacity` passwords (0: none).
+    #[must_use]
+    pub fn new(capacity: usize) -> Self {
+        PasswordCache { capacity, inner: Mutex::new(Cache::default()) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Cache> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The user's password, when kept.
+    fn get(&self, user: UserId) -> Option<Zeroizing<String>> {
+        let mut c = self.lock();
+        c.uses += 1;
+        let now = c.uses;
+        let entry = c.entries.get_mut(&user)?;
+        entry.used = now;
+        Some(entry.password.clone())
+    }
+
+    /// What to hand to [`PasswordCache::put`]: taken before deriving.
+    fn mark(&self) -> u64 {
+        self.lock().wipes
+    }
+
+    /// Keeps a password derived since `mark`, unless a wipe came meanwhile
+    /// (the user may be the one deactivated).
+    fn put(&self, user: UserId, password: &Zeroizing<String>, mark: u64) {
+        if self.capacity == 0 {
+            return;
+        }
+        let mut c = self.lock();
+        if c.wipes != mark {
+            return;
+        }
+        if c.entries.len() >= self.capacity && !c.entries.contains_key(&user) {
+            // A scan for the least recently used: it runs only after a
+            // derivation, which costs a thousand times more.
+            if let Some(oldest) = c.entries.iter().min_by_key(|(_, e)| e.used).map(|(u, _)| *u) {
+                c.entries.remove(&oldest);
+            }
+        }
+        c.uses += 1;
+        let used = c.uses;
+        c.entries.insert(user, Cached { password: password.clone(), used });
+    }
+
+    /// Wipes the user's password.
+    fn forget(&self, user: UserId) {
+        let mut c = self.lock();
+        c.wipes += 1;
+        c.entries.remove(&user);
+    }
+
+    /// Wipes every password (the process stops).
+    fn forget_all(&self) {
+        let mut c = self.lock();
+        c.wipes += 1;
+        c.entries.clear();
+    }
+
+    /// Whether the user's password is kept.
+    #[must_use]
+    pub fn holds(&self, user: UserId) -> bool {
+        self.lock().entries.contains_key(&user)
+    }
+
+    /// Passwords kept now.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    /// Whether none is kept.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 impl Domain {
-    /// The Matrix login name and password of a user, derived in a
-    /// [`Derivations`] slot.
+    /// The Matrix login name and password of a user: kept from an earlier
+    /// call, else derived in a [`Derivations`] slot and kept.
     ///
     /// # Errors
     /// 503 when too many derivations are under way (see [`Wait`]); Argon2
     /// parameters out of range.
-    pub async fn credentials(self: &Arc<Self>, user: UserId, wait: Wait) -> Result<(String, String)> {
+    pub async fn credentials(self: &Arc<Self>, user: UserId, wait: Wait) -> Result<(String, Zeroizing<String>)> {
         let account = self.ids.user(user);
+        if let Some(password) = self.passwords.get(user) {
+            return Ok((account, password));
+        }
+        let mark = self.passwords.mark();
         let domain = self.clone();
         let name = account.clone();
         let password = self
@@ -150,7 +272,33 @@ impl Domain {
                 domain.key.matrix_password_in(&domain.config.security, &name, memory).map_err(Error::Internal)
             })
             .await?;
+        let password = Zeroizing::new(password);
+        self.passwords.put(user, &password, mark);
         Ok((account, password))
+    }
+
+    /// Wipes the user's password from memory (the user was deactivated).
+    pub fn forget_password(&self, user: UserId) {
+        self.passwords.forget(user);
+    }
+
+    /// Wipes every password kept in memory: the process is stopping, and
+    /// tasks still holding the domain would keep them past the exit's
+    /// point of no return otherwise.
+    pub fn forget_all_passwords(&self) {
+        self.passwords.forget_all();
+    }
+
+    /// The passwords kept in memory.
+    #[must_use]
+    pub fn password_cache(&self) -> &PasswordCache {
+        &self.passwords
+    }
+
+    /// Password derivations run since start.
+    #[must_use]
+    pub fn derivations_done(&self) -> u64 {
+        self.derivations.done.load(Ordering::Relaxed)
     }
 }
 

@@ -2,7 +2,7 @@
 //! credentials and their logins. Used by the credentials and login requests
 //! and by the reconciler, which needs the accounts of the users it lists.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -57,12 +57,16 @@ pub struct Sessions {
     hs: Option<Arc<dyn Homeserver>>,
     /// Accounts known to exist, so the database is asked once per user.
     known_accounts: Mutex<HashSet<UserId>>,
+    /// Accounts being made now, one turn per user: the reconciler syncs
+    /// several rooms at once, often with the same new users, and a second
+    /// caller waits for the first instead of deriving and registering again.
+    making: Mutex<HashMap<UserId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Sessions {
     #[must_use]
     pub fn new(domain: Arc<Domain>, hs: Option<Arc<dyn Homeserver>>) -> Self {
-        Sessions { domain, hs, known_accounts: Mutex::new(HashSet::new()) }
+        Sessions { domain, hs, known_accounts: Mutex::new(HashSet::new()), making: Mutex::new(HashMap::new()) }
     }
 
     /// The homeserver, when one is configured.
@@ -108,6 +112,27 @@ impl Sessions {
         if self.has_account(user)? {
             return Ok(false);
         }
+        let turn = self.making.lock().unwrap_or_else(PoisonError::into_inner).entry(user).or_default().clone();
+        let made = {
+            let _mine = turn.lock().await;
+            // Made by the caller that had the turn before.
+            if self.has_account(user)? { Ok(false) } else { self.make_account(hs, user, password, wait).await }
+        };
+        let mut making = self.making.lock().unwrap_or_else(PoisonError::into_inner);
+        // Only the map's and this caller's handles left: nobody waits for this user.
+        if Arc::strong_count(&turn) <= 2 {
+            making.remove(&user);
+        }
+        made
+    }
+
+    async fn make_account(
+        &self,
+        hs: &Arc<dyn Homeserver>,
+        user: UserId,
+        password: Option<&str>,
+        wait: Wait,
+    ) -> Result<bool, AccountError> {
         let display = self.domain.store.read()?.user(user)?.map(|u| u.display_name).filter(|n| !n.is_empty());
         let derived;
         let password = match password {
@@ -129,6 +154,8 @@ impl Sessions {
     /// Storage failures.
     pub fn forget_account(&self, user: UserId) -> Result<()> {
         self.known().remove(&user);
+        // Also covers a deactivation made by the command line in another process.
+        self.domain.forget_password(user);
         Ok(self.domain.store.write(|w| w.set_matrix_account(user, false))?)
     }
 
@@ -142,7 +169,7 @@ impl Sessions {
     pub async fn credentials(self: &Arc<Self>, user: UserId) -> Result<Credentials> {
         let (username, password) = self.domain.credentials(user, Wait::Bounded).await?;
         self.ensure_account(user, Some(&password), Wait::Bounded).await.map_err(account_error)?;
-        Ok(Credentials { username, password })
+        Ok(Credentials { username, password: password.to_string() })
     }
 
     /// Logs the user's Matrix account in (making it first when needed) on

@@ -574,3 +574,50 @@ fn old_events_are_pruned_by_the_clock() {
     assert_eq!(w.d.prune_events().unwrap(), 7);
     assert_eq!(w.d.prune_events().unwrap(), 0);
 }
+
+/// A derived password is kept, so the next login derives nothing; beyond
+/// `security.password_cache_size` the least recently used one leaves and its
+/// user's next login derives it again and still works; a deactivated user's
+/// password is wiped at once; with a size of 0 every login derives.
+#[tokio::test]
+async fn derived_passwords_are_kept_evicted_and_wiped() {
+    for size in [1, 0] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db.redb"), 1 << 20).unwrap();
+        let mut config = Config::default();
+        config.security.argon2_memory_kib = 8;
+        config.security.argon2_iterations = 1;
+        config.security.password_cache_size = size;
+        let clock = Arc::new(ManualClock::new(T0));
+        let d = Arc::new(Domain::new(store, Arc::new(config), ServerKey::from_bytes([3; 32]), clock).unwrap());
+        d.put_org(Principal::COMMAND_LINE, 1, "Acme").unwrap();
+        for u in [1, 2] {
+            d.put_user(Principal::COMMAND_LINE, u, &format!("User {u}")).unwrap();
+            d.set_member(Principal::COMMAND_LINE, 1, u, OrgRole::Member).unwrap();
+        }
+        let fake = Arc::new(FakeHomeserver::new());
+        let hs: Arc<dyn Homeserver> = fake.clone();
+        let sessions = Arc::new(Sessions::new(d.clone(), Some(hs)));
+        let cache = d.password_cache();
+
+        sessions.login(1, Some("A1"), None, None).await.expect("first login");
+        sessions.login(1, Some("A2"), None, None).await.expect("second login");
+        assert_eq!(d.derivations_done(), if size == 0 { 2 } else { 1 }, "size {size}: derived once when kept");
+        assert_eq!(cache.holds(1), size > 0);
+        sessions.login(2, Some("B1"), None, None).await.expect("another user's login");
+        if size > 0 {
+            assert!(cache.holds(2) && !cache.holds(1), "the least recently used left");
+            assert_eq!(cache.len(), 1, "never more than the size");
+        }
+        let before = d.derivations_done();
+        let again = sessions.login(1, Some("A3"), None, None).await.expect("login after the eviction");
+        assert_eq!(again.session.device_id, "A3");
+        assert_eq!(d.derivations_done(), before + 1, "derived again after leaving the cache");
+        assert_eq!(fake.account(1).unwrap().password, sessions.credentials(1).await.unwrap().password);
+
+        d.deactivate_user(Principal::COMMAND_LINE, 1).unwrap();
+        assert!(!cache.holds(1), "a deactivated user's password is wiped at once");
+        d.forget_all_passwords();
+        assert!(cache.is_empty(), "all wiped when the service stops");
+    }
+}

@@ -6,12 +6,14 @@
 //! homeserver offers (claims through the user's own session, deletion by
 //! emptying and leaving). On top, what a test needs: failures injected per operation
 //! (retryable or final, for a number of calls), a call that never returns
-//! (a crash of the caller, before or after the call took effect), and a
-//! record of every call with the (tokio) time it came.
+//! (a crash of the caller, before or after the call took effect), calls
+//! that take a while (to see what goes on meanwhile), and a record of every
+//! call with the (tokio) times it came and took effect.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::Notify;
@@ -44,6 +46,9 @@ pub struct Call {
     pub op: Op,
     /// What it was about (a user, a room id, a marker), for messages.
     pub about: String,
+    /// When the call came.
+    pub started: tokio::time::Instant,
+    /// When it took effect (or failed): later than `started` when delayed.
     pub at: tokio::time::Instant,
 }
 
@@ -102,6 +107,14 @@ struct Failure {
     error: HomeserverError,
 }
 
+#[derive(Debug)]
+struct Delay {
+    op: Op,
+    /// Only calls about this, when set.
+    about: Option<String>,
+    pause: Duration,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Hang {
     /// The number of the call (1-based, all operations counted) that never returns.
@@ -120,6 +133,9 @@ struct State {
     next_id: u64,
     calls: Vec<Call>,
     failures: Vec<Failure>,
+    delays: Vec<Delay>,
+    /// Calls that came, including those not done yet: (operation, about).
+    begun: Vec<(Op, String)>,
     hang: Option<Hang>,
     /// Looks at a deletion's progress before it is done.
     deletion_polls: u32,
@@ -186,6 +202,23 @@ impl FakeHomeserver {
         self.lock().failures.push(Failure { op, about: Some(about.to_string()), remaining: times, error });
     }
 
+    /// From now on, calls of `op` (about `about` only, when given) wait
+    /// `pause` of (tokio) time before they take effect.
+    pub fn delay(&self, op: Op, about: Option<&str>, pause: Duration) {
+        self.lock().delays.push(Delay { op, about: about.map(str::to_string), pause });
+    }
+
+    /// Calls take effect at once again.
+    pub fn clear_delays(&self) {
+        self.lock().delays.clear();
+    }
+
+    /// How many calls of `op` came so far, including those still under way.
+    #[must_use]
+    pub fn begun(&self, op: Op) -> usize {
+        self.lock().begun.iter().filter(|(o, _)| *o == op).count()
+    }
+
     /// Call number `at` (counting every call from the first, 1-based) never
     /// returns: taking effect first when `applied`. [`FakeHomeserver::hung`]
     /// tells when it happened.
@@ -250,7 +283,16 @@ impl FakeHomeserver {
         about: String,
         effect: impl FnOnce(&mut State) -> Result<T, HomeserverError>,
     ) -> Result<T, HomeserverError> {
-        match self.step(op, about, effect) {
+        let started = tokio::time::Instant::now();
+        let pause = {
+            let mut s = self.lock();
+            s.begun.push((op, about.clone()));
+            s.delays.iter().find(|d| d.op == op && d.about.as_ref().is_none_or(|a| *a == about)).map(|d| d.pause)
+        };
+        if let Some(pause) = pause {
+            tokio::time::sleep(pause).await;
+        }
+        match self.step(op, about, started, effect) {
             Some(result) => result,
             None => {
                 self.hung.notify_one();
@@ -264,6 +306,7 @@ impl FakeHomeserver {
         &self,
         op: Op,
         about: String,
+        started: tokio::time::Instant,
         effect: impl FnOnce(&mut State) -> Result<T, HomeserverError>,
     ) -> Option<Result<T, HomeserverError>> {
         let mut s = self.lock();
@@ -274,10 +317,10 @@ impl FakeHomeserver {
         if let Some(f) = failure {
             f.remaining -= 1;
             let error = f.error.clone();
-            s.calls.push(Call { op, about, at: tokio::time::Instant::now() });
+            s.calls.push(Call { op, about, started, at: tokio::time::Instant::now() });
             return Some(Err(error));
         }
-        s.calls.push(Call { op, about, at: tokio::time::Instant::now() });
+        s.calls.push(Call { op, about, started, at: tokio::time::Instant::now() });
         let n = s.calls.len();
         match s.hang.filter(|h| h.at == n) {
             None => Some(effect(&mut s)),

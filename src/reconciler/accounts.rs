@@ -17,7 +17,7 @@ impl Reconciler {
         self.sessions.ensure_account(user, None, Wait::Always).await?;
         if !record.display_name.is_empty() {
             let own = self.own_password(user, self.offers().accounts_without_session).await?;
-            self.hs.set_display_name(user, &record.display_name, own.as_deref()).await?;
+            self.hs.set_display_name(user, &record.display_name, own.as_deref().map(String::as_str)).await?;
         }
         Ok(())
     }
@@ -31,7 +31,7 @@ impl Reconciler {
         // Without an account there is nothing to deactivate (nor to log in to).
         if self.sessions.has_account(user)? {
             let own = self.own_password(user, self.offers().accounts_without_session).await?;
-            self.hs.deactivate(user, own.as_deref()).await?;
+            self.hs.deactivate(user, own.as_deref().map(String::as_str)).await?;
         }
         self.sessions.forget_account(user)?;
         Ok(())

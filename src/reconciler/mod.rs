@@ -8,8 +8,17 @@
 //! completion. The work on one room ([`Reconciler::apply`]) reads the room
 //! and writes its outcome itself, so it stands alone.
 //!
+//! Concurrency: up to `matrix.concurrency` entries are applied at once, each
+//! about a different room or user (its [`Subject`]); the entries of one
+//! subject go one after another, in the order they were queued. A homeserver
+//! spends most of a room's creation waiting on its own database, so a few in
+//! flight keep it busy where one at a time leaves it idle. User entries
+//! (each may make an account: an Argon2 derivation and a registration) take
+//! at most half of the slots while room entries wait, so importing many
+//! users does not hold up the rooms of other organizations.
+//!
 //! Failures: when the homeserver cannot be reached (or the database fails)
-//! everything waits, with a backoff doubling up to 30 s; when one room's or
+//! nothing new starts, with a backoff doubling up to 30 s; when one room's or
 //! user's step fails, that room or user waits with its own backoff and the
 //! others go on, so one failing organization does not hold up the rest.
 
@@ -24,6 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 use crate::domain::Domain;
 use crate::domain::sessions::{AccountError, Sessions};
@@ -175,10 +185,6 @@ pub struct Reconciler {
     /// Marker → homeserver room, of the rooms made before this process
     /// first needed to know (built once, lazily).
     found_at_start: tokio::sync::Mutex<Option<HashMap<RoomId, String>>>,
-    prepared: bool,
-    /// Rooms and users whose last step failed, and when to try them again:
-    /// their entries wait while the others go on.
-    waiting: HashMap<Subject, Backoff>,
 }
 
 /// Longest pause between retries while the homeserver fails.
@@ -223,15 +229,33 @@ impl Backoff {
     }
 }
 
-/// How a pass over the outbox ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Pass {
-    /// Some entry was finished (or went to the back).
-    Worked,
-    /// Nothing to do.
-    Idle,
-    /// Every entry waits after a failure, the first until then.
-    Waiting(tokio::time::Instant),
+/// Outbox entries looked at each time a slot frees: enough to find the
+/// entries that may go behind a long run of ones that wait (a failing
+/// room's later changes, user entries beyond their share of the slots).
+const WINDOW: usize = 1024;
+
+/// An entry that was applied, and how that ended.
+struct Finished {
+    seq: u64,
+    op: OutboxOp,
+    result: Result<Step, StepError>,
+}
+
+/// What the run loop keeps between entries: the steps in flight and who waits.
+struct Schedule {
+    /// The steps running, at most `matrix.concurrency`. Dropping the set
+    /// (the reconciler stopped) aborts them, as a crash would.
+    tasks: JoinSet<Finished>,
+    /// The subject of each running step, by task, so that a step that
+    /// panics frees its subject too.
+    running: HashMap<tokio::task::Id, Subject>,
+    /// Rooms and users whose last step failed, and when to try them again:
+    /// their entries wait while the others go on.
+    waiting: HashMap<Subject, Backoff>,
+    /// The homeserver as a whole (or the database) failed: nothing new
+    /// starts before its `until`.
+    outage: Option<Backoff>,
+    prepared: bool,
 }
 
 impl Reconciler {
@@ -242,7 +266,11 @@ impl Reconciler {
 
     /// The user's derived password when the homeserver needs the user's own
     /// session for an action (`offered` false), `None` otherwise.
-    async fn own_password(&self, user: crate::model::UserId, offered: bool) -> Result<Option<String>, StepError> {
+    async fn own_password(
+        &self,
+        user: crate::model::UserId,
+        offered: bool,
+    ) -> Result<Option<zeroize::Zeroizing<String>>, StepError> {
         if offered {
             return Ok(None);
         }
@@ -259,119 +287,206 @@ impl Reconciler {
             progress,
             suspects: std::sync::Mutex::new(HashSet::new()),
             found_at_start: tokio::sync::Mutex::new(None),
-            prepared: false,
+        }
+    }
+
+    /// Runs forever: starts the entries that may go, up to
+    /// `matrix.concurrency` at once, and books each one's outcome as it ends.
+    pub async fn run(self) {
+        let me = Arc::new(self);
+        let notify = me.domain.outbox_changed.clone();
+        let slots = usize::try_from(me.domain.config.matrix.concurrency).unwrap_or(1).max(1);
+        let mut s = Schedule {
+            tasks: JoinSet::new(),
+            running: HashMap::new(),
             waiting: HashMap::new(),
-        }
-    }
-
-    /// Runs forever.
-    pub async fn run(mut self) {
-        let notify = self.domain.outbox_changed.clone();
-        let mut outage: Option<Backoff> = None;
+            outage: None,
+            prepared: false,
+        };
         loop {
-            match self.pass().await {
-                Ok(Pass::Worked) => outage = None,
-                Ok(Pass::Idle) => {
-                    outage = None;
-                    let _ = tokio::time::timeout(IDLE_POLL, notify.notified()).await;
+            let now = tokio::time::Instant::now();
+            let paused = s.outage.filter(|b| b.until > now).map(|b| b.until);
+            if paused.is_none() {
+                if !s.prepared {
+                    if let Err(e) = me.hs.prepare().await {
+                        me.outage(&mut s, &e.into());
+                        continue;
+                    }
+                    s.prepared = true;
+                    s.outage = None;
+                    tracing::info!(bot = %me.domain.ids.bot(), "homeserver account of the service is ready");
+                    match me.hs.offers() {
+                        Some(o) if o.all() => {
+                            tracing::info!(admin_api = true, how = %o.why, "homeserver admin API in use");
+                        }
+                        Some(o) => tracing::warn!(
+                            admin_api = false,
+                            how = %o.why,
+                            join_without_session = o.join_without_session,
+                            purge_rooms = o.purge_rooms,
+                            accounts_without_session = o.accounts_without_session,
+                            "homeserver admin API not used: claims, display names and deactivations go through the \
+                             users' own sessions, and a deleted room is emptied and left with its history on the homeserver"
+                        ),
+                        None => {}
+                    }
                 }
-                Ok(Pass::Waiting(until)) => {
-                    outage = None;
-                    let until = until.min(tokio::time::Instant::now() + IDLE_POLL);
-                    let _ = tokio::time::timeout_at(until, notify.notified()).await;
-                }
-                Err(e) => {
-                    // The homeserver as a whole (or the database) fails: everything waits.
-                    self.progress.failed();
-                    let b = Backoff::after_failure(outage, e.retry_after());
-                    let wait = b.until.saturating_duration_since(tokio::time::Instant::now());
-                    tracing::warn!(error = %e, retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX), "homeserver step failed; will retry");
-                    tokio::time::sleep_until(b.until).await;
-                    outage = Some(b);
-                }
-            }
-        }
-    }
-
-    /// Works through the outbox head once. An entry whose step fails waits
-    /// (with its own backoff) while the entries of other rooms and users go
-    /// on; an outage of the homeserver or the database ends the pass.
-    async fn pass(&mut self) -> Result<Pass, StepError> {
-        if !self.prepared {
-            self.hs.prepare().await?;
-            self.prepared = true;
-            tracing::info!(bot = %self.domain.ids.bot(), "homeserver account of the service is ready");
-            match self.hs.offers() {
-                Some(o) if o.all() => tracing::info!(admin_api = true, how = %o.why, "homeserver admin API in use"),
-                Some(o) => tracing::warn!(
-                    admin_api = false,
-                    how = %o.why,
-                    join_without_session = o.join_without_session,
-                    purge_rooms = o.purge_rooms,
-                    accounts_without_session = o.accounts_without_session,
-                    "homeserver admin API not used: claims, display names and deactivations go through the \
-                     users' own sessions, and a deleted room is emptied and left with its history on the homeserver"
-                ),
-                None => {}
-            }
-        }
-        let head = self.domain.store.read()?.outbox_head(64)?;
-        if head.is_empty() {
-            self.waiting.clear();
-            return Ok(Pass::Idle);
-        }
-        let now = tokio::time::Instant::now();
-        let mut held: HashSet<Subject> = HashSet::new();
-        let mut worked = false;
-        for (seq, op) in head {
-            let subject = Subject::of(&op);
-            if held.contains(&subject) || self.waiting.get(&subject).is_some_and(|b| b.until > now) {
-                held.insert(subject);
-                continue;
-            }
-            let step = match self.apply(&op).await {
-                Ok(step) => {
-                    self.waiting.remove(&subject);
-                    step
-                }
-                Err(e) if e.is_outage() => {
-                    self.note_failure(&op, &e);
-                    return Err(e);
-                }
-                Err(e) if e.is_retryable() => {
-                    self.progress.failed();
-                    let b = Backoff::after_failure(self.waiting.get(&subject).copied(), e.retry_after());
-                    tracing::warn!(error = %e, ?op, retry_in_ms = u64::try_from(b.until.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX), "homeserver step failed; its room or user waits, the others go on");
-                    self.waiting.insert(subject, b);
-                    held.insert(subject);
-                    self.note_failure(&op, &e);
+                if let Err(e) = me.fill(&mut s, slots) {
+                    me.outage(&mut s, &e.into());
                     continue;
                 }
-                Err(e) => {
-                    // The homeserver refuses this step as it is: keep the
-                    // reason on the room and go on with the others.
-                    self.progress.failed();
-                    self.waiting.remove(&subject);
-                    tracing::error!(error = %e, ?op, "homeserver refused a step; it is not retried");
-                    self.note_failure(&op, &e);
-                    Step::Done
-                }
+            }
+            // Wake for a step that ends, new work, or the end of a pause.
+            let retry = s.waiting.values().map(|b| b.until).filter(|t| *t > now).min();
+            let wake = [paused, retry].into_iter().flatten().fold(now + IDLE_POLL, std::cmp::Ord::min);
+            let ended = tokio::select! {
+                Some(done) = s.tasks.join_next_with_id(), if !s.tasks.is_empty() => Some(done),
+                () = notify.notified(), if paused.is_none() => None,
+                () = tokio::time::sleep_until(wake) => None,
             };
-            self.domain.store.write(|w| {
-                w.remove_outbox(seq)?;
-                if step == Step::Later {
-                    w.push_outbox(&op)?;
+            if let Some(done) = ended {
+                me.finish(&mut s, done);
+                while let Some(done) = s.tasks.try_join_next_with_id() {
+                    me.finish(&mut s, done);
                 }
-                Ok::<_, StoreError>(())
-            })?;
-            worked = true;
-            self.progress.finished_one();
+            }
         }
-        if worked {
-            return Ok(Pass::Worked);
+    }
+
+    /// Starts the entries that may go now, oldest first, while slots are
+    /// free: the first entry of each subject that has none running and is
+    /// not waiting out a failure. User entries take at most half of the
+    /// slots while a room entry could use one.
+    fn fill(self: &Arc<Self>, s: &mut Schedule, slots: usize) -> Result<(), StoreError> {
+        if s.tasks.len() >= slots {
+            return Ok(());
         }
-        let first = self.waiting.values().map(|b| b.until).min().unwrap_or(now + FIRST_BACKOFF);
-        Ok(Pass::Waiting(first))
+        let head = self.domain.store.read()?.outbox_head(WINDOW)?;
+        if head.is_empty() {
+            s.waiting.clear();
+            return Ok(());
+        }
+        let now = tokio::time::Instant::now();
+        let user_share = (slots / 2).max(1);
+        let mut users = s.running.values().filter(|x| matches!(x, Subject::User(_))).count();
+        // A subject seen once: its later entries wait for that one.
+        let mut seen: HashSet<Subject> = s.running.values().copied().collect();
+        let mut deferred = Vec::new();
+        for (seq, op) in head {
+            let subject = Subject::of(&op);
+            if !seen.insert(subject) || s.waiting.get(&subject).is_some_and(|b| b.until > now) {
+                continue;
+            }
+            if let Subject::User(_) = subject {
+                if users >= user_share {
+                    deferred.push((seq, op, subject));
+                    continue;
+                }
+                users += 1;
+            }
+            self.start(s, seq, op, subject);
+            if s.tasks.len() >= slots {
+                return Ok(());
+            }
+        }
+        // No room entry can go now: users may have the remaining slots.
+        for (seq, op, subject) in deferred {
+            if s.tasks.len() >= slots {
+                break;
+            }
+            self.start(s, seq, op, subject);
+        }
+        Ok(())
+    }
+
+    fn start(self: &Arc<Self>, s: &mut Schedule, seq: u64, op: OutboxOp, subject: Subject) {
+        let me = self.clone();
+        let task = s.tasks.spawn(async move {
+            let result = me.apply(&op).await;
+            Finished { seq, op, result }
+        });
+        s.running.insert(task.id(), subject);
+    }
+
+    /// Books the outcome of one step: crossed off the outbox (or sent to its
+    /// back when more remains), or its subject waits after a failure.
+    fn finish(&self, s: &mut Schedule, done: Result<(tokio::task::Id, Finished), tokio::task::JoinError>) {
+        let (subject, Finished { seq, op, result }) = match done {
+            Ok((id, finished)) => match s.running.remove(&id) {
+                Some(subject) => (subject, finished),
+                None => (Subject::of(&finished.op), finished),
+            },
+            Err(e) => {
+                // A bug in a step: its subject waits as after a failure; the others go on.
+                if let Some(subject) = s.running.remove(&e.id()) {
+                    self.progress.failed();
+                    tracing::error!(error = %e, ?subject, "a homeserver step panicked; its room or user waits");
+                    let b = Backoff::after_failure(s.waiting.get(&subject).copied(), None);
+                    s.waiting.insert(subject, b);
+                }
+                return;
+            }
+        };
+        let now = tokio::time::Instant::now();
+        let step = match result {
+            Ok(step) => {
+                s.waiting.remove(&subject);
+                // The homeserver answers: the next outage starts its backoff afresh.
+                if s.outage.is_some_and(|b| b.until <= now) {
+                    s.outage = None;
+                }
+                step
+            }
+            Err(e) if e.is_outage() => {
+                self.note_failure(&op, &e);
+                self.outage(s, &e);
+                return;
+            }
+            Err(e) if e.is_retryable() => {
+                self.progress.failed();
+                let b = Backoff::after_failure(s.waiting.get(&subject).copied(), e.retry_after());
+                tracing::warn!(error = %e, ?op, retry_in_ms = u64::try_from(b.until.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX), "homeserver step failed; its room or user waits, the others go on");
+                s.waiting.insert(subject, b);
+                self.note_failure(&op, &e);
+                return;
+            }
+            Err(e) => {
+                // The homeserver refuses this step as it is: keep the
+                // reason on the room and go on with the others.
+                self.progress.failed();
+                s.waiting.remove(&subject);
+                tracing::error!(error = %e, ?op, "homeserver refused a step; it is not retried");
+                self.note_failure(&op, &e);
+                Step::Done
+            }
+        };
+        let booked = self.domain.store.write(|w| {
+            w.remove_outbox(seq)?;
+            if step == Step::Later {
+                w.push_outbox(&op)?;
+            }
+            Ok::<_, StoreError>(())
+        });
+        match booked {
+            Ok(()) => self.progress.finished_one(),
+            // Done but not crossed off: redone (it is idempotent) once the database answers.
+            Err(e) => self.outage(s, &e.into()),
+        }
+    }
+
+    /// The homeserver as a whole (or the database) fails: nothing new starts
+    /// until the backoff has passed. Steps in flight that fail the same way
+    /// meanwhile do not lengthen it.
+    fn outage(&self, s: &mut Schedule, e: &StepError) {
+        self.progress.failed();
+        let now = tokio::time::Instant::now();
+        if s.outage.is_some_and(|b| b.until > now) {
+            return;
+        }
+        let b = Backoff::after_failure(s.outage, e.retry_after());
+        let wait = b.until.saturating_duration_since(now);
+        tracing::warn!(error = %e, retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX), "homeserver step failed; will retry");
+        s.outage = Some(b);
     }
 
     /// One outbox entry's work.

@@ -105,7 +105,7 @@ impl Reconciler {
         let offered = self.offers().join_without_session;
         for user in users {
             let own = self.own_password(*user, offered).await?;
-            self.hs.join(matrix_id, *user, own.as_deref()).await?;
+            self.hs.join(matrix_id, *user, own.as_deref().map(String::as_str)).await?;
         }
         Ok(())
     }

@@ -37,24 +37,27 @@ fn cheap_config() -> Config {
 
 impl World {
     fn new() -> World {
-        World::on(FakeHomeserver::new())
+        World::on(FakeHomeserver::new(), cheap_config())
     }
 
     /// A world whose homeserver has no admin API.
     fn without_admin_api() -> World {
-        World::on(FakeHomeserver::without_admin_api())
+        World::on(FakeHomeserver::without_admin_api(), cheap_config())
     }
 
-    fn on(fake: FakeHomeserver) -> World {
+    /// A world whose reconciler applies `n` entries at once (`matrix.concurrency`).
+    fn with_concurrency(n: u32) -> World {
+        let mut config = cheap_config();
+        config.matrix.concurrency = n;
+        World::on(FakeHomeserver::new(), config)
+    }
+
+    fn on(fake: FakeHomeserver, config: Config) -> World {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db.redb"), 1 << 20).unwrap();
-        let domain = Domain::new(
-            store,
-            Arc::new(cheap_config()),
-            ServerKey::from_bytes([7; 32]),
-            Arc::new(ManualClock::new(T0)),
-        )
-        .unwrap();
+        let domain =
+            Domain::new(store, Arc::new(config), ServerKey::from_bytes([7; 32]), Arc::new(ManualClock::new(T0)))
+                .unwrap();
         let domain = Arc::new(domain);
         let progress = Arc::new(Progress::new(domain.clone()));
         World { _dir: dir, domain, fake: Arc::new(fake), progress }
@@ -516,4 +519,163 @@ async fn ready_and_failed_syncs_are_in_the_event_log() {
     let after = w.domain.store.read().unwrap().events_after(Some(1), log.last().unwrap().id, 100).unwrap();
     let kinds: Vec<&str> = after.iter().map(|e| e.kind.as_str()).collect();
     assert_eq!(kinds, ["room.updated", "room.ready"]);
+}
+
+/// The most calls among `calls` under way at one time (each from when it
+/// came to when it took effect).
+fn most_at_once(calls: &[crate::homeserver::fake::Call]) -> usize {
+    let mut edges: Vec<(tokio::time::Instant, i32)> = Vec::new();
+    for c in calls {
+        // An end before a start at the same instant: back to back is not at once.
+        edges.push((c.started, 1));
+        edges.push((c.at, -1));
+    }
+    edges.sort();
+    let (mut now, mut most) = (0, 0);
+    for (_, d) in edges {
+        now += d;
+        most = most.max(now);
+    }
+    usize::try_from(most).unwrap()
+}
+
+/// Rooms go to the homeserver several at once, never more than
+/// `matrix.concurrency`, while the changes of one room go one after
+/// another: a room deleted while its rename is under way on the homeserver
+/// is deleted only once the rename is done, and a second rename waits for
+/// the first.
+#[tokio::test(start_paused = true)]
+async fn changes_to_one_room_go_in_order_while_rooms_go_together() {
+    let w = World::with_concurrency(4);
+    w.org();
+    let ids: Vec<RoomId> = (0..8).map(|i| w.room(1, &format!("R{i}"))).collect();
+    w.settle().await;
+    let mx: Vec<String> = ids.iter().map(|id| w.stored(*id).matrix_room_id.clone()).collect();
+    let rename = |id: RoomId, name: &str| {
+        let patch = crate::domain::rooms::RoomPatch { name: Some(name.into()), ..Default::default() };
+        w.domain.update_room(Principal::COMMAND_LINE, &crate::domain::rooms::RoomRef::Id(id), patch).unwrap();
+    };
+    // Each homeserver change takes a second.
+    w.fake.delay(Op::UpdateRoom, None, Duration::from_secs(1));
+    w.fake.delay(Op::StartDeletion, None, Duration::from_secs(1));
+    w.fake.set_deletion_polls(1);
+    let before = w.fake.calls().len();
+    // Two renames each before the reconciler starts: two entries of one room
+    // that could go together, were the order of a room not kept.
+    for id in &ids {
+        rename(*id, "second");
+        rename(*id, "second again");
+    }
+    let task = tokio::spawn(w.reconciler().run());
+    // The first renames are on their way; then more changes to the same rooms.
+    while w.fake.begun(Op::UpdateRoom) < 4 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for (i, id) in ids.iter().enumerate() {
+        if i % 2 == 0 {
+            w.domain.delete_room(Principal::COMMAND_LINE, &crate::domain::rooms::RoomRef::Id(*id)).unwrap();
+        } else {
+            rename(*id, "third");
+        }
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    while w.depth() > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the outbox never emptied: {:?}", w.outbox());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    task.abort();
+    let _ = task.await;
+
+    let calls: Vec<_> = w.fake.calls()[before..].to_vec();
+    let updates: Vec<_> = calls.iter().filter(|c| c.op == Op::UpdateRoom).cloned().collect();
+    assert_eq!(most_at_once(&updates), 4, "renames of different rooms go four at once, never more");
+    for (i, m) in mx.iter().enumerate() {
+        let of_room: Vec<_> = calls.iter().filter(|c| c.about == *m).cloned().collect();
+        assert_eq!(most_at_once(&of_room), 1, "room {i}: two changes at once: {of_room:?}");
+        let ops: Vec<Op> = of_room.iter().map(|c| c.op).collect();
+        if i % 2 == 0 {
+            assert!(w.fake.rooms_of(ids[i]).is_empty(), "room {i} deleted");
+            if ops.contains(&Op::UpdateRoom) {
+                // Its rename had begun: it ended before the deletion began.
+                assert_eq!(ops[0], Op::UpdateRoom, "room {i}: {ops:?}");
+                assert!(ops[1..].iter().all(|o| *o != Op::UpdateRoom), "room {i}: {ops:?}");
+            }
+            assert!(ops.contains(&Op::StartDeletion), "room {i}: {ops:?}");
+        } else {
+            w.assert_one_matching_room(ids[i]);
+            assert_eq!(w.fake.rooms_of(ids[i])[0].1.name, "third", "room {i}: the last name won");
+        }
+    }
+    let renamed_then_deleted =
+        (0..8).step_by(2).filter(|i| calls.iter().any(|c| c.about == mx[*i] && c.op == Op::UpdateRoom));
+    assert!(renamed_then_deleted.count() >= 2, "the deletions came while renames were under way");
+}
+
+/// One slow room holds up only itself when more than one entry may go at
+/// once: another organization's room queued after it reaches the
+/// homeserver meanwhile. One at a time, the same room waits behind it.
+#[tokio::test(start_paused = true)]
+async fn a_slow_room_does_not_hold_up_others() {
+    for concurrency in [2, 1] {
+        let w = World::with_concurrency(concurrency);
+        w.org();
+        w.domain.put_org(Principal::COMMAND_LINE, 2, "Beta").unwrap();
+        w.domain.put_user(Principal::COMMAND_LINE, 9, "Nine").unwrap();
+        w.domain.set_member(Principal::COMMAND_LINE, 2, 9, OrgRole::Owner).unwrap();
+        // The accounts exist first, so that only the rooms are in the outbox.
+        w.settle().await;
+        let slow = w.room(1, "Slow");
+        let spec = NewRoom {
+            org_id: 2,
+            name: Some("Beta room".into()),
+            users: UserLists { admins: vec![9], ..UserLists::default() },
+            ..NewRoom::default()
+        };
+        let other = w.domain.create_room(Principal::COMMAND_LINE, spec).unwrap().id;
+        w.fake.delay(Op::CreateRoom, Some(&slow.to_string()), Duration::from_secs(3600));
+        let task = tokio::spawn(w.reconciler().run());
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        let made = !w.stored(other).matrix_room_id.is_empty();
+        assert_eq!(made, concurrency > 1, "concurrency {concurrency}: the other room made within a minute");
+        assert!(w.stored(slow).matrix_room_id.is_empty(), "the slow room is still on its way");
+        task.abort();
+        let _ = task.await;
+        w.fake.clear_delays();
+        w.settle().await;
+        w.assert_one_matching_room(slow);
+        w.assert_one_matching_room(other);
+    }
+}
+
+/// Importing many users (each a new Matrix account, a derivation and a
+/// registration) does not hold up another organization's room: user entries
+/// take at most half of the slots while a room waits. One at a time, the
+/// room waits behind every account.
+#[tokio::test(start_paused = true)]
+async fn many_new_accounts_do_not_hold_up_other_organizations() {
+    for concurrency in [4, 1] {
+        let w = World::with_concurrency(concurrency);
+        w.org();
+        w.settle().await;
+        w.domain.put_org(Principal::COMMAND_LINE, 2, "Import").unwrap();
+        for u in 100..300 {
+            w.domain.put_user(Principal::COMMAND_LINE, u, &format!("Imported {u}")).unwrap();
+            w.domain.set_member(Principal::COMMAND_LINE, 2, u, OrgRole::Member).unwrap();
+        }
+        let room = w.room(1, "Board");
+        // Each account takes the homeserver 100 ms to make.
+        w.fake.delay(Op::EnsureAccount, None, Duration::from_millis(100));
+        let task = tokio::spawn(w.reconciler().run());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let synced = w.stored(room).is_synced();
+        assert_eq!(synced, concurrency > 1, "concurrency {concurrency}: the room made within 2 s");
+        let made = (100..300).filter(|u| w.fake.account(*u).is_some()).count();
+        assert!(made < 200, "the accounts are still being made: {made}");
+        task.abort();
+        let _ = task.await;
+        w.settle().await;
+        w.assert_one_matching_room(room);
+        assert!((100..300).all(|u| w.fake.account(u).is_some()), "every imported user has an account");
+        assert_eq!(w.fake.calls_of(Op::EnsureAccount).len(), 203, "each account made once");
+    }
 }

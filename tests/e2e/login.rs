@@ -127,3 +127,64 @@ async fn login_through_the_proxy_points_the_app_at_the_service() {
         svc.call("POST", "/v1/user/login", &ann, Some(json!({"deviceID": "E2EPROXY"}))).await.expect(200).clone();
     assert_eq!(login["wellKnown"]["m.homeserver"]["base_url"], "https://chat.example.org", "{login}");
 }
+
+/// The value of one metric line on the public `/metrics` (API token).
+async fn metric(svc: &crate::service::Service, name: &str) -> u64 {
+    let resp = svc.call("GET", "/metrics", &svc.api, None).await;
+    resp.expect(200);
+    let text = resp.text;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in the metrics:\n{text}"))
+}
+
+/// With room for one derived password, two users logging in by turns push
+/// each other out of the cache: each login after an eviction derives again
+/// and still works on Synapse, a login of the user kept derives nothing, and
+/// a deactivated user's password leaves memory at once.
+#[tokio::test]
+async fn login_works_after_a_password_cache_eviction() {
+    let hs = crate::synapse::shared();
+    let admin = crate::synapse::Admin::new(&hs).await;
+    let svc = crate::service::Service::start_with(
+        &hs,
+        crate::service::SYNC_WAIT_MS,
+        &[("MESSENGER_CHAT_SECURITY__PASSWORD_CACHE_SIZE", "1")],
+    );
+    svc.org(1, "Acme").await;
+    let ann = svc.user(1, "Ann", Some((1, "member"))).await;
+    let bob = svc.user(2, "Bob", Some((1, "member"))).await;
+    const DERIVED: &str = "messenger_chat_password_derivations_total";
+    const KEPT: &str = "messenger_chat_password_cache_entries";
+
+    let login = |who: &str, device: &str| {
+        let body = json!({"deviceID": device});
+        let who = who.to_string();
+        let svc = &svc;
+        async move { svc.call("POST", "/v1/user/login", &who, Some(body)).await.expect(200).clone() }
+    };
+    // The background sync makes both accounts (deriving both passwords): let it end first.
+    eventually("the outbox drained", CONVERGE, || async {
+        match metric(&svc, "messenger_chat_outbox_depth").await {
+            0 => Ok(()),
+            n => Err(format!("{n} left")),
+        }
+    })
+    .await;
+    login(&ann, "E2EKEEP1").await;
+    let after_first = metric(&svc, DERIVED).await;
+    login(&ann, "E2EKEEP2").await;
+    assert_eq!(metric(&svc, DERIVED).await, after_first, "Ann's second login derived her password again");
+    login(&bob, "E2EKEEP3").await;
+    assert_eq!(metric(&svc, DERIVED).await, after_first + 1, "Bob's first login derives his");
+    assert_eq!(metric(&svc, KEPT).await, 1, "password_cache_size = 1 keeps one");
+    // Ann's password left for Bob's: derived again, and Synapse takes it.
+    let again = login(&ann, "E2EKEEP4").await;
+    assert_eq!(metric(&svc, DERIVED).await, after_first + 2, "Ann's password was still kept beside Bob's");
+    let access = again["accessToken"].as_str().expect("an access token");
+    let me = admin.matrix.whoami(access).await.expect("the session after the eviction works on Synapse");
+    assert_eq!((me.user_id, me.device_id.as_deref()), (svc.mxid(1), Some("E2EKEEP4")));
+
+    svc.call("DELETE", "/v1/users/1", &svc.api, None).await.expect(204);
+    assert_eq!(metric(&svc, KEPT).await, 0, "the deactivated user's password is still in memory");
+}
