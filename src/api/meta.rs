@@ -294,6 +294,16 @@ fn metrics(state: AppState) -> Response {
         out.push_str("# HELP messenger_chat_users Stored app users.\n# TYPE messenger_chat_users gauge\n");
         let _ = writeln!(out, "messenger_chat_users {users}");
     }
+    if let Ok(last) = state.domain.store.read().and_then(|r| r.last_event_id()) {
+        out.push_str("# HELP messenger_chat_events_last_id Id of the last event appended to the event log.\n");
+        out.push_str("# TYPE messenger_chat_events_last_id gauge\n");
+        let _ = writeln!(out, "messenger_chat_events_last_id {last}");
+    }
+    let waiting =
+        (state.domain.config.events.max_waiters as usize).saturating_sub(state.event_waiters.available_permits());
+    out.push_str("# HELP messenger_chat_event_polls_waiting Long polls of /v1/events waiting (events.max_waiters bounds them).\n");
+    out.push_str("# TYPE messenger_chat_event_polls_waiting gauge\n");
+    let _ = writeln!(out, "messenger_chat_event_polls_waiting {waiting}");
     out.push_str("# HELP messenger_chat_password_derivations_total Argon2id password derivations run since start.\n");
     out.push_str("# TYPE messenger_chat_password_derivations_total counter\n");
     let _ = writeln!(out, "messenger_chat_password_derivations_total {}", state.domain.derivations_done());

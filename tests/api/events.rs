@@ -213,6 +213,11 @@ async fn long_polls_beyond_the_limit_are_refused() {
     };
     assert_eq!(refused.header("retry-after"), "1");
     assert!(refused.expect_problem(503).contains("events.max_waiters"));
+    // Operators see the waiting poll and how far the log has come.
+    let metrics = srv.get("/metrics", &w.api).await;
+    metrics.expect(200);
+    assert!(metrics.text.contains("messenger_chat_event_polls_waiting 1\n"), "{}", metrics.text);
+    assert!(metrics.text.contains(&format!("messenger_chat_events_last_id {last}\n")), "{}", metrics.text);
     // A poll without wait needs no place; the waiting one gets the next event.
     srv.get(&format!("/v1/events?after={last}"), &w.api).await.expect(200);
     srv.put("/v1/organizations/3", &w.api, Some(json!({"name": "Initech"}))).await.expect(201);
