@@ -72,6 +72,8 @@ fn room(id: u64, org: i64, automation: bool, at: i64) -> Room {
         sync_error: None,
         created_at: at,
         updated_at: at,
+        read_only: false,
+        read_only_at: None,
     }
 }
 

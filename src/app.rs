@@ -215,8 +215,9 @@ fn warn_about_api_tokens(domain: &Domain) {
     }
 }
 
-/// Deletes rooms whose scheduled deletion has come; checks every second, so
-/// a time that passed while the service was down is caught at start.
+/// Deletes rooms whose scheduled deletion has come, and makes read-only
+/// those whose `readOnlyAt` has; checks every second, so a time that
+/// passed while the service was down is caught at start.
 async fn delete_scheduled_rooms(domain: Arc<Domain>) {
     loop {
         let d = domain.clone();
@@ -224,6 +225,13 @@ async fn delete_scheduled_rooms(domain: Arc<Domain>) {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "scheduled deletions failed; retrying"),
             Err(e) => tracing::error!(error = %e, "scheduled deletions task failed; retrying"),
+        }
+        let d = domain.clone();
+        match tokio::task::spawn_blocking(move || d.make_due_rooms_read_only()).await {
+            // The write queued the rooms' sync, which wakes the reconciler.
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "scheduled read-only switches failed; retrying"),
+            Err(e) => tracing::error!(error = %e, "scheduled read-only task failed; retrying"),
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }

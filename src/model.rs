@@ -87,6 +87,15 @@ pub struct Room {
     pub sync_error: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// Only moderators and admins may post: the Matrix room's
+    /// `events_default` is 50 instead of 0. Last, with `read_only_at`:
+    /// bincode is positional, and older records and dumps read as false.
+    #[serde(default)]
+    pub read_only: bool,
+    /// Unix seconds at which the service makes the room read-only by itself
+    /// (event rooms only); cleared when it does.
+    #[serde(default)]
+    pub read_only_at: Option<i64>,
 }
 
 impl Room {
@@ -297,7 +306,7 @@ pub struct Event {
 
 /// Version of the room JSON ([`Room::to_json`]) kept in `orgidroomid_json`:
 /// bumped whenever that JSON changes, so that opening a database rebuilds
-/// the kept copies. 2: `topic`.
+/// the kept copies. 2: `topic`, `readOnly`, `readOnlyAt`.
 pub const ROOM_VIEW_VERSION: u64 = 2;
 
 /// A room as answered.
@@ -325,6 +334,10 @@ struct RoomView<'a> {
     automation_enabled: bool,
     #[serde(rename = "scheduledDeletion")]
     scheduled_deletion: Option<String>,
+    #[serde(rename = "readOnly")]
+    read_only: bool,
+    #[serde(rename = "readOnlyAt")]
+    read_only_at: Option<String>,
     #[serde(rename = "syncState")]
     sync_state: &'static str,
     #[serde(rename = "syncError")]
@@ -347,6 +360,8 @@ impl<'a> From<&'a Room> for RoomView<'a> {
             assigned_users: &r.assigned,
             automation_enabled: r.automation,
             scheduled_deletion: r.scheduled_deletion.map(rfc3339),
+            read_only: r.read_only,
+            read_only_at: r.read_only_at.map(rfc3339),
             sync_state: if r.is_synced() { "ready" } else { "pending" },
             sync_error: r.sync_error.as_deref(),
         }

@@ -141,6 +141,7 @@ async fn room_lifecycle_in_room_version_12() {
         avatar_url: Some(avatar.clone()),
         users: BTreeMap::from([(admin.clone(), 100), (moderator.clone(), 50), (client.bot_user_id().to_string(), 100)]),
         invite: vec![admin.clone(), moderator.clone(), member.clone()],
+        events_default: None,
         room_version: None,
     };
     let room_id = client.create_room(&room).await.unwrap();
@@ -254,6 +255,7 @@ async fn room_version_10_lists_the_bot() {
         avatar_url: None,
         users: BTreeMap::from([(user.clone(), 50)]),
         invite: vec![user.clone()],
+        events_default: None,
         room_version: Some("10".into()),
     };
     let room_id = client.create_room(&room).await.unwrap();

@@ -181,6 +181,8 @@ async fn create_room(state: AppState, p: Principal, body: Bytes, event: bool) ->
         automation: b.automation_enabled,
         avatar: b.avatar,
         scheduled_deletion: b.scheduled_deletion,
+        read_only: b.read_only,
+        read_only_at: b.read_only_at,
     };
     let d = state.domain.clone();
     let created = blocking(move || d.create_room(p, spec)).await?;
@@ -220,10 +222,13 @@ async fn update_room(id: String, state: AppState, p: Principal, body: Bytes) -> 
         topic: b.topic,
         avatar: b.avatar,
         scheduled_deletion: b.scheduled_deletion,
+        read_only: b.read_only,
+        read_only_at: b.read_only_at,
     };
     if patch.is_empty() {
         return Err(Error::Malformed(
-            "nothing to change: send automationEnabled, name, topic, avatar or scheduledDeletion".into(),
+            "nothing to change: send automationEnabled, name, topic, avatar, scheduledDeletion, readOnly or readOnlyAt"
+                .into(),
         )
         .into());
     }

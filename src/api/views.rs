@@ -29,6 +29,11 @@ pub struct CreateRoomBody {
     pub avatar: Option<Vec<u8>>,
     #[serde(default, rename = "scheduledDeletion", deserialize_with = "deletion_time")]
     pub scheduled_deletion: Option<i64>,
+    #[serde(default, rename = "readOnly")]
+    pub read_only: bool,
+    /// When the room becomes read-only by itself (event rooms): a time as `scheduledDeletion`.
+    #[serde(default, rename = "readOnlyAt", deserialize_with = "deletion_time")]
+    pub read_only_at: Option<i64>,
 }
 
 /// POST /v1/chatrooms/default.
@@ -56,6 +61,11 @@ pub struct UpdateRoomBody {
     pub avatar: Option<Option<Vec<u8>>>,
     #[serde(default, rename = "scheduledDeletion", deserialize_with = "present_deletion_time")]
     pub scheduled_deletion: Option<Option<i64>>,
+    #[serde(rename = "readOnly")]
+    pub read_only: Option<bool>,
+    /// `null` cancels the scheduled switch to read-only.
+    #[serde(default, rename = "readOnlyAt", deserialize_with = "present_deletion_time")]
+    pub read_only_at: Option<Option<i64>>,
 }
 
 /// POST/DELETE /v1/chatrooms/{roomID}/users.
@@ -269,7 +279,7 @@ impl Visitor<'_> for TimeVisitor {
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-        i64::try_from(v).map(Some).map_err(|_| E::custom("scheduledDeletion is out of range"))
+        i64::try_from(v).map(Some).map_err(|_| E::custom(format!("{v} is out of range for a time in Unix seconds")))
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {

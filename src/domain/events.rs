@@ -114,6 +114,12 @@ pub(crate) fn room_saved(
     if old.scheduled_deletion != new.scheduled_deletion {
         changed.insert("scheduledDeletion".into(), json!(new.scheduled_deletion.map(crate::model::rfc3339)));
     }
+    if old.read_only != new.read_only {
+        changed.insert("readOnly".into(), json!(new.read_only));
+    }
+    if old.read_only_at != new.read_only_at {
+        changed.insert("readOnlyAt".into(), json!(new.read_only_at.map(crate::model::rfc3339)));
+    }
     if !changed.is_empty() {
         record(w, time, org, actor, "room.updated", &json!({"roomID": new.id, "changed": changed}))?;
     }

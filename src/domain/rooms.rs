@@ -100,6 +100,10 @@ pub struct NewRoom {
     pub avatar: Option<Vec<u8>>,
     /// Unix seconds.
     pub scheduled_deletion: Option<i64>,
+    /// Only moderators and admins may post.
+    pub read_only: bool,
+    /// Unix seconds at which the room becomes read-only; event rooms only.
+    pub read_only_at: Option<i64>,
 }
 
 /// A change to a room; `None` leaves a field as it is.
@@ -113,6 +117,9 @@ pub struct RoomPatch {
     pub avatar: Option<Option<Vec<u8>>>,
     /// `Some(None)` cancels a scheduled deletion.
     pub scheduled_deletion: Option<Option<i64>>,
+    pub read_only: Option<bool>,
+    /// `Some(None)` cancels a scheduled switch to read-only.
+    pub read_only_at: Option<Option<i64>>,
 }
 
 impl RoomPatch {
@@ -123,6 +130,8 @@ impl RoomPatch {
             && self.topic.is_none()
             && self.avatar.is_none()
             && self.scheduled_deletion.is_none()
+            && self.read_only.is_none()
+            && self.read_only_at.is_none()
     }
 }
 
@@ -251,6 +260,10 @@ impl Domain {
             None => None,
         };
         self.check_deletion_time(spec.scheduled_deletion, now)?;
+        check_read_only_time(spec.read_only_at, now)?;
+        if spec.read_only_at.is_some() && event_id.is_none() {
+            return Err(read_only_at_for_events_only("this is a custom room"));
+        }
         let room = self.write(|w| {
             Self::require_org(w, org)?;
             Self::require_org_manager(w, p, org)?;
@@ -266,6 +279,8 @@ impl Domain {
             room.topic = topic;
             room.automation = spec.automation;
             room.scheduled_deletion = spec.scheduled_deletion;
+            room.read_only = spec.read_only;
+            room.read_only_at = spec.read_only_at;
             // Named in the request or creating the room: explicit roles,
             // which automation below never lowers.
             set_roles(&mut room, &users, false);
@@ -381,6 +396,9 @@ impl Domain {
         if let Some(at) = patch.scheduled_deletion {
             self.check_deletion_time(at, now)?;
         }
+        if let Some(at) = patch.read_only_at {
+            check_read_only_time(at, now)?;
+        }
         let room = self.write(|w| {
             let old = Self::resolve_room(w, room)?;
             if old.kind == RoomKind::Default {
@@ -394,6 +412,11 @@ impl Domain {
                 }
             } else {
                 require_room_admin(w, p, &old)?;
+            }
+            if let Some(Some(_)) = patch.read_only_at
+                && old.kind != RoomKind::Event
+            {
+                return Err(read_only_at_for_events_only(&format!("room {} is a {} room", old.id, old.kind.as_str())));
             }
             let mut room = old.clone();
             if let Some(name) = name {
@@ -409,6 +432,12 @@ impl Domain {
             }
             if let Some(at) = patch.scheduled_deletion {
                 room.scheduled_deletion = at;
+            }
+            if let Some(on) = patch.read_only {
+                room.read_only = on;
+            }
+            if let Some(at) = patch.read_only_at {
+                room.read_only_at = at;
             }
             if let Some(on) = patch.automation {
                 room.automation = on;
@@ -605,6 +634,33 @@ impl Domain {
         Ok(n)
     }
 
+    /// Makes read-only the rooms whose `read_only_at` has come, also those
+    /// whose time passed while the service was down, by the system: the
+    /// room's power levels follow through the outbox like any change, and
+    /// the event log records a `room.updated` with `readOnly` and the
+    /// cleared `readOnlyAt`. Returns how many.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn make_due_rooms_read_only(&self) -> Result<usize> {
+        let now = self.clock.now();
+        if self.store.read()?.rooms_read_only_due(now, 1)?.is_empty() {
+            return Ok(0);
+        }
+        self.write(|w| {
+            let due = w.rooms_read_only_due(now, 256)?;
+            for id in &due {
+                let Some(old) = w.room(*id)? else { continue };
+                let mut room = old.clone();
+                room.read_only = true;
+                room.read_only_at = None;
+                tracing::info!(room = room.id, organization = room.org_id, "scheduled read-only");
+                save(w, &mut room, Some(&old), now, &Actor::System, Cause::Automation)?;
+            }
+            Ok(due.len())
+        })
+    }
+
     fn check_deletion_time(&self, at: Option<i64>, now: i64) -> Result<()> {
         match at {
             Some(t) if t <= now => {
@@ -622,6 +678,32 @@ impl Domain {
 
 /// 9999-12-31T23:59:59Z in Unix seconds: the last time RFC 3339 can write.
 const LAST_DELETION_TIME: i64 = 253_402_300_799;
+
+/// The rules of a deletion time, for `readOnlyAt`: in the future, and
+/// writable in RFC 3339.
+fn check_read_only_time(at: Option<i64>, now: i64) -> Result<()> {
+    match at {
+        Some(t) if t <= now => {
+            Err(Error::invalid("readOnlyAt", "lies in the past: give a future time, or null for none"))
+        }
+        Some(t) if t > LAST_DELETION_TIME => Err(Error::invalid(
+            "readOnlyAt",
+            "lies after 9999-12-31T23:59:59Z: give an earlier time, or null for none",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A schedule to become read-only is for event rooms, whose event ends;
+/// any room can be made read-only at once with `readOnly`.
+fn read_only_at_for_events_only(what: &str) -> Error {
+    Error::invalid(
+        "readOnlyAt",
+        format!(
+            "is for event rooms only ({what}): set readOnly to true instead, or create the room as an event room"
+        ),
+    )
+}
 
 fn no_room(room: &RoomRef) -> Error {
     Error::NotFound(format!("no chatroom {room}"))
@@ -679,6 +761,8 @@ pub(crate) fn blank_room(id: RoomId, org: OrgId, now: i64) -> Room {
         sync_error: None,
         created_at: now,
         updated_at: now,
+        read_only: false,
+        read_only_at: None,
     }
 }
 

@@ -70,6 +70,8 @@ pub struct FakeRoom {
     pub avatar_url: String,
     /// Power levels above 0, as the homeserver keeps them.
     pub levels: BTreeMap<UserId, i64>,
+    /// The level needed to send a (non-state) event: 0, or 50 when read-only.
+    pub events_default: i64,
     pub members: BTreeMap<UserId, Membership>,
     /// Made invite-only and left by the service (deleted without purge):
     /// the room and its history stay, the service cannot act in it any more.
@@ -495,6 +497,7 @@ impl Homeserver for FakeHomeserver {
                 topic: desired.topic.clone(),
                 avatar_url: desired.avatar_url.clone(),
                 levels: levels_of(desired),
+                events_default: desired.events_default(),
                 members: desired.members.iter().map(|(u, _)| (*u, Membership::Invited)).collect(),
                 left: false,
             };
@@ -514,6 +517,7 @@ impl Homeserver for FakeHomeserver {
             room.topic.clone_from(&desired.topic);
             room.avatar_url.clone_from(&desired.avatar_url);
             room.levels = levels_of(desired);
+            room.events_default = desired.events_default();
             let mut to_join = Vec::new();
             for (u, _) in &desired.members {
                 let now = room.members.get(u).copied();

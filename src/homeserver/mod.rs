@@ -181,6 +181,21 @@ pub struct DesiredRoom {
     pub members: Vec<(UserId, RoomRole)>,
     /// The users who claimed the room: joined, not only invited (ascending).
     pub joined: Vec<UserId>,
+    /// Only moderators and admins may send events (messages, reactions,
+    /// redactions): the room's `events_default` is [`READ_ONLY_EVENTS_DEFAULT`],
+    /// else 0. State events keep their own levels.
+    pub read_only: bool,
+}
+
+/// `events_default` of a read-only room: the moderators' power level.
+pub const READ_ONLY_EVENTS_DEFAULT: i64 = 50;
+
+impl DesiredRoom {
+    /// The `events_default` power level the room should have.
+    #[must_use]
+    pub fn events_default(&self) -> i64 {
+        if self.read_only { READ_ONLY_EVENTS_DEFAULT } else { 0 }
+    }
 }
 
 impl DesiredRoom {
@@ -194,6 +209,7 @@ impl DesiredRoom {
             avatar_url: avatar_url.to_string(),
             members: room.members().into_iter().filter_map(|u| room.role_of(u).map(|r| (u, r))).collect(),
             joined: room.claimed.clone(),
+            read_only: room.read_only,
         }
     }
 }

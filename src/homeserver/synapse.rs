@@ -167,11 +167,18 @@ impl Synapse {
             .map(|(u, role)| (ids.user(*u), role.power_level()))
             .collect();
         let listed: HashSet<String> = desired.members.iter().map(|(u, _)| ids.user(*u)).collect();
+        let events_default = desired.events_default();
         client
             .modify_power_levels(room_id, |pl| {
                 pl.users.retain(|u, _| *u == bot || levels.contains_key(u) || !ids.is_app_user(u));
                 for (u, l) in &levels {
                     pl.users.insert(u.clone(), *l);
+                }
+                // Absent means 0: a room that was never read-only gets no
+                // key, so turning the feature on sends no event to old rooms.
+                let now = pl.other.get("events_default").and_then(serde_json::Value::as_i64).unwrap_or(0);
+                if now != events_default {
+                    pl.other.insert("events_default".into(), events_default.into());
                 }
             })
             .await?;
@@ -344,6 +351,7 @@ impl Homeserver for Synapse {
                 topic: (!desired.topic.is_empty()).then(|| desired.topic.clone()),
                 avatar_url: (!desired.avatar_url.is_empty()).then(|| desired.avatar_url.clone()),
                 users,
+                events_default: desired.read_only.then(|| desired.events_default()),
                 invite,
                 room_version: None,
             };

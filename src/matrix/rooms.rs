@@ -73,7 +73,10 @@ impl HomeserverClient {
             room_version: Some(&version),
             creation_content: json!({ ROOM_MARKER_KEY: room.marker }),
             initial_state,
-            power_level_content_override: json!({ "users": users }),
+            power_level_content_override: match room.events_default {
+                Some(level) => json!({ "users": users, "events_default": level }),
+                None => json!({ "users": users }),
+            },
             invite: &room.invite,
         };
         let body = serde_json::to_vec(&request).unwrap_or_default();

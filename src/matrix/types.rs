@@ -146,6 +146,8 @@ pub struct NewRoom {
     pub avatar_url: Option<String>,
     /// Power levels of the room's users (the bot is added as the creator needs).
     pub users: BTreeMap<String, i64>,
+    /// `events_default` when it is not the homeserver's default (a read-only room).
+    pub events_default: Option<i64>,
     /// Users to invite.
     pub invite: Vec<String>,
     /// Room version; `None` takes the homeserver's default (12 on current

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::config::Config;
-use crate::domain::rooms::{NewRoom, UserLists};
+use crate::domain::rooms::{NewRoom, RoomPatch, RoomRef, UserLists};
 use crate::domain::sessions::Sessions;
 use crate::domain::{ManualClock, Principal};
 use crate::homeserver::fake::{FakeHomeserver, Membership, Op};
@@ -25,6 +25,8 @@ struct World {
     fake: Arc<FakeHomeserver>,
     /// What /metrics would show, across the reconcilers of the test.
     progress: Arc<Progress>,
+    /// The domain's clock, moved by tests of schedules.
+    clock: Arc<ManualClock>,
 }
 
 fn cheap_config() -> Config {
@@ -55,12 +57,11 @@ impl World {
     fn on(fake: FakeHomeserver, config: Config) -> World {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db.redb"), 1 << 20).unwrap();
-        let domain =
-            Domain::new(store, Arc::new(config), ServerKey::from_bytes([7; 32]), Arc::new(ManualClock::new(T0)))
-                .unwrap();
+        let clock = Arc::new(ManualClock::new(T0));
+        let domain = Domain::new(store, Arc::new(config), ServerKey::from_bytes([7; 32]), clock.clone()).unwrap();
         let domain = Arc::new(domain);
         let progress = Arc::new(Progress::new(domain.clone()));
-        World { _dir: dir, domain, fake: Arc::new(fake), progress }
+        World { _dir: dir, domain, fake: Arc::new(fake), progress, clock }
     }
 
     /// Organization 1 with users 1 (owner), 2 and 3 (members).
@@ -678,4 +679,107 @@ async fn many_new_accounts_do_not_hold_up_other_organizations() {
         assert!((100..300).all(|u| w.fake.account(u).is_some()), "every imported user has an account");
         assert_eq!(w.fake.calls_of(Op::EnsureAccount).len(), 203, "each account made once");
     }
+}
+
+/// The one homeserver room of `id`.
+fn homeserver_room(w: &World, id: RoomId) -> crate::homeserver::fake::FakeRoom {
+    let found = w.fake.rooms_of(id);
+    assert_eq!(found.len(), 1, "room {id}: exactly one homeserver room, got {found:?}");
+    found[0].1.clone()
+}
+
+/// The last `room.updated` of the log: its actor and what it says changed.
+fn last_room_update(w: &World) -> (crate::model::Actor, serde_json::Value) {
+    let r = w.domain.store.read().unwrap();
+    let page = w.domain.events(&r, Principal::COMMAND_LINE, Some(1), 0, 1000).unwrap();
+    let e = page.events.iter().rev().find(|e| e.kind == "room.updated").expect("a room.updated event");
+    let data: serde_json::Value = serde_json::from_str(&e.data).unwrap();
+    (e.actor.clone(), data["changed"].clone())
+}
+
+/// `readOnly` on: the homeserver room lets only moderators and admins post
+/// (`events_default` 50); off: everyone again (0). Each turn is logged.
+#[tokio::test(start_paused = true)]
+async fn read_only_sets_the_level_needed_to_post() {
+    let w = World::new();
+    w.org();
+    let id = w.room(1, "Board");
+    w.settle().await;
+    assert_eq!(homeserver_room(&w, id).events_default, 0, "a new room: everyone posts");
+
+    let on = RoomPatch { read_only: Some(true), ..RoomPatch::default() };
+    let room = w.domain.update_room(Principal::User(1), &RoomRef::Id(id), on).unwrap();
+    assert!(room.read_only);
+    w.settle().await;
+    w.assert_one_matching_room(id);
+    assert_eq!(homeserver_room(&w, id).events_default, 50, "read-only: moderators and admins only");
+    assert_eq!(last_room_update(&w), (crate::model::Actor::User(1), serde_json::json!({"readOnly": true})));
+
+    let off = RoomPatch { read_only: Some(false), ..RoomPatch::default() };
+    w.domain.update_room(Principal::User(1), &RoomRef::Id(id), off).unwrap();
+    w.settle().await;
+    assert_eq!(homeserver_room(&w, id).events_default, 0, "read-only off: everyone posts again");
+    assert_eq!(last_room_update(&w).1, serde_json::json!({"readOnly": false}));
+
+    // Created read-only: the homeserver room is made so.
+    let spec = NewRoom {
+        org_id: 1,
+        name: Some("Announcements".into()),
+        users: UserLists { assigned: vec![2, 3], ..UserLists::default() },
+        read_only: true,
+        ..NewRoom::default()
+    };
+    let frozen = w.domain.create_room(Principal::COMMAND_LINE, spec).unwrap().id;
+    w.settle().await;
+    assert_eq!(homeserver_room(&w, frozen).events_default, 50);
+}
+
+/// `readOnlyAt` of an event room: nothing before the time; when the clock
+/// reaches it the service makes the room read-only by itself (the system
+/// as actor, the schedule cleared), and the homeserver follows.
+#[tokio::test(start_paused = true)]
+async fn read_only_at_comes_when_the_clock_does() {
+    let w = World::new();
+    w.org();
+    let spec = NewRoom {
+        org_id: 1,
+        event_id: Some(42),
+        name: Some("Launch party".into()),
+        users: UserLists { admins: vec![1], assigned: vec![2, 3], ..UserLists::default() },
+        read_only_at: Some(T0 + 3600),
+        ..NewRoom::default()
+    };
+    let id = w.domain.create_room(Principal::COMMAND_LINE, spec).unwrap().id;
+    w.settle().await;
+    assert_eq!(homeserver_room(&w, id).events_default, 0);
+
+    w.clock.advance(3599);
+    assert_eq!(w.domain.make_due_rooms_read_only().unwrap(), 0, "not before its time");
+    assert!(!w.stored(id).read_only);
+    w.clock.advance(1);
+    assert_eq!(w.domain.make_due_rooms_read_only().unwrap(), 1);
+    let room = w.stored(id);
+    assert!(room.read_only && room.read_only_at.is_none(), "read-only, the schedule done: {room:?}");
+    assert_eq!(w.domain.make_due_rooms_read_only().unwrap(), 0, "once");
+    w.settle().await;
+    w.assert_one_matching_room(id);
+    assert_eq!(homeserver_room(&w, id).events_default, 50);
+    assert_eq!(
+        last_room_update(&w),
+        (crate::model::Actor::System, serde_json::json!({"readOnly": true, "readOnlyAt": null}))
+    );
+
+    // A custom room cannot be scheduled; an event room can be unscheduled.
+    let custom = w.room(1, "Board");
+    let at = RoomPatch { read_only_at: Some(Some(T0 + 7200)), ..RoomPatch::default() };
+    let e = w.domain.update_room(Principal::User(1), &RoomRef::Id(custom), at.clone()).unwrap_err();
+    assert!(e.to_string().contains("event rooms only"), "{e}");
+    let past = RoomPatch { read_only_at: Some(Some(T0)), ..RoomPatch::default() };
+    let e = w.domain.update_room(Principal::User(1), &RoomRef::Id(id), past).unwrap_err();
+    assert!(e.to_string().contains("lies in the past"), "{e}");
+    w.domain.update_room(Principal::User(1), &RoomRef::Id(id), at).unwrap();
+    let cancel = RoomPatch { read_only_at: Some(None), ..RoomPatch::default() };
+    w.domain.update_room(Principal::User(1), &RoomRef::Id(id), cancel).unwrap();
+    w.clock.advance(7200);
+    assert_eq!(w.domain.make_due_rooms_read_only().unwrap(), 0, "cancelled");
 }

@@ -252,6 +252,7 @@ fn check_tables(
     let events = r.table(ORGIDEVENTID_ROOMID)?;
     let matrix = r.table(MATRIXROOMID_ROOMID)?;
     let deletions = r.table(DELETIONTIME_ROOMID)?;
+    let read_only_times = r.table(READONLYTIME_ROOMID)?;
     let user_rooms = r.table(USERIDROOMID)?;
     let mut counts: HashMap<i64, u64> = HashMap::new();
     let mut ranges = RangeCounts::default();
@@ -372,6 +373,17 @@ fn check_tables(
                 Fix::Rebuild,
             );
         }
+        if let Some(at) = room.read_only_at
+            && read_only_times.get((at, id))?.is_none()
+        {
+            problem(
+                &mut p,
+                "readonlytime_roomid",
+                format!("{at},{id}"),
+                format!("missing for room {id}"),
+                Fix::Rebuild,
+            );
+        }
         for u in room.members() {
             if user_rooms.get((u, id))?.is_none() {
                 problem(
@@ -463,6 +475,18 @@ fn check_tables(
                 "deletiontime_roomid",
                 format!("{at},{id}"),
                 format!("room {id} is not due then"),
+                Fix::Rebuild,
+            );
+        }
+    }
+    for entry in read_only_times.iter()? {
+        let (at, id) = entry?.0.value();
+        if points_wrong(r, id, |room| room.read_only_at == Some(at))? {
+            problem(
+                &mut p,
+                "readonlytime_roomid",
+                format!("{at},{id}"),
+                format!("room {id} does not become read-only then"),
                 Fix::Rebuild,
             );
         }
@@ -752,6 +776,7 @@ fn rebuild(w: &mut Writer) -> Result<(), StoreError> {
     t.delete_table(MATRIXROOMID_ROOMID)?;
     t.delete_table(USERIDROOMID)?;
     t.delete_table(DELETIONTIME_ROOMID)?;
+    t.delete_table(READONLYTIME_ROOMID)?;
     t.delete_table(ORGID_ROOMCOUNT)?;
     t.delete_table(ORGIDRANGE_ROOMCOUNT)?;
     t.delete_table(USERIDORGID_ROLE)?;
@@ -767,6 +792,7 @@ fn rebuild(w: &mut Writer) -> Result<(), StoreError> {
     let mut matrix = t.open_table(MATRIXROOMID_ROOMID)?;
     let mut user_rooms = t.open_table(USERIDROOMID)?;
     let mut deletions = t.open_table(DELETIONTIME_ROOMID)?;
+    let mut read_only_times = t.open_table(READONLYTIME_ROOMID)?;
     let mut counts: BTreeMap<i64, u64> = BTreeMap::new();
     let mut ranges = RangeCounts::default();
     let mut max_room = 0;
@@ -804,6 +830,9 @@ fn rebuild(w: &mut Writer) -> Result<(), StoreError> {
         }
         if let Some(at) = room.scheduled_deletion {
             deletions.insert((at, room.id), ())?;
+        }
+        if let Some(at) = room.read_only_at {
+            read_only_times.insert((at, room.id), ())?;
         }
         for u in room.members() {
             user_rooms.insert((u, room.id), ())?;
@@ -870,6 +899,7 @@ fn rebuild(w: &mut Writer) -> Result<(), StoreError> {
         matrix,
         user_rooms,
         deletions,
+        read_only_times,
         room_counts,
         roles,
         reverse,

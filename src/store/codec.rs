@@ -22,7 +22,8 @@ pub trait Versioned: Serialize + DeserializeOwned {
 /// Every stored type with its record version. A change here needs a new
 /// schema version and a step in `store::migrate` that rewrites the records.
 impl Versioned for Room {
-    /// 2: `topic` after `name` (schema 2).
+    /// 2: `topic` after `name`, `automation_given`, and `read_only`,
+    /// `read_only_at` at the end (schema 2).
     const VERSION: u8 = 2;
 }
 impl Versioned for Organization {

@@ -15,7 +15,8 @@ use crate::model::{Event, Organization, OutboxOp, Room, Token, User};
 /// Name of the dump format, in its first line.
 pub const FORMAT: &str = "messenger-chat-export";
 /// Version of the dump format written today. 2: rooms carry `topic` and
-/// `automation_given` (who gave each role); `event` records hold the event log. Import reads every version up
+/// `automation_given` (who gave each role), `read_only` and `read_only_at`
+/// (absent: false and none); `event` records hold the event log. Import reads every version up
 /// to this one: a version 1 room has no topic, read as empty, and the
 /// origin of its roles is inferred as the migration from schema 1 infers it
 /// (`migrate::settle_schema_1_room`, from the organization roles the dump
@@ -299,6 +300,7 @@ mod tests {
                 room.admins = vec![7];
                 room.matrix_room_id = "!a:hs".into();
                 room.scheduled_deletion = Some(1000);
+                room.read_only_at = Some(1500);
                 w.put_room(&room, None)?;
                 w.set_avatar(1, Some(b"\x89PNG\r\n\x1a\nxx"))?;
                 w.push_outbox(&OutboxOp::SyncRoom { room_id: 1 })?;
@@ -334,12 +336,23 @@ mod tests {
         assert_eq!(r.room_id_by_matrix_id("!a:hs").unwrap(), Some(1));
         assert_eq!(r.user_room_ids(7).unwrap(), vec![1]);
         assert_eq!(r.rooms_due(2000, 10).unwrap(), vec![1]);
+        assert_eq!(r.rooms_read_only_due(2000, 10).unwrap(), vec![1]);
         assert_eq!(r.orgs_of(7).unwrap(), vec![(1, OrgRole::Owner)]);
         assert_eq!(r.tokens_of(7).unwrap().len(), 1);
         let org_events: Vec<u64> = r.events_after(Some(1), 0, 10).unwrap().iter().map(|e| e.id).collect();
         assert_eq!((org_events, r.last_event_id().unwrap()), (vec![1], 2), "the event log and its index");
         drop(r);
         assert!(matches!(b.import(first.as_slice(), false, |_, _| {}), Err(DumpError::NotEmpty)));
+    }
+
+    /// A room of a dump written before read-only rooms: not read-only, nothing scheduled.
+    #[test]
+    fn a_room_without_read_only_fields_reads_as_writable() {
+        let mut room = serde_json::to_value(crate::domain::rooms::blank_room(1, 1, 5)).unwrap();
+        let fields = room.as_object_mut().unwrap();
+        assert!(fields.remove("read_only").is_some() && fields.remove("read_only_at").is_some());
+        let back: Room = serde_json::from_value(room).unwrap();
+        assert_eq!((back.read_only, back.read_only_at), (false, None));
     }
 
     #[test]

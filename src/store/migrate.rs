@@ -15,6 +15,9 @@
 //!    have automation on and counts of each organization's rooms over fixed
 //!    ranges of room ids (deep pages of GetRooms); a default room loses a
 //!    scheduled deletion (room record version 2, room JSON version 2).
+//!    Rooms gain `read_only` (false) and `read_only_at` (none), indexed by
+//!    time in `readonlytime_roomid` (empty after the step: no schema-1 room
+//!    is read-only).
 
 use std::time::Instant;
 
@@ -397,6 +400,9 @@ pub mod v1 {
                 sync_error: r.sync_error,
                 created_at: r.created_at,
                 updated_at: r.updated_at,
+                // Schema 1 had no read-only rooms.
+                read_only: false,
+                read_only_at: None,
             }
         }
     }

@@ -208,6 +208,7 @@ impl Store {
                 t.open_table(NAME_COUNTER)?;
                 t.open_table(NAME_META)?;
                 t.open_table(DELETIONTIME_ROOMID)?;
+                t.open_table(READONLYTIME_ROOMID)?;
                 t.open_table(USERID_MATRIXACCOUNT)?;
                 t.open_table(MATRIXROOMID_DELETEID)?;
                 t.open_table(EVENTID_EVENT)?;
@@ -611,6 +612,16 @@ pub trait Read {
         Ok(ids)
     }
 
+    /// Rooms whose `read_only_at` is at or before `now`, soonest first.
+    fn rooms_read_only_due(&self, now: i64, limit: usize) -> Result<Vec<RoomId>, StoreError> {
+        let t = self.table(READONLYTIME_ROOMID)?;
+        let mut ids = Vec::new();
+        for entry in t.range((i64::MIN, 0u64)..=(now, u64::MAX))?.take(limit) {
+            ids.push(entry?.0.value().1);
+        }
+        Ok(ids)
+    }
+
     /// Whether the user's Matrix account is known to exist.
     fn has_matrix_account(&self, user: UserId) -> Result<bool, StoreError> {
         Ok(self.table(USERID_MATRIXACCOUNT)?.get(user)?.is_some())
@@ -787,6 +798,16 @@ impl Writer {
                 t.insert((at, room.id), ())?;
             }
         }
+        let old_read_only_at = previous.and_then(|p| p.read_only_at);
+        if old_read_only_at != room.read_only_at {
+            let mut t = self.txn.open_table(READONLYTIME_ROOMID)?;
+            if let Some(at) = old_read_only_at {
+                t.remove((at, room.id))?;
+            }
+            if let Some(at) = room.read_only_at {
+                t.insert((at, room.id), ())?;
+            }
+        }
         let old_members = previous.map(Room::members).unwrap_or_default();
         let new_members = room.members();
         if old_members != new_members {
@@ -840,6 +861,9 @@ impl Writer {
         }
         if let Some(at) = room.scheduled_deletion {
             self.txn.open_table(DELETIONTIME_ROOMID)?.remove((at, room.id))?;
+        }
+        if let Some(at) = room.read_only_at {
+            self.txn.open_table(READONLYTIME_ROOMID)?.remove((at, room.id))?;
         }
         let mut t = self.txn.open_table(USERIDROOMID)?;
         for u in room.members() {
@@ -1010,6 +1034,8 @@ mod tests {
             sync_error: None,
             created_at: 0,
             updated_at: 0,
+            read_only: false,
+            read_only_at: None,
         }
     }
 

@@ -52,6 +52,8 @@ pub const NAME_COUNTER: TableDefinition<&str, u64> = TableDefinition::new("name_
 pub const NAME_META: TableDefinition<&str, &[u8]> = TableDefinition::new("name_meta");
 /// (Unix seconds, room id) → (): rooms waiting for their scheduled deletion, soonest first.
 pub const DELETIONTIME_ROOMID: TableDefinition<(i64, u64), ()> = TableDefinition::new("deletiontime_roomid");
+/// (Unix seconds, room id) → (): rooms waiting to become read-only (`read_only_at`), soonest first (schema 2).
+pub const READONLYTIME_ROOMID: TableDefinition<(i64, u64), ()> = TableDefinition::new("readonlytime_roomid");
 /// user id → (): app users whose Matrix account exists on the homeserver.
 pub const USERID_MATRIXACCOUNT: TableDefinition<i64, ()> = TableDefinition::new("userid_matrixaccount");
 /// Matrix room id → delete id of the homeserver's asynchronous room delete being followed.
