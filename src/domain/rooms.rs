@@ -686,10 +686,9 @@ fn check_read_only_time(at: Option<i64>, now: i64) -> Result<()> {
         Some(t) if t <= now => {
             Err(Error::invalid("readOnlyAt", "lies in the past: give a future time, or null for none"))
         }
-        Some(t) if t > LAST_DELETION_TIME => Err(Error::invalid(
-            "readOnlyAt",
-            "lies after 9999-12-31T23:59:59Z: give an earlier time, or null for none",
-        )),
+        Some(t) if t > LAST_DELETION_TIME => {
+            Err(Error::invalid("readOnlyAt", "lies after 9999-12-31T23:59:59Z: give an earlier time, or null for none"))
+        }
         _ => Ok(()),
     }
 }
@@ -699,9 +698,7 @@ fn check_read_only_time(at: Option<i64>, now: i64) -> Result<()> {
 fn read_only_at_for_events_only(what: &str) -> Error {
     Error::invalid(
         "readOnlyAt",
-        format!(
-            "is for event rooms only ({what}): set readOnly to true instead, or create the room as an event room"
-        ),
+        format!("is for event rooms only ({what}): set readOnly to true instead, or create the room as an event room"),
     )
 }
 

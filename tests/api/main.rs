@@ -18,6 +18,7 @@ mod matrix;
 mod openapi;
 mod persistence;
 mod proxy;
+mod read_only;
 mod roles;
 mod rooms;
 mod service;

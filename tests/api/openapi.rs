@@ -128,8 +128,8 @@ async fn the_room_schemas_match_what_the_server_reads_and_writes() {
                 "name" => json!("Documented"),
                 "topic" => json!("Every documented field"),
                 "admins" | "moderators" | "assignedUsers" => json!([]),
-                "automationEnabled" => json!(false),
-                "avatar" | "scheduledDeletion" => Value::Null,
+                "automationEnabled" | "readOnly" => json!(false),
+                "avatar" | "scheduledDeletion" | "readOnlyAt" => Value::Null,
                 other => panic!("{schema}.{other}: give this test a value for the new property"),
             };
             body.insert(name, value);

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::common::{TestServer, World, ids, png, room_id, stable, stable_list};
 
-const ROOM_KEYS: [&str; 15] = [
+const ROOM_KEYS: [&str; 17] = [
     "roomID",
     "type",
     "organizationID",
@@ -23,6 +23,8 @@ const ROOM_KEYS: [&str; 15] = [
     "assignedUsers",
     "automationEnabled",
     "scheduledDeletion",
+    "readOnly",
+    "readOnlyAt",
     "syncState",
     "syncError",
 ];
