@@ -368,3 +368,49 @@ async fn bot_logs_in_again_when_its_token_is_gone() {
     second.joined_rooms().await.unwrap();
     first.joined_rooms().await.expect("the first client logs in again by itself");
 }
+
+/// A read-only room as the service makes one: created with
+/// `events_default` 50, a plain member's message is refused (403
+/// `M_FORBIDDEN`) and a moderator's accepted; with `events_default` back to
+/// 0 through a read-modify-write of the power levels, the member posts, and
+/// the users' levels are untouched.
+#[tokio::test]
+async fn read_only_room_refuses_plain_members() {
+    let client = bot().await;
+    let (moderator, moderator_pw) = new_user(&client).await;
+    let (member, member_pw) = new_user(&client).await;
+    let room = NewRoom {
+        marker: unique(),
+        name: "Announcements".into(),
+        topic: None,
+        avatar_url: None,
+        users: BTreeMap::from([(moderator.clone(), 50)]),
+        events_default: Some(50),
+        invite: vec![moderator.clone(), member.clone()],
+        room_version: None,
+    };
+    let room_id = client.create_room(&room).await.unwrap();
+    assert_eq!(client.power_levels(&room_id).await.unwrap().other["events_default"], 50);
+    for user in [&moderator, &member] {
+        client.admin_join(&room_id, user).await.unwrap();
+    }
+    let mod_session = client.login_user(&moderator, &moderator_pw, Some("MODPHONE"), None).await.unwrap();
+    let member_session = client.login_user(&member, &member_pw, Some("MEMBERPHONE"), None).await.unwrap();
+
+    let err = client.send_text(&member_session.access_token, &room_id, "ro1", "may I?").await.unwrap_err();
+    assert!(matches!(err, MatrixError::Api { status: 403, .. }) && err.is(&ErrCode::Forbidden), "{err:?}");
+    let sent = client.send_text(&mod_session.access_token, &room_id, "ro2", "announcement").await.unwrap();
+    assert!(sent.starts_with('$'), "{sent}");
+
+    let changed = client
+        .modify_power_levels(&room_id, |pl| {
+            pl.other.insert("events_default".into(), 0.into());
+        })
+        .await
+        .unwrap();
+    assert!(changed);
+    let pl = client.power_levels(&room_id).await.unwrap();
+    assert_eq!((pl.other["events_default"].as_i64(), pl.level_of(&moderator), pl.level_of(&member)), (Some(0), 50, 0));
+    let sent = client.send_text(&member_session.access_token, &room_id, "ro3", "thanks").await.unwrap();
+    assert!(sent.starts_with('$'), "{sent}");
+}

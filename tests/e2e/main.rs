@@ -26,5 +26,6 @@ mod fallback;
 mod faults;
 mod login;
 mod membership;
+mod read_only;
 mod rooms;
 mod upgrade;
