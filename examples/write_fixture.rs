@@ -150,6 +150,8 @@ const DESCRIPTION: &[&str] = &[
     "Origin of roles (schema 2 on): in rooms 1 and 3 (automation on) Ann and Ben are admins and Cara \
      assigned through automation, except Ben in room 3, named admin explicitly with add-users afterwards; \
      every other role was given explicitly (Ann as the creator of room 2, Eve of room 7).",
+    "Read-only (schema 2 on): room 2 made read-only by Ann; room 3 to become read-only at 2100-02-28 \
+     (readOnlyAt); the others writable.",
     "Event log (schema 2 on): the events of every change above as the domain wrote them, with their \
      actors (the command line, or the PATs of the users who made or claimed rooms); none from the \
      reconciler, whose work is written directly.",
@@ -290,6 +292,11 @@ fn populate(d: &Domain) -> Fallible<Value> {
     d.add_users(api, &id(&launch), &UserLists { admins: vec![2], ..UserLists::default() })?;
     d.update_room(api, &id(&plain), RoomPatch { topic: Some(Some("Soon gone".into())), ..RoomPatch::default() })?;
     d.update_room(api, &id(&plain), RoomPatch { topic: Some(None), ..RoomPatch::default() })?;
+    // Read-only rooms (schema 2 on): Board frozen by its creator; the
+    // Launch party to freeze itself a day before its deletion.
+    d.update_room(Principal::User(1), &id(&board), RoomPatch { read_only: Some(true), ..RoomPatch::default() })?;
+    let freeze = RoomPatch { read_only_at: Some(Some(FAR + 58 * 86_400)), ..RoomPatch::default() };
+    d.update_room(api, &id(&launch), freeze)?;
     d.put_user(api, 5, "Eve Owner-Smith")?;
     d.deactivate_user(api, 4)?;
 

@@ -1,6 +1,7 @@
 //! Every fixture an earlier release wrote, opened with today's binary:
 //! served through the API exactly as that release served it (plus what
-//! today adds: `topic`, `""` for old rooms), exported record by record as
+//! today adds: `topic`, `""` for old rooms; `readOnly` false and
+//! `readOnlyAt` null for rooms from before read-only rooms), exported record by record as
 //! that release exported it, and passing `check`.
 
 use std::collections::BTreeMap;
@@ -15,6 +16,13 @@ fn today(room: &Value) -> Value {
     let mut room = room.clone();
     if room.get("topic").is_none() {
         room["topic"] = json!("");
+    }
+    // Rooms from before read-only rooms are writable, with nothing scheduled.
+    if room.get("readOnly").is_none() {
+        room["readOnly"] = json!(false);
+    }
+    if room.get("readOnlyAt").is_none() {
+        room["readOnlyAt"] = Value::Null;
     }
     room
 }
@@ -44,7 +52,11 @@ async fn served_as_written(f: &Fixture) {
     for (id, served) in rooms {
         let expected = today(served);
         let got = srv.get(&format!("/v1/chatrooms/{id}"), &api).await;
-        assert_eq!(got.expect(200), &expected, "{name}: room {id} as its release served it, plus an empty topic");
+        assert_eq!(
+            got.expect(200),
+            &expected,
+            "{name}: room {id} as its release served it, plus an empty topic and not read-only"
+        );
         let matrix = served["matrixRoomID"].as_str().unwrap_or_default();
         if !matrix.is_empty() {
             let by_matrix = srv.get(&format!("/v1/chatrooms/{matrix}"), &api).await;

@@ -57,6 +57,13 @@ impl Fixture {
             if record["record"] == "room" && record.get("topic").is_none() {
                 record["topic"] = json!("");
             }
+            // Rooms from before read-only rooms: writable, nothing scheduled.
+            if record["record"] == "room" && record.get("read_only").is_none() {
+                record["read_only"] = json!(false);
+            }
+            if record["record"] == "room" && record.get("read_only_at").is_none() {
+                record["read_only_at"] = Value::Null;
+            }
             if record["record"] == "room" && record.get("automation_given").is_none() {
                 let mut given: Vec<i64> = Vec::new();
                 if record["automation"] == true {
