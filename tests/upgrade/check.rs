@@ -200,3 +200,41 @@ async fn check_finds_the_event_log_index_and_repair_rebuilds_it() {
     let next = srv.get(&format!("/v1/events?after={last}"), &w.api).await;
     assert_eq!(next.expect(200)["events"][0]["id"], json!(last + 1), "the repaired counter hands out a fresh id");
 }
+
+/// The index of `readOnlyAt` times: an entry gone and a stray one are named
+/// by check, and repair rebuilds the index from the rooms.
+#[tokio::test]
+async fn check_finds_the_read_only_schedule_index_and_repair_rebuilds_it() {
+    let srv = TestServer::start();
+    let w = World::new(&srv).await;
+    let at = 4_102_444_800_i64;
+    let body = json!({"name": "Launch", "organizationID": w.org, "eventID": 42, "readOnlyAt": at});
+    let room = room_id(srv.post("/v1/chatrooms/event", &w.api, Some(body)).await.expect(201));
+    let other = room_id(&w.room_from(&srv, json!({"name": "Chat"})).await);
+    let mut srv = srv;
+    assert!(srv.stop());
+    let data = Data::with_file(&srv.data_dir().join(DB_FILE));
+    assert!(data.cli(&["check"]).ok, "a database the service wrote is clean:\n{}", data.cli(&["check"]).text());
+    let (room, other) = (u64::try_from(room).unwrap(), u64::try_from(other).unwrap());
+    {
+        let raw = open_raw(&data.db());
+        let t = raw.begin_write().unwrap();
+        let mut index = t.open_table(tables::READONLYTIME_ROOMID).unwrap();
+        assert!(index.remove((at, room)).unwrap().is_some(), "the service indexed the time");
+        index.insert((at, other), ()).unwrap();
+        drop(index);
+        t.commit().unwrap();
+    }
+    data.cli(&["check"]).refused_saying(&[
+        &format!("readonlytime_roomid [{at},{room}]: missing for room {room}"),
+        &format!("readonlytime_roomid [{at},{other}]: room {other} does not become read-only then"),
+        "2 problems",
+    ]);
+    let repaired = data.cli(&["check", "--repair"]);
+    assert!(repaired.ok, "repair succeeds:\n{}", repaired.text());
+    let raw = open_raw(&data.db());
+    let r = redb::ReadableDatabase::begin_read(&raw).unwrap();
+    let index = r.open_table(tables::READONLYTIME_ROOMID).unwrap();
+    let entries: Vec<(i64, u64)> = index.iter().unwrap().map(|e| e.unwrap().0.value()).collect();
+    assert_eq!(entries, vec![(at, room)], "the index as the rooms say");
+}
