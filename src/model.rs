@@ -93,7 +93,7 @@ pub struct Room {
     #[serde(default)]
     pub read_only: bool,
     /// Unix seconds at which the service makes the room read-only by itself
-    /// (event rooms only); cleared when it does.
+    /// (an event room once its event is over); cleared when it does.
     #[serde(default)]
     pub read_only_at: Option<i64>,
 }

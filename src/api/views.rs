@@ -31,7 +31,7 @@ pub struct CreateRoomBody {
     pub scheduled_deletion: Option<i64>,
     #[serde(default, rename = "readOnly")]
     pub read_only: bool,
-    /// When the room becomes read-only by itself (event rooms): a time as `scheduledDeletion`.
+    /// When the room becomes read-only by itself: a time as `scheduledDeletion`.
     #[serde(default, rename = "readOnlyAt", deserialize_with = "deletion_time")]
     pub read_only_at: Option<i64>,
 }

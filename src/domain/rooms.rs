@@ -102,7 +102,7 @@ pub struct NewRoom {
     pub scheduled_deletion: Option<i64>,
     /// Only moderators and admins may post.
     pub read_only: bool,
-    /// Unix seconds at which the room becomes read-only; event rooms only.
+    /// Unix seconds at which the room becomes read-only.
     pub read_only_at: Option<i64>,
 }
 
@@ -261,9 +261,6 @@ impl Domain {
         };
         self.check_deletion_time(spec.scheduled_deletion, now)?;
         check_read_only_time(spec.read_only_at, now)?;
-        if spec.read_only_at.is_some() && event_id.is_none() {
-            return Err(read_only_at_for_events_only("this is a custom room"));
-        }
         let room = self.write(|w| {
             Self::require_org(w, org)?;
             Self::require_org_manager(w, p, org)?;
@@ -374,7 +371,8 @@ impl Domain {
         Ok(())
     }
 
-    /// Changes a room's automation, name, topic, avatar or scheduled deletion.
+    /// Changes a room's automation, name, topic, avatar, scheduled deletion,
+    /// read-only flag or the time it becomes read-only.
     ///
     /// The default room belongs to the organization: only its owners/admins
     /// change anything on it (a room admin of it may still manage its users),
@@ -412,11 +410,6 @@ impl Domain {
                 }
             } else {
                 require_room_admin(w, p, &old)?;
-            }
-            if let Some(Some(_)) = patch.read_only_at
-                && old.kind != RoomKind::Event
-            {
-                return Err(read_only_at_for_events_only(&format!("room {} is a {} room", old.id, old.kind.as_str())));
             }
             let mut room = old.clone();
             if let Some(name) = name {
@@ -680,7 +673,8 @@ impl Domain {
 const LAST_DELETION_TIME: i64 = 253_402_300_799;
 
 /// The rules of a deletion time, for `readOnlyAt`: in the future, and
-/// writable in RFC 3339.
+/// writable in RFC 3339. Any room may have one, the default room too: it
+/// only freezes the room, which its owners/admins may do at once anyway.
 fn check_read_only_time(at: Option<i64>, now: i64) -> Result<()> {
     match at {
         Some(t) if t <= now => {
@@ -691,15 +685,6 @@ fn check_read_only_time(at: Option<i64>, now: i64) -> Result<()> {
         }
         _ => Ok(()),
     }
-}
-
-/// A schedule to become read-only is for event rooms, whose event ends;
-/// any room can be made read-only at once with `readOnly`.
-fn read_only_at_for_events_only(what: &str) -> Error {
-    Error::invalid(
-        "readOnlyAt",
-        format!("is for event rooms only ({what}): set readOnly to true instead, or create the room as an event room"),
-    )
 }
 
 fn no_room(room: &RoomRef) -> Error {

@@ -98,18 +98,18 @@ async fn read_only_at_is_validated() {
     let w = World::new(&srv).await;
     let now = unix_now();
 
-    // Event rooms only: a custom room (at creation or later) and the default room are 422.
-    let body = json!({"name": "Chat", "organizationID": 1, "readOnlyAt": now + 3600});
-    let detail = srv.post("/v1/chatrooms", &w.api, Some(body)).await.expect_problem(422);
-    assert!(detail.contains("readOnlyAt") && detail.contains("event rooms only"), "{detail}");
-    let custom = w.room(&srv, "Board").await;
-    let resp = srv.patch(&format!("/v1/chatrooms/{custom}"), &w.api, Some(json!({"readOnlyAt": now + 3600}))).await;
-    let detail = resp.expect_problem(422);
-    assert!(detail.contains("event rooms only") && detail.contains("set readOnly"), "{detail}");
-    let default = srv.post("/v1/chatrooms/default", &w.api, Some(json!({"organizationID": 1}))).await;
+    // Any kind of room takes one: a custom room at creation, the default
+    // room (by an owner/admin of the organization, not by its room admin).
+    let body = json!({"name": "Campaign", "organizationID": 1, "readOnlyAt": now + 3600});
+    let custom = w.room_from(&srv, body).await;
+    assert!(custom["readOnlyAt"].is_string(), "{custom}");
+    let default = srv.post("/v1/chatrooms/default", &w.api, Some(json!({"organizationID": 1, "topic": "x"}))).await;
     let default = room_id(default.expect(201));
-    let resp = srv.patch(&format!("/v1/chatrooms/{default}"), &w.api, Some(json!({"readOnlyAt": now + 3600}))).await;
-    assert!(resp.expect_problem(422).contains("event rooms only"));
+    let path = format!("/v1/chatrooms/{default}");
+    srv.post(&format!("{path}/users"), &w.api, Some(json!({"admins": [w.room_admin.id]}))).await.expect(200);
+    let at = json!({"readOnlyAt": now + 3600});
+    srv.patch(&path, &w.room_admin.token, Some(at.clone())).await.expect_problem(403);
+    assert!(srv.patch(&path, &w.owner.token, Some(at)).await.expect(200)["readOnlyAt"].is_string());
 
     // In the past, or after what RFC 3339 can write: 422; not a time: 400.
     let body = json!({"name": "Past", "organizationID": 1, "eventID": 5, "readOnlyAt": now - 10});
@@ -120,6 +120,8 @@ async fn read_only_at_is_validated() {
     let body = json!({"name": "Soon", "organizationID": 1, "eventID": 5, "readOnlyAt": "soon"});
     assert!(srv.post("/v1/chatrooms/event", &w.api, Some(body)).await.expect_problem(400).contains("RFC 3339"));
     assert_eq!(srv.rooms(1).await["total"], 2, "no refused request made a room");
+    let resp = srv.patch(&format!("/v1/chatrooms/{}", room_id(&custom)), &w.api, Some(json!({"readOnlyAt": 0}))).await;
+    assert!(resp.expect_problem(422).contains("readOnlyAt lies in the past"));
 
     // An event room takes it as RFC 3339 or Unix seconds, answers RFC 3339,
     // and a PATCH moves or cancels it; a room moderator may not.

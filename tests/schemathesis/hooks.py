@@ -1,7 +1,7 @@
 """Schemathesis hooks for tests/schemathesis.rs.
 
 Two facts of the contract lie outside what a schema can say: a room's
-`scheduledDeletion` must lie in the future, and the future moves; and an
+`scheduledDeletion` (and `readOnlyAt`) must lie in the future, and the future moves; and an
 event-log cursor (`GET /v1/events?after=`) must name an event that exists
 (see `_cursor`). A case
 that schemathesis generated as valid but whose deletion time has already
@@ -73,8 +73,10 @@ def _later(value):
 
 def _move(case):
     body = case.body
-    if isinstance(body, dict) and body.get("scheduledDeletion") is not None:
-        body["scheduledDeletion"] = _later(body["scheduledDeletion"])
+    # readOnlyAt follows the same rule as scheduledDeletion.
+    for field in ("scheduledDeletion", "readOnlyAt"):
+        if isinstance(body, dict) and body.get(field) is not None:
+            body[field] = _later(body[field])
 
 
 # The fixtures write more events than this before the run starts.
