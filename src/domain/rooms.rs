@@ -655,36 +655,31 @@ impl Domain {
     }
 
     fn check_deletion_time(&self, at: Option<i64>, now: i64) -> Result<()> {
-        match at {
-            Some(t) if t <= now => {
-                Err(Error::invalid("scheduledDeletion", "lies in the past: give a future time, or null for none"))
-            }
-            // Rooms are answered with the time in RFC 3339, whose years have four digits.
-            Some(t) if t > LAST_DELETION_TIME => Err(Error::invalid(
-                "scheduledDeletion",
-                "lies after 9999-12-31T23:59:59Z: give an earlier time, or null for none",
-            )),
-            _ => Ok(()),
-        }
+        check_future_time("scheduledDeletion", at, now)
     }
 }
 
 /// 9999-12-31T23:59:59Z in Unix seconds: the last time RFC 3339 can write.
 const LAST_DELETION_TIME: i64 = 253_402_300_799;
 
-/// The rules of a deletion time, for `readOnlyAt`: in the future, and
-/// writable in RFC 3339. Any room may have one, the default room too: it
-/// only freezes the room, which its owners/admins may do at once anyway.
-fn check_read_only_time(at: Option<i64>, now: i64) -> Result<()> {
+/// A time at which the service acts by itself (`scheduledDeletion`,
+/// `readOnlyAt`): `None`, or in the future and writable in RFC 3339.
+fn check_future_time(field: &str, at: Option<i64>, now: i64) -> Result<()> {
     match at {
-        Some(t) if t <= now => {
-            Err(Error::invalid("readOnlyAt", "lies in the past: give a future time, or null for none"))
-        }
+        Some(t) if t <= now => Err(Error::invalid(field, "lies in the past: give a future time, or null for none")),
+        // Rooms are answered with the time in RFC 3339, whose years have four digits.
         Some(t) if t > LAST_DELETION_TIME => {
-            Err(Error::invalid("readOnlyAt", "lies after 9999-12-31T23:59:59Z: give an earlier time, or null for none"))
+            Err(Error::invalid(field, "lies after 9999-12-31T23:59:59Z: give an earlier time, or null for none"))
         }
         _ => Ok(()),
     }
+}
+
+/// `readOnlyAt` follows the rules of a deletion time. Any room may have
+/// one, the default room too: it only freezes the room, which its
+/// owners/admins may do at once anyway.
+fn check_read_only_time(at: Option<i64>, now: i64) -> Result<()> {
+    check_future_time("readOnlyAt", at, now)
 }
 
 fn no_room(room: &RoomRef) -> Error {
