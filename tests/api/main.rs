@@ -24,3 +24,4 @@ mod service;
 mod token_cache;
 mod user;
 mod validation;
+mod webhooks;
