@@ -61,11 +61,17 @@ pub struct Created {
 /// # Errors
 /// 422 naming the rule.
 pub fn check_id(id: &str) -> Result<()> {
-    let ok = (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    // A letter or digit first: `.` and `..` are no path segments a client can send.
+    let ok = (1..=64).contains(&id.len())
+        && id.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
     if ok {
         Ok(())
     } else {
-        Err(Error::invalid("webhookID", "must be 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' and '-'"))
+        Err(Error::invalid(
+            "webhookID",
+            "must be 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' and '-', starting with a letter or digit",
+        ))
     }
 }
 
