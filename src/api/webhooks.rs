@@ -55,7 +55,8 @@ pub fn routes(state: AppState) -> BoxedFilter<(Handled,)> {
 struct WebhookBody {
     url: String,
     event_types: Vec<String>,
-    #[serde(default, rename = "organizationID")]
+    /// An integer, also written as `531.0` (JSON Schema's integers include it).
+    #[serde(default, rename = "organizationID", deserialize_with = "super::views::optional_int")]
     organization_id: Option<i64>,
 }
 

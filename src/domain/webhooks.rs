@@ -56,6 +56,16 @@ pub struct Created {
     pub created: bool,
 }
 
+/// Never shows the secret.
+impl std::fmt::Debug for Created {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Created")
+            .field("webhook", &self.webhook.id)
+            .field("created", &self.created)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Checks a webhook id from the path.
 ///
 /// # Errors
@@ -383,6 +393,76 @@ mod tests {
         assert!(check_url("http://127.0.0.1:8080/hook", &open).is_ok(), "http to loopback");
         assert!(check_url("https://10.0.0.1/", &open).is_ok());
         assert!(check_url("http://10.0.0.1/", &open).is_err(), "http elsewhere needs allow_http");
+    }
+
+    fn domain(config: crate::config::Config) -> (tempfile::TempDir, Domain) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&dir.path().join("db.redb"), 1 << 20).unwrap();
+        let clock = std::sync::Arc::new(crate::domain::ManualClock::new(1_800_000_000));
+        let key = crate::secrets::ServerKey::from_bytes([5; 32]);
+        (dir, Domain::new(store, std::sync::Arc::new(config), key, clock).unwrap())
+    }
+
+    fn spec() -> WebhookSpec {
+        WebhookSpec { url: "https://hooks.example.com/in".into(), event_types: vec!["*".into()], org_id: None }
+    }
+
+    /// `webhooks.max_webhooks` bounds how many exist; a replacing PUT keeps
+    /// the secret and the cursor and clears `failing`; a PAT may do nothing.
+    #[test]
+    fn webhooks_are_bounded_and_replacing_keeps_the_secret() {
+        let mut config = crate::config::Config::default();
+        config.webhooks.max_webhooks = 2;
+        let (_dir, d) = domain(config);
+        let api = Principal::COMMAND_LINE;
+        let a = d.put_webhook(api, "a", spec()).unwrap();
+        assert!(a.created && a.secret.as_deref().is_some_and(|s| s.starts_with("whsec_")));
+        d.put_webhook(api, "b", spec()).unwrap();
+        let third = d.put_webhook(api, "c", spec()).unwrap_err().to_string();
+        assert!(third.contains("webhooks.max_webhooks"), "{third}");
+        d.write(|w| {
+            let mut h = stored::webhook(w, "a")?.unwrap();
+            (h.cursor, h.failing, h.failing_since) = (42, true, Some(1));
+            w.put_webhook(&h)?;
+            Ok(())
+        })
+        .unwrap();
+        let again = d.put_webhook(api, "a", spec()).unwrap();
+        assert!(!again.created && again.secret.is_none());
+        let h = again.webhook;
+        assert_eq!((h.cursor, h.failing, h.failing_since, h.generation), (42, false, None, 2));
+        assert_eq!(h.sealed_secret, a.webhook.sealed_secret, "the secret is kept");
+        let rotated = d.rotate_webhook_secret(api, "a").unwrap();
+        assert_ne!(rotated.secret, a.secret);
+        assert_eq!(rotated.webhook.generation, 3);
+        let pat = Principal::User(7);
+        assert!(matches!(d.put_webhook(pat, "x", spec()), Err(Error::Forbidden(_))));
+        assert!(matches!(d.delete_webhook(pat, "a"), Err(Error::Forbidden(_))));
+        d.delete_webhook(api, "b").unwrap();
+        assert!(matches!(d.delete_webhook(api, "b"), Err(Error::NotFound(_))));
+        d.put_webhook(api, "c", spec()).unwrap();
+    }
+
+    /// The delivery log keeps the newest `webhooks.delivery_log_size`
+    /// attempts, newest first, and goes with its webhook.
+    #[test]
+    fn the_delivery_log_is_bounded() {
+        let (_dir, d) = domain(crate::config::Config::default());
+        d.put_webhook(Principal::COMMAND_LINE, "a", spec()).unwrap();
+        d.write(|w| {
+            for event_id in 1..=8 {
+                let a = DeliveryAttempt { event_id, time: 1, status: Some(500), error: None, latency_ms: 3 };
+                w.log_delivery("a", &a, 5)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        let r = d.store.read().unwrap();
+        let kept: Vec<u64> = stored::deliveries(&r, "a", 100).unwrap().iter().map(|a| a.event_id).collect();
+        assert_eq!(kept, vec![8, 7, 6, 5, 4]);
+        drop(r);
+        d.delete_webhook(Principal::COMMAND_LINE, "a").unwrap();
+        assert!(stored::deliveries(&d.store.read().unwrap(), "a", 100).unwrap().is_empty());
     }
 
     #[test]

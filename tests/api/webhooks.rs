@@ -279,7 +279,8 @@ async fn every_event_is_delivered_signed_and_in_order() {
     let secret = made["secret"].as_str().unwrap().to_string();
     let cursor = made["cursor"].as_u64().unwrap();
     srv.put("/v1/organizations/5", &api, Some(json!({"name": "Rooms only"}))).await.expect(201);
-    let filtered = json!({"url": rooms.url(), "eventTypes": ["room.*"], "organizationID": 5});
+    // 5.0 is the integer 5 too (JSON Schema's integers include it).
+    let filtered = json!({"url": rooms.url(), "eventTypes": ["room.*"], "organizationID": 5.0});
     let second = srv.put("/v1/webhooks/rooms-of-5", &api, Some(filtered)).await.expect(201).clone();
     let secret2 = second["secret"].as_str().unwrap().to_string();
     assert_ne!(secret, secret2);
@@ -417,6 +418,27 @@ async fn a_slow_receiver_does_not_slow_the_api() {
         assert!(t.elapsed() < Duration::from_secs(10), "requests took {:?} during a hung delivery", t.elapsed());
     }
     assert_eq!(r.got().len(), 1, "one attempt at a time per webhook, still waiting");
+}
+
+/// An attempt that gets no answer within `webhooks.timeout_secs` failed,
+/// says so in the delivery log, and is retried.
+#[tokio::test]
+async fn an_attempt_without_an_answer_times_out_and_is_retried() {
+    let r = Receiver::start(Mode::Hang).await;
+    let mut env = env_for(&r);
+    env.push(("MESSENGER_CHAT_WEBHOOKS__TIMEOUT_SECS", "1".into()));
+    let srv = start(&env);
+    let api = srv.api_token.clone();
+    srv.put("/v1/webhooks/hung", &api, Some(json!({"url": r.url(), "eventTypes": ["*"]}))).await.expect(201);
+    srv.put("/v1/organizations/4", &api, Some(json!({"name": "Hung"}))).await.expect(201);
+    let hook = wait_webhook(&srv, "hung", "a timed-out attempt", |h| {
+        h["deliveries"][0]["error"].as_str().is_some_and(|e| e.contains("webhooks.timeout_secs"))
+    })
+    .await;
+    assert_eq!(hook["status"], "retrying");
+    wait_for(&r, "a retry", |g| g.len() >= 2).await;
+    let got = r.got();
+    assert!(got.iter().all(|g| g.id == got[0].id), "the same event again");
 }
 
 /// After `webhooks.max_retry_hours` of failures the webhook is failing and
