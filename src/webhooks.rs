@@ -395,13 +395,18 @@ where
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(io).await.map_err(|e| format!("HTTP handshake: {e}"))?;
     let mut conn = std::pin::pin!(conn);
-    tokio::select! {
-        answer = sender.send_request(request) => {
-            answer.map(|r| r.status().as_u16()).map_err(|e| format!("no answer: {e}"))
+    let mut answer = std::pin::pin!(sender.send_request(request));
+    // The connection is driven until the answer is in. It may end first (a
+    // receiver that answers and closes, as HTTP/1.0 servers do): the answer
+    // is then already delivered, or the request failed; either way the
+    // answer future resolves next.
+    let mut ended = false;
+    loop {
+        tokio::select! {
+            answer = &mut answer => {
+                return answer.map(|r| r.status().as_u16()).map_err(|e| format!("no answer: {e}"));
+            }
+            _ = &mut conn, if !ended => ended = true,
         }
-        ended = &mut conn => Err(match ended {
-            Ok(()) => "the receiver closed the connection".to_string(),
-            Err(e) => format!("connection failed: {e}"),
-        }),
     }
 }

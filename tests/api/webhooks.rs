@@ -518,3 +518,60 @@ async fn bad_webhooks_and_callers_are_refused() {
     srv.delete("/v1/webhooks/good", &w.api, None).await.expect(204);
     srv.delete("/v1/webhooks/good", &w.api, None).await.expect_problem(404);
 }
+
+/// A plain-http receiver on loopback that answers as HTTP/1.0 servers do
+/// (the answer, then the connection closed, as Python's `http.server`
+/// does): each event is delivered once, not retried as failed.
+#[tokio::test]
+async fn a_receiver_that_closes_after_answering_gets_each_event_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = got.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else { return };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // The head, then as many body bytes as Content-Length says.
+            let complete = loop {
+                let Ok(n) = tcp.read(&mut chunk).await else { break None };
+                if n == 0 {
+                    break None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                let text = String::from_utf8_lossy(&buf).to_string();
+                let Some(end) = text.find("\r\n\r\n") else { continue };
+                let length = text[..end]
+                    .lines()
+                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + length {
+                    break Some(text);
+                }
+            };
+            if let Some(text) = complete {
+                let id = text.lines().find_map(|l| l.strip_prefix("webhook-id: ")).unwrap_or_default().to_string();
+                seen.lock().unwrap().push(id);
+                let _ = tcp.write_all(b"HTTP/1.0 204 No Content\r\n\r\n").await;
+            }
+            let _ = tcp.shutdown().await;
+        }
+    });
+    let srv = start(&[("MESSENGER_CHAT_WEBHOOKS__ALLOW_LOOPBACK", "true".into())]);
+    let api = srv.api_token.clone();
+    let url = format!("http://127.0.0.1:{port}/hooks");
+    srv.put("/v1/webhooks/plain", &api, Some(json!({"url": url, "eventTypes": ["user.*"]}))).await.expect(201);
+    for u in 31..34 {
+        srv.put(&format!("/v1/users/{u}"), &api, Some(json!({"displayName": "Plain"}))).await.expect(201);
+    }
+    let hook = wait_webhook(&srv, "plain", "three deliveries", |h| {
+        h["deliveries"].as_array().is_some_and(|d| d.iter().filter(|a| a["status"] == 204).count() == 3)
+    })
+    .await;
+    assert!(hook["deliveries"].as_array().unwrap().iter().all(|a| a["status"] == 204), "no failed attempt: {hook}");
+    assert_eq!(got.lock().unwrap().len(), 3, "each event once");
+    task.abort();
+}
