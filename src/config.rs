@@ -1004,7 +1004,8 @@ mod tests {
 
     #[test]
     fn webhook_keys_are_checked() {
-        let cases: [(fn(&mut WebhooksConfig), &str); 7] = [
+        type Change = fn(&mut WebhooksConfig);
+        let cases: [(Change, &str); 7] = [
             (|w| w.max_webhooks = 0, "webhooks.max_webhooks"),
             (|w| w.max_retry_hours = 0.0, "webhooks.max_retry_hours"),
             (|w| w.max_retry_hours = 721.0, "webhooks.max_retry_hours"),
