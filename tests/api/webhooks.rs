@@ -405,7 +405,7 @@ async fn a_slow_receiver_does_not_slow_the_api() {
     let r = Receiver::start(Mode::Hang).await;
     let mut env = env_for(&r);
     env.push(("MESSENGER_CHAT_WEBHOOKS__TIMEOUT_SECS", "60".into()));
-    let srv = start(&env);
+    let mut srv = start(&env);
     let api = srv.api_token.clone();
     srv.put("/v1/webhooks/slow", &api, Some(json!({"url": r.url(), "eventTypes": ["*"]}))).await.expect(201);
     srv.put("/v1/organizations/9", &api, Some(json!({"name": "Slow"}))).await.expect(201);
@@ -418,6 +418,11 @@ async fn a_slow_receiver_does_not_slow_the_api() {
         assert!(t.elapsed() < Duration::from_secs(10), "requests took {:?} during a hung delivery", t.elapsed());
     }
     assert_eq!(r.got().len(), 1, "one attempt at a time per webhook, still waiting");
+    // Nor does it hold up a stop: SIGTERM ends the service long before the
+    // attempt's 60 s are up.
+    let t = Instant::now();
+    assert!(srv.stop(), "a clean exit on SIGTERM\n{}", srv.stderr());
+    assert!(t.elapsed() < Duration::from_secs(20), "the stop took {:?}", t.elapsed());
 }
 
 /// An attempt that gets no answer within `webhooks.timeout_secs` failed,
