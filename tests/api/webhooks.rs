@@ -580,3 +580,35 @@ async fn a_receiver_that_closes_after_answering_gets_each_event_once() {
     assert_eq!(got.lock().unwrap().len(), 3, "each event once");
     task.abort();
 }
+
+/// `webhooks.max_concurrent` bounds the attempts in flight over all
+/// webhooks: with one slot, held by a hung attempt, another webhook waits
+/// for it; it gets its event once the hung attempt times out.
+#[tokio::test]
+async fn attempts_in_flight_are_bounded() {
+    let hung = Receiver::start(Mode::Hang).await;
+    let fine = Receiver::start(Mode::Ok).await;
+    let mut env = env_for(&hung);
+    let bundle = hung.ca_file.with_file_name("both.pem");
+    let pem = std::fs::read_to_string(&hung.ca_file).unwrap() + &std::fs::read_to_string(&fine.ca_file).unwrap();
+    std::fs::write(&bundle, pem).unwrap();
+    env[1].1 = bundle.display().to_string();
+    env.push(("MESSENGER_CHAT_WEBHOOKS__MAX_CONCURRENT", "1".into()));
+    env.push(("MESSENGER_CHAT_WEBHOOKS__TIMEOUT_SECS", "8".into()));
+    let srv = start(&env);
+    let api = srv.api_token.clone();
+    srv.put("/v1/webhooks/hung", &api, Some(json!({"url": hung.url(), "eventTypes": ["*"]}))).await.expect(201);
+    srv.put("/v1/organizations/2", &api, Some(json!({"name": "Hold"}))).await.expect(201);
+    wait_for(&hung, "the hung attempt", |g| !g.is_empty()).await;
+    let made = srv.put("/v1/webhooks/fine", &api, Some(json!({"url": fine.url(), "eventTypes": ["*"]}))).await;
+    let secret = made.expect(201)["secret"].as_str().unwrap().to_string();
+    let t = Instant::now();
+    srv.put("/v1/users/5", &api, Some(json!({"displayName": "Waits"}))).await.expect(201);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    if t.elapsed() < Duration::from_secs(6) {
+        // Well inside the hung attempt's 8 s: the only slot is still taken.
+        assert!(fine.got().is_empty(), "a second attempt ran while the only slot was taken");
+    }
+    wait_for(&fine, "the event once the slot is free", |g| !g.is_empty()).await;
+    assert_eq!(verify(&fine.got()[0], &secret)["type"], "user.created");
+}
