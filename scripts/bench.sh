@@ -12,7 +12,11 @@
 # others, and the median shown), BENCH_LOG_LEVEL (info, the shipped default,
 # so logging costs are part of the measurement), BENCH_STRICT (1: exit 3
 # when a target is missed), BENCH_GLIBC_BIN / BENCH_MUSL_BIN (measure these
-# binaries instead of building; the ceiling and the seeder are still built).
+# binaries instead of building; the ceiling and the seeder are still built),
+# BENCH_WEBHOOK (1: each service gets a webhook for every event type, sent
+# to a local receiver over plain http to loopback, and a background writer
+# makes a few events a second during the runs, so the rows are measured
+# with deliveries going on).
 #
 # Exits non-zero when a step fails; the targets only decide PASS/FAIL in the
 # table, so a slow run on a busy machine still prints its numbers.
@@ -135,6 +139,7 @@ start_service() {
         export MESSENGER_CHAT_MATRIX__HOMESERVER_URL=http://127.0.0.1:9
         export MESSENGER_CHAT_LOG__LEVEL="$LOG_LEVEL"
         export MESSENGER_CHAT_LOG__FORMAT=json
+        if [ "${BENCH_WEBHOOK:-0}" = 1 ]; then export MESSENGER_CHAT_WEBHOOKS__ALLOW_LOOPBACK=true; fi
         exec "$bin" serve >"$WORK/$name.out" 2>"$WORK/$name.out.err"
     ) &
     PID=$!
@@ -181,6 +186,57 @@ done
 last_id=$(grep -o '"roomID":[0-9]*' "$WORK/deep.glibc.json" | tail -1 | cut -d: -f2)
 first_big=$(grep -o '"roomID":[0-9]*' "$WORK/big.glibc.json" | head -1 | cut -d: -f2)
 [ "$last_id" = $((first_big + BIG_ROOMS - 1)) ] || die "the deep page ends at room $last_id, not at the last room"
+
+# --- webhook (BENCH_WEBHOOK=1) -------------------------------------------------
+# A receiver that answers 204 and counts, a webhook for every event type on
+# each service (the first start printed each its own API token), and a writer
+# that renames an organization a few times a second: each rename is an event
+# that each service delivers while the rows are measured.
+if [ "${BENCH_WEBHOOK:-0}" = 1 ]; then
+    cat >"$WORK/receiver.py" <<'PY'
+import http.server, sys
+class Hook(http.server.BaseHTTPRequestHandler):
+    count = 0
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        Hook.count += 1
+        self.send_response(204)
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+print(server.server_address[1], flush=True)
+try:
+    server.serve_forever()
+finally:
+    print("deliveries", Hook.count, file=sys.stderr, flush=True)
+PY
+    python3 "$WORK/receiver.py" >"$WORK/receiver.port" 2>"$WORK/receiver.err" &
+    PIDS+=("$!")
+    for _ in $(seq 1 100); do [ -s "$WORK/receiver.port" ] && break; sleep 0.1; done
+    HOOK_URL="http://127.0.0.1:$(head -1 "$WORK/receiver.port")/hooks"
+    for build in glibc musl; do
+        url_var=${build^^}_URL
+        api=$(grep -m1 'API token' "$WORK/$build.out" | awk '{print $NF}')
+        [ -n "$api" ] || die "the $build service printed no API token to configure the webhook with"
+        code=$(curl -sS --max-time 10 --cacert "$CERT" -X PUT -H "Authorization: Bearer $api" \
+            -H 'content-type: application/json' -d "{\"url\": \"$HOOK_URL\", \"eventTypes\": [\"*\"]}" \
+            -o "$WORK/webhook.$build.json" -w '%{http_code}' "${!url_var}/v1/webhooks/bench") || code=000
+        [ "$code" = 201 ] || die "PUT /v1/webhooks/bench on $build answered $code: $(head -c 300 "$WORK/webhook.$build.json")"
+        (
+            n=0
+            while true; do
+                n=$((n + 1))
+                curl -sS --max-time 10 --cacert "$CERT" -X PUT -H "Authorization: Bearer $api" \
+                    -H 'content-type: application/json' -d "{\"name\": \"Bench $n\"}" \
+                    -o /dev/null "${!url_var}/v1/organizations/$SMALL_ORG" || true
+                sleep 0.2
+            done
+        ) &
+        PIDS+=("$!")
+    done
+    log "webhook configured on both services; a writer makes about 5 events a second on each"
+fi
 
 log "starting the ceiling"
 "$CEILING_BIN" --cert "$CERT" --key "$KEY" --room-body "$WORK/room.glibc.json" --list-body "$WORK/list.glibc.json" \
@@ -302,9 +358,22 @@ service_row() {
     row "$name" "$rps" "$share" "$vs" "$p50" "$p99" "$VERDICT$note"
 }
 
+WEBHOOK_NOTE=
+if [ "${BENCH_WEBHOOK:-0}" = 1 ]; then
+    for build in glibc musl; do
+        url_var=${build^^}_URL
+        api=$(grep -m1 'API token' "$WORK/$build.out" | awk '{print $NF}')
+        hook=$(curl -sS --max-time 10 --cacert "$CERT" -H "Authorization: Bearer $api" "${!url_var}/v1/webhooks/bench" || true)
+        status=$(printf '%s' "$hook" | grep -o '"status":"[a-z]*"' | head -1 | cut -d'"' -f4)
+        cursor=$(printf '%s' "$hook" | grep -o '"cursor":[0-9]*' | cut -d: -f2)
+        WEBHOOK_NOTE="$WEBHOOK_NOTE $build: webhook ${status:-?}, delivered through event ${cursor:-?};"
+    done
+fi
+
 echo
 echo "messenger-chat loopback benchmark: $(nproc) CPUs, wrk -t$THREADS -d$DURATION, $ROUNDS round(s), $(date -u +%FT%TZ)"
 echo "load average before $LOAD_BEFORE, after $LOAD_AFTER (other work on the machine)"
+[ -z "$WEBHOOK_NOTE" ] || echo "with a webhook for every event type and about 5 writes a second (BENCH_WEBHOOK=1):$WEBHOOK_NOTE"
 echo "targets at -c$CONNECTIONS: >= $MIN_CEILING_PCT% of the ceiling, p99 <= $MAX_P99_MS ms; musl >= $MIN_MUSL_PCT% of glibc" \
     "on every row; offset $((BIG_ROOMS - 50)) >= $MIN_DEEP_PCT% of the first page; at -c$MANY p99 <= $MAX_MANY_P99_MS ms;" \
     "RSS < $MAX_RSS_MIB MiB"

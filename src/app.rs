@@ -79,6 +79,7 @@ pub async fn serve(config: Config, config_path: Option<&Path>) -> Result<(), Str
         announce_first_token(&domain, &token, config_path);
     }
     warn_about_api_tokens(&domain);
+    let webhook_tls = crate::webhooks::tls_config(&domain.config.webhooks)?;
     let front = Arc::new(Front {
         proxy: if domain.config.proxy.enabled { Some(Proxy::new(&domain.config)?) } else { None },
         trusted: TrustedProxies::parse(&domain.config.server.trusted_proxies)
@@ -125,7 +126,10 @@ pub async fn serve(config: Config, config_path: Option<&Path>) -> Result<(), Str
     tokio::spawn(delete_scheduled_rooms(domain.clone()));
     tokio::spawn(prune_old_events(domain.clone()));
     let kept = domain.clone();
-    let state = AppState::new(domain, sessions, sync);
+    let state = AppState::new(domain.clone(), sessions, sync);
+    // Deliveries end when the stop begins: an attempt cut short is sent again
+    // after the restart (at least once), from the stored cursor.
+    tokio::spawn(crate::webhooks::run(domain, webhook_tls, state.stopping.subscribe()));
     // Long polls of /v1/events end when the stop begins, not after the grace period.
     let stopping = state.stopping.clone();
     let stop = async move {

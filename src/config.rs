@@ -28,6 +28,7 @@ pub struct Config {
     pub proxy: ProxyConfig,
     pub limits: LimitsConfig,
     pub events: EventsConfig,
+    pub webhooks: WebhooksConfig,
     pub log: LogConfig,
 }
 
@@ -45,6 +46,73 @@ pub struct EventsConfig {
 impl Default for EventsConfig {
     fn default() -> Self {
         Self { retention_days: 90, max_waiters: 256 }
+    }
+}
+
+/// `[webhooks]`: signed deliveries of the event log (`PUT /v1/webhooks/{id}`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// Webhooks that may exist at once (422 on creating one more).
+    pub max_webhooks: u32,
+    /// A webhook whose deliveries failed for this many hours (fractions
+    /// allowed) is marked failing and sent nothing until it is PUT again.
+    pub max_retry_hours: f64,
+    /// The first retry waits this many milliseconds; each next one twice as long …
+    pub retry_initial_ms: u64,
+    /// … but never longer than this many seconds.
+    pub retry_max_secs: u64,
+    /// One delivery attempt (connect, TLS, request, response head) must be
+    /// done within this many seconds; a slower receiver's attempt failed.
+    pub timeout_secs: u64,
+    /// The TCP connection (to one checked address) must be open within this many seconds.
+    pub connect_timeout_secs: u64,
+    /// Delivery attempts in flight at once, over all webhooks.
+    pub max_concurrent: u32,
+    /// Delivery attempts kept per webhook for `GET /v1/webhooks/{id}` (the oldest go first).
+    pub delivery_log_size: u32,
+    /// Allow plain `http://` URLs to hosts other than loopback (the body and
+    /// its signature cross the network unencrypted).
+    pub allow_http: bool,
+    /// Allow addresses of private networks: RFC 1918, carrier-grade NAT,
+    /// link-local (cloud metadata at 169.254.169.254), IPv6 unique-local and
+    /// link-local. Off, a URL naming or resolving to one is refused.
+    pub allow_private: bool,
+    /// Allow loopback addresses (127.0.0.0/8, ::1, `localhost`). Off by
+    /// default: the operators' listener and the homeserver's admin API often
+    /// listen there. Turn on for a receiver on the same host.
+    pub allow_loopback: bool,
+    /// A PEM file of certificate authorities trusted for https receivers in
+    /// addition to the web PKI roots (a private CA); empty: none.
+    pub extra_ca_file: String,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            max_webhooks: 100,
+            max_retry_hours: 24.0,
+            retry_initial_ms: 1000,
+            retry_max_secs: 3600,
+            timeout_secs: 10,
+            connect_timeout_secs: 5,
+            max_concurrent: 8,
+            delivery_log_size: 50,
+            allow_http: false,
+            allow_private: false,
+            allow_loopback: false,
+            extra_ca_file: String::new(),
+        }
+    }
+}
+
+impl WebhooksConfig {
+    /// `max_retry_hours` as a duration in seconds.
+    #[must_use]
+    pub fn retry_window_secs(&self) -> i64 {
+        #[expect(clippy::cast_possible_truncation, reason = "validated to at most 720 hours")]
+        let secs = (self.max_retry_hours * 3600.0).ceil() as i64;
+        secs.max(1)
     }
 }
 
@@ -669,6 +737,46 @@ impl Config {
         if !(1..=100_000).contains(&self.events.max_waiters) {
             return bad("events.max_waiters", format!("must be between 1 and 100000, got {}", self.events.max_waiters));
         }
+        let w = &self.webhooks;
+        if !(1..=10_000).contains(&w.max_webhooks) {
+            return bad("webhooks.max_webhooks", format!("must be between 1 and 10000, got {}", w.max_webhooks));
+        }
+        if !(w.max_retry_hours > 0.0 && w.max_retry_hours <= 720.0) {
+            return bad(
+                "webhooks.max_retry_hours",
+                format!("must be above 0 and at most 720 (30 days), got {}", w.max_retry_hours),
+            );
+        }
+        if !(1..=3_600_000).contains(&w.retry_initial_ms) {
+            return bad(
+                "webhooks.retry_initial_ms",
+                format!("must be between 1 and 3600000, got {}", w.retry_initial_ms),
+            );
+        }
+        if !(1..=86_400).contains(&w.retry_max_secs) || w.retry_max_secs * 1000 < w.retry_initial_ms {
+            return bad(
+                "webhooks.retry_max_secs",
+                format!("must be between 1 and 86400 and not below retry_initial_ms, got {}", w.retry_max_secs),
+            );
+        }
+        if !(1..=300).contains(&w.timeout_secs) {
+            return bad("webhooks.timeout_secs", format!("must be between 1 and 300, got {}", w.timeout_secs));
+        }
+        if !(1..=300).contains(&w.connect_timeout_secs) {
+            return bad(
+                "webhooks.connect_timeout_secs",
+                format!("must be between 1 and 300, got {}", w.connect_timeout_secs),
+            );
+        }
+        if !(1..=1024).contains(&w.max_concurrent) {
+            return bad("webhooks.max_concurrent", format!("must be between 1 and 1024, got {}", w.max_concurrent));
+        }
+        if !(1..=10_000).contains(&w.delivery_log_size) {
+            return bad(
+                "webhooks.delivery_log_size",
+                format!("must be between 1 and 10000, got {}", w.delivery_log_size),
+            );
+        }
         if !matches!(self.log.access.as_str(), "all" | "errors" | "none") {
             return bad("log.access", format!("{:?} is not one of all, errors, none", self.log.access));
         }
@@ -892,6 +1000,38 @@ mod tests {
         // The shipped file states the defaults.
         let shipped = Config::load(Some(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml")))).unwrap();
         assert_eq!((shipped.events.retention_days, shipped.events.max_waiters), (90, 256));
+    }
+
+    #[test]
+    fn webhook_keys_are_checked() {
+        type Change = fn(&mut WebhooksConfig);
+        let cases: [(Change, &str); 7] = [
+            (|w| w.max_webhooks = 0, "webhooks.max_webhooks"),
+            (|w| w.max_retry_hours = 0.0, "webhooks.max_retry_hours"),
+            (|w| w.max_retry_hours = 721.0, "webhooks.max_retry_hours"),
+            (|w| w.retry_max_secs = 0, "webhooks.retry_max_secs"),
+            (|w| w.timeout_secs = 0, "webhooks.timeout_secs"),
+            (|w| w.max_concurrent = 0, "webhooks.max_concurrent"),
+            (|w| w.delivery_log_size = 0, "webhooks.delivery_log_size"),
+        ];
+        for (change, key) in cases {
+            let mut c = Config::default();
+            change(&mut c.webhooks);
+            assert!(c.validate().unwrap_err().0.contains(key), "{key}");
+        }
+        assert_eq!(WebhooksConfig::default().retry_window_secs(), 86_400);
+        // The shipped file states the defaults.
+        let shipped = Config::load(Some(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml")))).unwrap();
+        let (w, d) = (shipped.webhooks, WebhooksConfig::default());
+        assert_eq!(
+            (w.max_webhooks, w.max_retry_hours, w.retry_initial_ms, w.retry_max_secs, w.timeout_secs),
+            (d.max_webhooks, d.max_retry_hours, d.retry_initial_ms, d.retry_max_secs, d.timeout_secs)
+        );
+        assert_eq!(
+            (w.connect_timeout_secs, w.max_concurrent, w.delivery_log_size, w.allow_http, w.allow_private),
+            (d.connect_timeout_secs, d.max_concurrent, d.delivery_log_size, d.allow_http, d.allow_private)
+        );
+        assert_eq!((w.allow_loopback, w.extra_ca_file), (false, String::new()));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! Layers, each testable alone: `api` (HTTP: parsing and status codes),
 //! `domain` (rules and roles), `store` (redb), `homeserver` (the homeserver as
 //! a trait, its Synapse adapter over the client in `matrix`, and a fake),
-//! `reconciler` (the task that makes the homeserver match the database).
+//! `reconciler` (the task that makes the homeserver match the database),
+//! `webhooks` (the task that sends the event log to webhooks).
 
 pub mod api;
 pub mod app;
@@ -20,3 +21,4 @@ pub mod reconciler;
 pub mod secrets;
 pub mod server;
 pub mod store;
+pub mod webhooks;

@@ -304,6 +304,51 @@ pub struct Event {
     pub data: String,
 }
 
+/// A receiver of the event log's events (`PUT /v1/webhooks/{id}`), with its
+/// delivery cursor. New in schema 2.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Webhook {
+    /// Chosen by the caller: 1 to 64 of `A-Z a-z 0-9 . _ -`.
+    pub id: String,
+    /// Where events are POSTed: http(s), checked against the SSRF rules.
+    pub url: String,
+    /// Event types wanted, each exact (`room.created`) or a family (`room.*`), or `*`.
+    pub event_types: Vec<String>,
+    /// Only this organization's events, when set.
+    pub org_id: Option<OrgId>,
+    /// The signing secret sealed with a key derived from the server key
+    /// (ChaCha20-Poly1305, its 12-byte nonce first): HMAC needs the secret
+    /// itself, so it cannot be kept as a hash.
+    pub sealed_secret: Vec<u8>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    /// Moved on by every PUT and secret rotation: the sender drops work
+    /// begun for an older one, and never writes over a newer one.
+    pub generation: u64,
+    /// The id of the last event handled (delivered, or not wanted); the next
+    /// delivery is of the first wanted event after it.
+    pub cursor: u64,
+    /// Unix seconds of the first failed attempt at the event now being
+    /// delivered; `None` while deliveries succeed.
+    pub failing_since: Option<i64>,
+    /// Deliveries gave up after `webhooks.max_retry_hours`: nothing is sent
+    /// until the webhook is PUT again.
+    pub failing: bool,
+}
+
+/// One delivery attempt, kept in a webhook's bounded delivery log. New in schema 2.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryAttempt {
+    pub event_id: u64,
+    /// Unix seconds when the attempt began.
+    pub time: i64,
+    /// The receiver's status code, when it answered.
+    pub status: Option<u16>,
+    /// Why the attempt failed without a status (refused address, timeout, TLS…).
+    pub error: Option<String>,
+    pub latency_ms: u64,
+}
+
 /// Version of the room JSON ([`Room::to_json`]) kept in `orgidroomid_json`:
 /// bumped whenever that JSON changes, so that opening a database rebuilds
 /// the kept copies. 2: `topic`, `readOnly`, `readOnlyAt`.

@@ -59,6 +59,38 @@ pub fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// Prefix of webhook signing secrets (the Standard Webhooks convention).
+pub const WEBHOOK_SECRET_PREFIX: &str = "whsec_";
+
+/// A fresh webhook signing secret: 32 random bytes.
+#[must_use]
+pub fn new_webhook_secret() -> zeroize::Zeroizing<Vec<u8>> {
+    let mut bytes = zeroize::Zeroizing::new(vec![0u8; 32]);
+    rand::rng().fill_bytes(&mut bytes);
+    bytes
+}
+
+/// The secret as shown to the caller once: `whsec_` and its bytes in base64.
+#[must_use]
+pub fn webhook_secret_text(secret: &[u8]) -> String {
+    format!("{WEBHOOK_SECRET_PREFIX}{}", base64::engine::general_purpose::STANDARD.encode(secret))
+}
+
+/// The `webhook-signature` header of a delivery (Standard Webhooks): `v1,`
+/// and base64 of HMAC-SHA256 with the secret's bytes over
+/// `{id}.{timestamp}.{body}`.
+#[must_use]
+pub fn webhook_signature(secret: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
+    use hmac::Mac;
+    let mut mac = <hmac::Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()))
+}
+
 /// The server secret: 32 random bytes in a 0600 key file, created on first start.
 /// Matrix passwords are derived from it, so losing it changes every password.
 #[derive(Clone)]
@@ -107,6 +139,55 @@ impl ServerKey {
     #[must_use]
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
         ServerKey(bytes)
+    }
+
+    /// The key that seals webhook secrets at rest: HMAC-SHA256 of the server
+    /// key over a fixed label, so it is stable, and of no use for anything else.
+    fn webhook_sealing_key(&self) -> ring::aead::LessSafeKey {
+        use hmac::Mac;
+        let mut mac = <hmac::Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        mac.update(b"messenger-chat webhook secret sealing v1");
+        let key = zeroize::Zeroizing::new(<[u8; 32]>::from(mac.finalize().into_bytes()));
+        let unbound = ring::aead::UnboundKey::new(&ring::aead::CHACHA20_POLY1305, key.as_slice())
+            .expect("ChaCha20-Poly1305 takes a 32-byte key");
+        ring::aead::LessSafeKey::new(unbound)
+    }
+
+    /// Seals a webhook's signing secret for storage: a random nonce, then
+    /// the ciphertext and tag, bound to the webhook's id (a sealed secret
+    /// copied onto another webhook does not open).
+    #[must_use]
+    pub fn seal_webhook_secret(&self, webhook_id: &str, secret: &[u8]) -> Vec<u8> {
+        let mut nonce = [0u8; 12];
+        rand::rng().fill_bytes(&mut nonce);
+        let mut sealed = secret.to_vec();
+        self.webhook_sealing_key()
+            .seal_in_place_append_tag(
+                ring::aead::Nonce::assume_unique_for_key(nonce),
+                ring::aead::Aad::from(webhook_id.as_bytes()),
+                &mut sealed,
+            )
+            .expect("sealing a short secret in memory cannot fail");
+        let mut out = nonce.to_vec();
+        out.append(&mut sealed);
+        out
+    }
+
+    /// Opens a sealed webhook secret.
+    ///
+    /// # Errors
+    /// Another server key, another webhook's secret, or damaged bytes.
+    pub fn open_webhook_secret(&self, webhook_id: &str, sealed: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
+        let (nonce, rest) = sealed.split_at_checked(12).ok_or("the sealed secret is too short")?;
+        let nonce = ring::aead::Nonce::try_assume_unique_for_key(nonce).map_err(|_| "bad nonce")?;
+        let mut buf = zeroize::Zeroizing::new(rest.to_vec());
+        let len = self
+            .webhook_sealing_key()
+            .open_in_place(nonce, ring::aead::Aad::from(webhook_id.as_bytes()), &mut buf)
+            .map_err(|_| "the secret does not open with this server key".to_string())?
+            .len();
+        buf.truncate(len);
+        Ok(buf)
     }
 
     /// The Matrix password of `account` (a full Matrix user id): Argon2id of
@@ -160,6 +241,34 @@ mod tests {
 
     fn cheap() -> SecurityConfig {
         SecurityConfig { argon2_memory_kib: 64, argon2_iterations: 1, ..SecurityConfig::default() }
+    }
+
+    /// Known vectors computed independently with python3:
+    /// `base64.b64encode(hmac.new(secret, b"{id}.{ts}.{body}", hashlib.sha256).digest())`.
+    /// The first is the example of the Standard Webhooks specification
+    /// (secret `whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw`).
+    #[test]
+    fn webhook_signatures_match_independent_vectors() {
+        use base64::engine::general_purpose::STANDARD;
+        let secret = STANDARD.decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let sig = webhook_signature(&secret, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1_614_265_330, br#"{"test": 2432232314}"#);
+        assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+        let secret: Vec<u8> = (0u8..32).collect();
+        let sig = webhook_signature(&secret, "42", 1_700_000_000, br#"{"id":42,"type":"room.created"}"#);
+        assert_eq!(sig, "v1,CrHgk5CgaMtPsIwctnQAY33sKYN5+lV1BADQTg+a3kw=");
+    }
+
+    #[test]
+    fn webhook_secrets_are_sealed_to_their_webhook_and_key() {
+        let key = ServerKey::from_bytes([9; 32]);
+        let secret = new_webhook_secret();
+        assert!(webhook_secret_text(&secret).starts_with("whsec_"));
+        let sealed = key.seal_webhook_secret("crm", &secret);
+        assert!(!sealed.windows(secret.len()).any(|w| w == secret.as_slice()), "not in plaintext");
+        assert_eq!(key.open_webhook_secret("crm", &sealed).unwrap().as_slice(), secret.as_slice());
+        assert!(key.open_webhook_secret("other", &sealed).is_err(), "bound to its webhook");
+        assert!(ServerKey::from_bytes([8; 32]).open_webhook_secret("crm", &sealed).is_err(), "and to the key");
+        assert_ne!(key.seal_webhook_secret("crm", &secret), sealed, "a fresh nonce each time");
     }
 
     #[test]

@@ -299,6 +299,7 @@ fn metrics(state: AppState) -> Response {
         out.push_str("# TYPE messenger_chat_events_last_id gauge\n");
         let _ = writeln!(out, "messenger_chat_events_last_id {last}");
     }
+    webhook_metrics(&state, &mut out);
     let waiting =
         (state.domain.config.events.max_waiters as usize).saturating_sub(state.event_waiters.available_permits());
     out.push_str("# HELP messenger_chat_event_polls_waiting Long polls of /v1/events waiting (events.max_waiters bounds them).\n");
@@ -327,4 +328,39 @@ fn metrics(state: AppState) -> Response {
         .header("content-type", "text/plain; version=0.0.4")
         .body(out.into())
         .unwrap_or_default()
+}
+
+/// Webhook deliveries since start, webhooks marked failing, and the events
+/// not yet handled by the webhooks still sending.
+fn webhook_metrics(state: &AppState, out: &mut String) {
+    let stats = &state.domain.webhook_stats;
+    out.push_str("# HELP messenger_chat_webhook_deliveries_total Webhook delivery attempts since start, by outcome.\n");
+    out.push_str("# TYPE messenger_chat_webhook_deliveries_total counter\n");
+    let _ = writeln!(
+        out,
+        "messenger_chat_webhook_deliveries_total{{outcome=\"ok\"}} {}",
+        stats.delivered.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "messenger_chat_webhook_deliveries_total{{outcome=\"failed\"}} {}",
+        stats.failed.load(Ordering::Relaxed)
+    );
+    let Ok(r) = state.domain.store.read() else { return };
+    let (Ok(hooks), Ok(last)) = (crate::store::webhooks::webhooks(&r, None, usize::MAX), r.last_event_id()) else {
+        return;
+    };
+    let failing = hooks.iter().filter(|h| h.failing).count();
+    let backlog: u64 = hooks.iter().filter(|h| !h.failing).map(|h| last.saturating_sub(h.cursor)).sum();
+    out.push_str(
+        "# HELP messenger_chat_webhooks_failing Webhooks that gave up (webhooks.max_retry_hours) until PUT again.\n",
+    );
+    out.push_str("# TYPE messenger_chat_webhooks_failing gauge\n");
+    let _ = writeln!(out, "messenger_chat_webhooks_failing {failing}");
+    out.push_str(
+        "# HELP messenger_chat_webhook_backlog_events Events after the cursors of the webhooks still sending \
+         (summed over webhooks; includes events a webhook does not want until it passes them).\n",
+    );
+    out.push_str("# TYPE messenger_chat_webhook_backlog_events gauge\n");
+    let _ = writeln!(out, "messenger_chat_webhook_backlog_events {backlog}");
 }

@@ -12,6 +12,7 @@ pub mod rooms;
 pub mod routes;
 pub mod user;
 pub mod views;
+pub mod webhooks;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -178,6 +179,8 @@ pub fn routes(
         .or(admin::routes(state.clone()))
         .unify()
         .or(events::routes(state.clone()))
+        .unify()
+        .or(webhooks::routes(state.clone()))
         .unify()
         .or(export::routes(state).map(Ok))
         .unify()

@@ -34,6 +34,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/v1/users/{userID}/tokens/{tokenID}"),
     ("GET", "/v1/export"),
     ("GET", "/v1/events"),
+    ("GET", "/v1/webhooks"),
+    ("GET", "/v1/webhooks/{webhookID}"),
+    ("PUT", "/v1/webhooks/{webhookID}"),
+    ("DELETE", "/v1/webhooks/{webhookID}"),
+    ("POST", "/v1/webhooks/{webhookID}/secret"),
 ];
 
 /// The index in [`ROUTES`] of the route that answers `method` `path`, for

@@ -240,7 +240,7 @@ fn int<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
 }
 
 /// An optional integer: absent or `null` is `None`.
-fn optional_int<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+pub(crate) fn optional_int<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
     Option::<Int>::deserialize(d).map(|v| v.map(|Int(v)| v))
 }
 

@@ -11,6 +11,7 @@ pub mod rooms;
 pub mod sessions;
 #[cfg(test)]
 mod tests;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -120,6 +121,11 @@ pub struct Domain {
     tokens: auth_cache::TokenCache,
     /// Derived passwords kept in memory (`security.password_cache_size`).
     passwords: passwords::PasswordCache,
+    /// Woken after a webhook was created, changed or deleted: the sender
+    /// starts, restarts or ends its worker.
+    pub webhooks_changed: Notify,
+    /// Webhook deliveries since start, for `/metrics`.
+    pub webhook_stats: crate::webhooks::Stats,
 }
 
 impl Domain {
@@ -144,7 +150,20 @@ impl Domain {
         let outbox_changed = store.outbox_changed().clone();
         let tokens = auth_cache::TokenCache::new(config.auth.token_cache_entries);
         let passwords = passwords::PasswordCache::new(config.security.password_cache_size as usize);
-        Ok(Domain { store, config, key, clock, ids, api_hashes, outbox_changed, derivations, tokens, passwords })
+        Ok(Domain {
+            store,
+            config,
+            key,
+            clock,
+            ids,
+            api_hashes,
+            outbox_changed,
+            derivations,
+            tokens,
+            passwords,
+            webhooks_changed: Notify::new(),
+            webhook_stats: crate::webhooks::Stats::default(),
+        })
     }
 
     /// One write transaction with the domain's error type.

@@ -21,7 +21,7 @@ use redb::{Database, ReadableTable, ReadableTableMetadata};
 use super::migrate::{self, ROOM_VIEW_KEY, SCHEMA_KEY, SCHEMA_VERSION};
 use super::tables::*;
 use super::{Opened, RangeCounts, Read, Store, StoreError, Writer, codec, guarded, log_repair, role_from_byte};
-use crate::model::{Event, OutboxOp, ROOM_VIEW_VERSION, Room, RoomId, Token, TokenKind};
+use crate::model::{DeliveryAttempt, Event, OutboxOp, ROOM_VIEW_VERSION, Room, RoomId, Token, TokenKind, Webhook};
 
 /// Problems shown per table; the rest are counted.
 const SHOWN_PER_TABLE: usize = 20;
@@ -702,10 +702,45 @@ fn check_tables(
     }
     records.insert("eventid_event", log.len()?);
 
+    // --- webhooks ----------------------------------------------------------------
+    *part = "webhookid_webhook and webhookidseq_delivery";
+    let hooks = r.table(WEBHOOKID_WEBHOOK)?;
+    for entry in hooks.iter()? {
+        let (k, v) = entry?;
+        match codec::decode::<Webhook>(v.value()) {
+            Ok(h) if h.id != k.value() => {
+                let what = format!("the record says it is webhook {:?}", h.id);
+                problem(&mut p, "webhookid_webhook", k.value(), what, Fix::Decide);
+            }
+            Ok(_) => {}
+            Err(why) => problem(&mut p, "webhookid_webhook", k.value(), why, Fix::Restore),
+        }
+    }
+    let deliveries = r.table(WEBHOOKIDSEQ_DELIVERY)?;
+    let mut max_delivery = 0;
+    for entry in deliveries.iter()? {
+        let (k, v) = entry?;
+        let (hook, seq) = k.value();
+        max_delivery = max_delivery.max(seq);
+        if let Err(why) = codec::decode::<DeliveryAttempt>(v.value()) {
+            problem(&mut p, "webhookidseq_delivery", format!("{hook},{seq}"), why, Fix::Restore);
+        } else if hooks.get(hook)?.is_none() {
+            let what = "the delivery log of a webhook that does not exist".to_string();
+            problem(&mut p, "webhookidseq_delivery", format!("{hook},{seq}"), what, Fix::Rebuild);
+        }
+    }
+    records.insert("webhookid_webhook", hooks.len()?);
+
     // --- counters and versions ------------------------------------------------
     *part = "name_counter and name_meta";
     let counters = r.table(NAME_COUNTER)?;
-    for (name, max) in [("room", max_room), ("token", max_token), ("outbox_seq", max_seq), ("event", max_event)] {
+    for (name, max) in [
+        ("room", max_room),
+        ("token", max_token),
+        ("outbox_seq", max_seq),
+        ("event", max_event),
+        ("delivery", max_delivery),
+    ] {
         let value = counters.get(name)?.map_or(0, |v| v.value());
         if value < max {
             let what = format!("is {value}, below the highest id in use ({max}): it would hand out a used id");
@@ -910,13 +945,37 @@ fn rebuild(w: &mut Writer) -> Result<(), StoreError> {
         log_index,
     ));
 
+    // The delivery log of a webhook that is gone goes with it.
+    let hooks = w.txn.open_table(WEBHOOKID_WEBHOOK)?;
+    let mut deliveries = w.txn.open_table(WEBHOOKIDSEQ_DELIVERY)?;
+    let mut max_delivery = 0;
+    let mut stray = Vec::new();
+    for entry in deliveries.iter()? {
+        let key = entry?.0;
+        let (hook, seq) = key.value();
+        max_delivery = max_delivery.max(seq);
+        if hooks.get(hook)?.is_none() {
+            stray.push((hook.to_string(), seq));
+        }
+    }
+    for (hook, seq) in stray {
+        deliveries.remove((hook.as_str(), seq))?;
+    }
+    drop((hooks, deliveries));
+
     let outbox = w.outbox_head(usize::MAX)?;
     for (seq, _) in noop_outbox(w, &outbox)? {
         w.remove_outbox(seq)?;
     }
     let max_seq = outbox.last().map_or(0, |(seq, _)| *seq);
     let mut counters = w.txn.open_table(NAME_COUNTER)?;
-    for (name, max) in [("room", max_room), ("token", max_token), ("outbox_seq", max_seq), ("event", max_event)] {
+    for (name, max) in [
+        ("room", max_room),
+        ("token", max_token),
+        ("outbox_seq", max_seq),
+        ("event", max_event),
+        ("delivery", max_delivery),
+    ] {
         if counters.get(name)?.map_or(0, |v| v.value()) < max {
             counters.insert(name, max)?;
         }

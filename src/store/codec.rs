@@ -11,7 +11,7 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::model::{Event, Organization, OutboxOp, Room, Token, User};
+use crate::model::{DeliveryAttempt, Event, Organization, OutboxOp, Room, Token, User, Webhook};
 
 /// A stored type and the version of the record it is written as today.
 pub trait Versioned: Serialize + DeserializeOwned {
@@ -40,6 +40,14 @@ impl Versioned for OutboxOp {
 }
 /// New in schema 2.
 impl Versioned for Event {
+    const VERSION: u8 = 1;
+}
+/// New in schema 2.
+impl Versioned for Webhook {
+    const VERSION: u8 = 1;
+}
+/// New in schema 2.
+impl Versioned for DeliveryAttempt {
     const VERSION: u8 = 1;
 }
 /// Facts in `name_meta` (schema version, cache versions).

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::tables::*;
 use super::{Read, Reader, Store, StoreError, Writer, decode};
-use crate::model::{Event, Organization, OutboxOp, Room, Token, User};
+use crate::model::{DeliveryAttempt, Event, Organization, OutboxOp, Room, Token, User, Webhook};
 
 /// Name of the dump format, in its first line.
 pub const FORMAT: &str = "messenger-chat-export";
@@ -25,7 +25,10 @@ pub const FORMAT: &str = "messenger-chat-export";
 pub const VERSION: u32 = 2;
 
 /// One line of a dump.
-#[expect(clippy::large_enum_variant, reason = "records pass one at a time; boxing rooms would only add allocations")]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "records pass one at a time; boxing rooms would only add allocations (allow: which variant is largest changes as records grow)"
+)]
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "record", rename_all = "snake_case")]
 pub enum Record {
@@ -64,6 +67,15 @@ pub enum Record {
     },
     /// An entry of the event log (the audit trail survives a restore).
     Event(Event),
+    /// A webhook, its sealed secret and its delivery cursor (the secret
+    /// opens only with the same server key).
+    Webhook(Webhook),
+    /// One attempt of a webhook's delivery log.
+    Delivery {
+        webhook: String,
+        seq: u64,
+        attempt: DeliveryAttempt,
+    },
 }
 
 /// Why a dump cannot be written or read.
@@ -151,6 +163,15 @@ impl Store {
         }
         for e in r.table(EVENTID_EVENT)?.iter()? {
             emit(&Record::Event(decode("eventid_event", e?.1.value())?))?;
+        }
+        for e in r.table(WEBHOOKID_WEBHOOK)?.iter()? {
+            emit(&Record::Webhook(decode("webhookid_webhook", e?.1.value())?))?;
+        }
+        for e in r.table(WEBHOOKIDSEQ_DELIVERY)?.iter()? {
+            let (k, v) = e?;
+            let (webhook, seq) = k.value();
+            let attempt = decode("webhookidseq_delivery", v.value())?;
+            emit(&Record::Delivery { webhook: webhook.to_string(), seq, attempt })?;
         }
         out.flush()?;
         progress(done, total);
@@ -249,6 +270,8 @@ fn apply(w: &mut Writer, records: impl Iterator<Item = Record>, schema_1: bool) 
             Record::MatrixAccount { user } => w.set_matrix_account(user, true)?,
             Record::DeleteId { matrix_room_id, delete_id } => w.set_delete_id(&matrix_room_id, Some(&delete_id))?,
             Record::Event(e) => w.put_event(&e)?,
+            Record::Webhook(h) => w.put_webhook(&h)?,
+            Record::Delivery { webhook, seq, attempt } => w.put_delivery(&webhook, seq, &attempt)?,
         }
         n += 1;
     }
@@ -268,7 +291,9 @@ impl Reader {
             + self.table(SEQ_OUTBOX)?.len()?
             + self.table(USERID_MATRIXACCOUNT)?.len()?
             + self.table(MATRIXROOMID_DELETEID)?.len()?
-            + self.table(EVENTID_EVENT)?.len()?)
+            + self.table(EVENTID_EVENT)?.len()?
+            + self.table(WEBHOOKID_WEBHOOK)?.len()?
+            + self.table(WEBHOOKIDSEQ_DELIVERY)?.len()?)
     }
 }
 

@@ -10,6 +10,7 @@ pub mod codec;
 pub mod dump;
 pub mod migrate;
 pub mod tables;
+pub mod webhooks;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
@@ -213,6 +214,8 @@ impl Store {
                 t.open_table(MATRIXROOMID_DELETEID)?;
                 t.open_table(EVENTID_EVENT)?;
                 t.open_table(ORGIDEVENTID)?;
+                t.open_table(WEBHOOKID_WEBHOOK)?;
+                t.open_table(WEBHOOKIDSEQ_DELIVERY)?;
                 Ok(opened)
             })
         })?;

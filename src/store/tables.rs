@@ -63,3 +63,8 @@ pub const EVENTID_EVENT: TableDefinition<u64, &[u8]> = TableDefinition::new("eve
 /// (organization id, event id) → (): one organization's events in order;
 /// organization 0 holds the events of no organization (users, tokens).
 pub const ORGIDEVENTID: TableDefinition<(i64, u64), ()> = TableDefinition::new("orgideventid");
+/// webhook id → encoded `Webhook`, with its delivery cursor (schema 2).
+pub const WEBHOOKID_WEBHOOK: TableDefinition<&str, &[u8]> = TableDefinition::new("webhookid_webhook");
+/// (webhook id, attempt number) → encoded `DeliveryAttempt`: each webhook's
+/// latest attempts, oldest first, at most `webhooks.delivery_log_size` (schema 2).
+pub const WEBHOOKIDSEQ_DELIVERY: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("webhookidseq_delivery");

@@ -25,3 +25,4 @@ mod service;
 mod token_cache;
 mod user;
 mod validation;
+mod webhooks;

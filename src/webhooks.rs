@@ -1,0 +1,412 @@
+//! The webhook sender: one background task that keeps a worker per active
+//! webhook, each delivering that webhook's wanted events in event-id order
+//! from its stored cursor (so a restart loses nothing: at least once).
+//!
+//! A delivery is a POST of the event's JSON (as `GET /v1/events` shows it)
+//! signed per Standard Webhooks; a 2xx answer moves the cursor on. A failure
+//! is retried with a doubling backoff (`webhooks.retry_initial_ms` up to
+//! `webhooks.retry_max_secs`) until `webhooks.max_retry_hours` have passed
+//! since the first failed attempt; then the webhook is marked failing and
+//! its worker ends until the webhook is PUT again.
+//!
+//! Nothing waits on a receiver but its own worker: each attempt is bounded
+//! (`webhooks.timeout_secs`), attempts in flight are bounded over all
+//! webhooks (`webhooks.max_concurrent`), the response body is never read,
+//! and the API, the reconciler and other webhooks share no lock with it but
+//! the database's short write transactions that record an attempt.
+//!
+//! Server-side request forgery: every address a host resolves to is checked
+//! ([`refused_address`]) and the connection goes to the checked address
+//! itself, so a DNS answer that changes between check and connect
+//! (rebinding) cannot reach a refused one.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::rt::TokioIo;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+
+use crate::domain::Domain;
+use crate::domain::webhooks::{Target, check_url, refused_address, wants};
+use crate::model::{DeliveryAttempt, Event, Webhook};
+use crate::store::webhooks as stored;
+
+/// Events read from the log per look for a webhook's next wanted one.
+const SCAN: usize = 256;
+/// How often the set of workers is compared with the stored webhooks even
+/// without a change (a worker that ended on a storage error comes back).
+const RESYNC: Duration = Duration::from_secs(30);
+
+/// Counts for `/metrics`, since start.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub delivered: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+/// The TLS settings of every delivery: the web PKI roots, plus the
+/// certificate authorities of `webhooks.extra_ca_file`.
+///
+/// # Errors
+/// The extra CA file cannot be read or holds no certificate.
+pub fn tls_config(config: &crate::config::WebhooksConfig) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    if !config.extra_ca_file.is_empty() {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&config.extra_ca_file)
+            .and_then(Iterator::collect)
+            .map_err(|e| format!("webhooks.extra_ca_file {}: {e}", config.extra_ca_file))?;
+        if certs.is_empty() {
+            return Err(format!("webhooks.extra_ca_file {} holds no certificate", config.extra_ca_file));
+        }
+        for c in certs {
+            roots.add(c).map_err(|e| format!("webhooks.extra_ca_file {}: {e}", config.extra_ca_file))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(tls))
+}
+
+/// What every worker shares.
+struct Ctx {
+    domain: Arc<Domain>,
+    tls: Arc<rustls::ClientConfig>,
+    slots: Semaphore,
+    stopping: watch::Receiver<bool>,
+}
+
+/// Runs until `stopping` turns true: keeps one worker per webhook that is
+/// not failing, started again whenever a webhook changes.
+pub async fn run(domain: Arc<Domain>, tls: Arc<rustls::ClientConfig>, mut stopping: watch::Receiver<bool>) {
+    let slots = Semaphore::new(domain.config.webhooks.max_concurrent as usize);
+    let ctx = Arc::new(Ctx { domain: domain.clone(), tls, slots, stopping: stopping.clone() });
+    let mut workers: HashMap<String, (u64, JoinHandle<()>)> = HashMap::new();
+    loop {
+        match domain.store.read().and_then(|r| stored::webhooks(&r, None, usize::MAX)) {
+            Ok(hooks) => {
+                let mut active = HashSet::new();
+                for h in hooks.into_iter().filter(|h| !h.failing) {
+                    active.insert(h.id.clone());
+                    let running = workers.get(&h.id).is_some_and(|(g, j)| *g == h.generation && !j.is_finished());
+                    if !running {
+                        if let Some((_, old)) = workers.remove(&h.id) {
+                            old.abort();
+                        }
+                        let task = tokio::spawn(worker(ctx.clone(), h.id.clone(), h.generation));
+                        workers.insert(h.id, (h.generation, task));
+                    }
+                }
+                workers.retain(|id, (_, task)| {
+                    let keep = active.contains(id);
+                    if !keep {
+                        task.abort();
+                    }
+                    keep
+                });
+            }
+            Err(e) => tracing::error!(error = %e, "webhooks: cannot read the webhooks; retrying"),
+        }
+        tokio::select! {
+            () = domain.webhooks_changed.notified() => {}
+            () = tokio::time::sleep(RESYNC) => {}
+            _ = stopping.wait_for(|s| *s) => break,
+        }
+    }
+    for (_, (_, task)) in workers {
+        task.abort();
+    }
+}
+
+/// What the next step of a worker is.
+enum Next {
+    /// Deliver this event; `before` is the last unwanted id passed on the way.
+    Deliver { event: Event, before: u64 },
+    /// Nothing wanted up to `cursor` (the last event read); `more`: the
+    /// scan stopped at its bound, not at the log's end.
+    Caught { cursor: u64, more: bool },
+}
+
+fn next_event(domain: &Domain, hook: &Webhook) -> Result<Next, crate::store::StoreError> {
+    let r = domain.store.read()?;
+    let events = r_events(&r, hook)?;
+    let more = events.len() == SCAN;
+    let mut cursor = hook.cursor;
+    for event in events {
+        if wants(&hook.event_types, &event.kind) {
+            return Ok(Next::Deliver { event, before: cursor });
+        }
+        cursor = event.id;
+    }
+    Ok(Next::Caught { cursor, more })
+}
+
+fn r_events(r: &crate::store::Reader, hook: &Webhook) -> Result<Vec<Event>, crate::store::StoreError> {
+    use crate::store::Read;
+    r.events_after(hook.org_id, hook.cursor, SCAN)
+}
+
+/// How an attempt ended, for the record.
+struct Outcome {
+    event_id: u64,
+    /// The cursor after it: the event's id when delivered, else the last
+    /// unwanted id before it.
+    cursor: u64,
+    attempt: DeliveryAttempt,
+    delivered: bool,
+}
+
+/// Writes an attempt (or, without one, a cursor moved past unwanted
+/// events) to the webhook, unless it changed meanwhile. Returns whether the
+/// worker goes on (`false`: the webhook is gone, changed or now failing).
+fn record(
+    domain: &Domain,
+    id: &str,
+    generation: u64,
+    cursor: u64,
+    outcome: Option<&Outcome>,
+) -> crate::error::Result<bool> {
+    let config = &domain.config.webhooks;
+    let now = domain.clock.now();
+    domain.write(|w| {
+        let Some(mut hook) = stored::webhook(w, id)? else { return Ok(false) };
+        if hook.generation != generation || hook.failing {
+            return Ok(false);
+        }
+        hook.cursor = hook.cursor.max(cursor);
+        if let Some(o) = outcome {
+            w.log_delivery(id, &o.attempt, config.delivery_log_size as usize)?;
+            if o.delivered {
+                hook.cursor = hook.cursor.max(o.cursor);
+                hook.failing_since = None;
+            } else {
+                let since = *hook.failing_since.get_or_insert(o.attempt.time);
+                if now - since >= config.retry_window_secs() {
+                    hook.failing = true;
+                    tracing::warn!(
+                        webhook = id, event = o.event_id,
+                        "webhook deliveries failed for webhooks.max_retry_hours: marked failing, nothing more is sent until it is PUT again"
+                    );
+                }
+            }
+        }
+        w.put_webhook(&hook)?;
+        Ok(!hook.failing)
+    })
+}
+
+async fn record_async(ctx: &Ctx, id: &str, generation: u64, cursor: u64, outcome: Option<Outcome>) -> Option<bool> {
+    let (d, id2) = (ctx.domain.clone(), id.to_string());
+    match tokio::task::spawn_blocking(move || record(&d, &id2, generation, cursor, outcome.as_ref())).await {
+        Ok(Ok(go_on)) => Some(go_on),
+        Ok(Err(e)) => {
+            tracing::error!(webhook = id, error = %e, "webhooks: cannot record a delivery; retrying");
+            None
+        }
+        Err(e) => {
+            tracing::error!(webhook = id, error = %e, "webhooks: recording a delivery failed; retrying");
+            None
+        }
+    }
+}
+
+/// Delivers one webhook's events in order until it changes, is deleted,
+/// turns failing, or the service stops.
+async fn worker(ctx: Arc<Ctx>, id: String, generation: u64) {
+    let config = &ctx.domain.config.webhooks;
+    let initial = Duration::from_millis(config.retry_initial_ms);
+    let max = Duration::from_secs(config.retry_max_secs);
+    let mut appended = ctx.domain.store.events_watch();
+    let mut stopping = ctx.stopping.clone();
+    let mut backoff = initial;
+    loop {
+        if *stopping.borrow() {
+            return;
+        }
+        // Seen before reading: an event committed after the read still wakes the wait.
+        appended.borrow_and_update();
+        let hook = match ctx.domain.store.read().and_then(|r| stored::webhook(&r, &id)) {
+            Ok(Some(h)) if h.generation == generation && !h.failing => h,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::error!(webhook = %id, error = %e, "webhooks: cannot read the webhook; retrying");
+                pause(&mut stopping, Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let next = match next_event(&ctx.domain, &hook) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(webhook = %id, error = %e, "webhooks: cannot read the event log; retrying");
+                pause(&mut stopping, Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let (event, before) = match next {
+            Next::Caught { cursor, more } => {
+                if cursor > hook.cursor && record_async(&ctx, &id, generation, cursor, None).await == Some(false) {
+                    return;
+                }
+                if !more {
+                    tokio::select! {
+                        _ = appended.changed() => {}
+                        _ = stopping.wait_for(|s| *s) => return,
+                    }
+                }
+                continue;
+            }
+            Next::Deliver { event, before } => (event, before),
+        };
+        let outcome = deliver(&ctx, &hook, &event).await;
+        let delivered = outcome.delivered;
+        let counter = if delivered { &ctx.domain.webhook_stats.delivered } else { &ctx.domain.webhook_stats.failed };
+        counter.fetch_add(1, Ordering::Relaxed);
+        match record_async(&ctx, &id, generation, before, Some(outcome)).await {
+            Some(false) => return,
+            Some(true) if delivered => backoff = initial,
+            _ => {
+                pause(&mut stopping, backoff).await;
+                backoff = (backoff * 2).min(max);
+            }
+        }
+    }
+}
+
+async fn pause(stopping: &mut watch::Receiver<bool>, d: Duration) {
+    tokio::select! {
+        () = tokio::time::sleep(d) => {}
+        _ = stopping.wait_for(|s| *s) => {}
+    }
+}
+
+/// One attempt at one event.
+async fn deliver(ctx: &Ctx, hook: &Webhook, event: &Event) -> Outcome {
+    let started = Instant::now();
+    let time = ctx.domain.clock.now();
+    let result = match ctx.domain.key.open_webhook_secret(&hook.id, &hook.sealed_secret) {
+        Ok(secret) => {
+            let body = Bytes::from(crate::api::events::event_json(event).to_string());
+            let _slot = ctx.slots.acquire().await;
+            attempt(ctx, &hook.url, &event.id.to_string(), &secret, body).await
+        }
+        Err(e) => Err(format!("the signing secret cannot be opened ({e}): was the server key replaced?")),
+    };
+    let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let (status, error) = match result {
+        Ok(s) => (Some(s), None),
+        Err(e) => (None, Some(e)),
+    };
+    let delivered = status.is_some_and(|s| (200..300).contains(&s));
+    if !delivered {
+        tracing::info!(webhook = %hook.id, event = event.id, ?status, error = error.as_deref().unwrap_or(""), "webhook delivery failed; retrying");
+    }
+    Outcome {
+        event_id: event.id,
+        cursor: event.id,
+        attempt: DeliveryAttempt { event_id: event.id, time, status, error, latency_ms },
+        delivered,
+    }
+}
+
+/// POSTs `body` to `url`; the receiver's status code.
+async fn attempt(ctx: &Ctx, url: &str, msg_id: &str, secret: &[u8], body: Bytes) -> Result<u16, String> {
+    let config = &ctx.domain.config.webhooks;
+    // Checked again: the settings may have become stricter since the PUT.
+    let target = check_url(url, config).map_err(|e| e.to_string())?;
+    let limit = Duration::from_secs(config.timeout_secs);
+    tokio::time::timeout(limit, async {
+        let addr = resolve(&target, config).await?;
+        let connect = Duration::from_secs(config.connect_timeout_secs);
+        let tcp = tokio::time::timeout(connect, tokio::net::TcpStream::connect(addr))
+            .await
+            .map_err(|_| {
+                format!("no connection to {addr} within {} s (webhooks.connect_timeout_secs)", connect.as_secs())
+            })?
+            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let timestamp = ctx.domain.clock.now();
+        let signature = crate::secrets::webhook_signature(secret, msg_id, timestamp, &body);
+        let request = http::Request::post(target.path_and_query.as_str())
+            .header(http::header::HOST, target.authority.as_str())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::USER_AGENT, concat!("messenger-chat/", env!("CARGO_PKG_VERSION")))
+            .header("webhook-id", msg_id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(Full::new(body))
+            .map_err(|e| format!("cannot build the request: {e}"))?;
+        if target.https {
+            let name = rustls_pki_types::ServerName::try_from(target.host.clone())
+                .map_err(|e| format!("{} is no TLS server name: {e}", target.host))?;
+            let tls = tokio_rustls::TlsConnector::from(ctx.tls.clone())
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("TLS with {}: {e}", target.host))?;
+            send(TokioIo::new(tls), request).await
+        } else {
+            send(TokioIo::new(tcp), request).await
+        }
+    })
+    .await
+    .map_err(|_| format!("no answer within {} s (webhooks.timeout_secs)", limit.as_secs()))?
+}
+
+/// The first address of the target that the rules allow.
+async fn resolve(target: &Target, config: &crate::config::WebhooksConfig) -> Result<SocketAddr, String> {
+    let addrs: Vec<SocketAddr> = match target.host.parse::<IpAddr>() {
+        Ok(ip) => vec![SocketAddr::new(ip, target.port)],
+        Err(_) => tokio::net::lookup_host((target.host.as_str(), target.port))
+            .await
+            .map_err(|e| format!("cannot resolve {}: {e}", target.host))?
+            .collect(),
+    };
+    let mut refused = Vec::new();
+    for a in &addrs {
+        match refused_address(a.ip(), config) {
+            None => return Ok(*a),
+            Some(why) => refused.push(format!("{} {why}", a.ip())),
+        }
+    }
+    Err(if refused.is_empty() {
+        format!("{} resolves to no address", target.host)
+    } else {
+        format!("{} resolves only to refused addresses: {}", target.host, refused.join("; "))
+    })
+}
+
+/// Sends the request on a fresh HTTP/1.1 connection and returns the
+/// status of the answer; its body is not read (the connection is dropped).
+async fn send<I>(io: I, request: http::Request<Full<Bytes>>) -> Result<u16, String>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(io).await.map_err(|e| format!("HTTP handshake: {e}"))?;
+    let mut conn = std::pin::pin!(conn);
+    let mut answer = std::pin::pin!(sender.send_request(request));
+    // The connection is driven until the answer is in. It may end first (a
+    // receiver that answers and closes, as HTTP/1.0 servers do): the answer
+    // is then already delivered, or the request failed; either way the
+    // answer future resolves next.
+    let mut ended = false;
+    loop {
+        tokio::select! {
+            answer = &mut answer => {
+                return answer.map(|r| r.status().as_u16()).map_err(|e| format!("no answer: {e}"));
+            }
+            _ = &mut conn, if !ended => ended = true,
+        }
+    }
+}
