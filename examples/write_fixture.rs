@@ -21,8 +21,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use clap::Parser;
 use messenger_chat::config::Config;
 use messenger_chat::domain::rooms::{NewRoom, RoomPatch, RoomRef, UserLists};
+use messenger_chat::domain::webhooks::WebhookSpec;
 use messenger_chat::domain::{Clock, Domain, Principal};
-use messenger_chat::model::{OrgRole, OutboxOp, Room, RoomId, Token, TokenKind};
+use messenger_chat::model::{DeliveryAttempt, OrgRole, OutboxOp, Room, RoomId, Token, TokenKind};
 use messenger_chat::secrets::{ServerKey, token_hash};
 use messenger_chat::store::{Read, Store, StoreError, codec, tables};
 use redb::{ReadableDatabase, ReadableTableMetadata, TableHandle};
@@ -155,6 +156,9 @@ const DESCRIPTION: &[&str] = &[
     "Event log (schema 2 on): the events of every change above as the domain wrote them, with their \
      actors (the command line, or the PATs of the users who made or claimed rooms); none from the \
      reconciler, whose work is written directly.",
+    "Webhooks (schema 2 on): acme-backend, for Acme's room.* and member.added events to \
+     https://hooks.example.com/messenger, failing since 2026-01-01 (gave up; sends nothing), with one \
+     attempt (503) in its delivery log; its secret is random, sealed with the fixture's server key.",
     "Outbox: SyncRoom for rooms 3, 5, 6, 7; DeleteRoom for room 4; SyncUser for user 5; DeactivateUser \
      for user 4. Matrix accounts known to exist: users 1, 2, 3, 4, 7.",
 ];
@@ -327,6 +331,32 @@ fn populate(d: &Domain) -> Fallible<Value> {
         let mut failed = old.clone();
         failed.sync_error = Some("error sending request: connection refused (os error 111)".into());
         w.put_room(&failed, Some(&old))
+    })?;
+    // A webhook of Acme's room events that gave up after its retry window:
+    // failing, so a service opening the fixture sends nothing, with one
+    // attempt in its delivery log.
+    let hook = d.put_webhook(
+        api,
+        "acme-backend",
+        WebhookSpec {
+            url: "https://hooks.example.com/messenger".into(),
+            event_types: vec!["room.*".into(), "member.added".into()],
+            org_id: Some(1),
+        },
+    )?;
+    d.store.write(|w| {
+        let mut failing = hook.webhook.clone();
+        failing.failing_since = Some(T0);
+        failing.failing = true;
+        w.put_webhook(&failing)?;
+        let attempt = DeliveryAttempt {
+            event_id: failing.cursor + 1,
+            time: T0 + 60,
+            status: Some(503),
+            error: None,
+            latency_ms: 41,
+        };
+        w.log_delivery(&failing.id, &attempt, 50)
     })?;
     let _ = (plain, meetup);
     Ok(Value::Array(tokens))
