@@ -509,14 +509,28 @@ pub trait Read {
 
     /// The API JSON of an organization's rooms in id order: `offset` skipped, at most `limit`.
     fn org_rooms_json(&self, org: OrgId, offset: usize, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
-        let first = if offset == 0 { Some(0) } else { self.org_room_at(org, offset)? };
-        let Some(first) = first else { return Ok(Vec::new()) };
-        let t = self.table(ORGIDROOMID_JSON)?;
         let mut out = Vec::with_capacity(limit.min(64));
-        for entry in t.range((org, first)..=(org, u64::MAX))?.take(limit) {
-            out.push(entry?.1.value().to_vec());
-        }
+        self.each_org_room_json(org, offset, limit, |json| out.push(json.to_vec()))?;
         Ok(out)
+    }
+
+    /// Hands `each` the API JSON of an organization's rooms in id order,
+    /// `offset` skipped, at most `limit`, borrowed from the snapshot: a page
+    /// is copied once, into its answer, rather than into a vector per room.
+    fn each_org_room_json(
+        &self,
+        org: OrgId,
+        offset: usize,
+        limit: usize,
+        mut each: impl FnMut(&[u8]),
+    ) -> Result<(), StoreError> {
+        let first = if offset == 0 { Some(0) } else { self.org_room_at(org, offset)? };
+        let Some(first) = first else { return Ok(()) };
+        let t = self.table(ORGIDROOMID_JSON)?;
+        for entry in t.range((org, first)..=(org, u64::MAX))?.take(limit) {
+            each(entry?.1.value());
+        }
+        Ok(())
     }
 
     /// Number of rooms of an organization.
