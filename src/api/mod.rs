@@ -169,7 +169,9 @@ pub fn routes(
         );
     });
     // The hot reads first: every miss before the matching route costs a path comparison.
-    let api = shadowed()
+    let api = rooms::hot(state.clone())
+        .or(shadowed())
+        .unify()
         .or(rooms::routes(state.clone()))
         .unify()
         .or(meta::routes(state.clone()))

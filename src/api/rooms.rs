@@ -103,9 +103,35 @@ pub fn routes(state: AppState) -> BoxedFilter<(Handled,)> {
         .boxed()
 }
 
+/// The two hot reads, GetRooms and GET one room, matched ahead of every
+/// other route: warp tries an `or` chain route by route, and with the
+/// 405 check in front (which matches the path against every template) that
+/// took a fifth of the instructions of a GET of one room. The same routes
+/// stay in [`routes`] for everything this passes on: the literal paths
+/// `event` (its own GET) and `default` (405), and requests whose token is
+/// refused, whose rejection then meets the other routes' exactly as before.
+pub fn hot(state: AppState) -> BoxedFilter<(Handled,)> {
+    let s = || with_state(state.clone());
+    let reader = || reader(state.clone());
+    let list = warp::path!("v1" / "chatrooms").and(warp::get()).and(s()).and(reader()).and(raw_query()).then(get_rooms);
+    let get_one = warp::path!("v1" / "chatrooms" / String)
+        .and(warp::get())
+        .and_then(|id: String| async move {
+            if id == "event" || id == "default" { Err(warp::reject::not_found()) } else { Ok(id) }
+        })
+        .and(s())
+        .and(reader())
+        .then(get_room);
+    list.or(get_one).unify().boxed()
+}
+
 fn room(status: StatusCode, room: &Room) -> Response {
     super::json_bytes(status, room.to_json())
 }
+
+/// What a page of GetRooms is first given room for: 50 rooms of a few
+/// hundred bytes each fit without growing it more than once or twice.
+const PAGE_CAPACITY: usize = 16 * 1024;
 
 /// GET /v1/chatrooms?organization_id=&all=&limit=&offset= — any member of the organization.
 async fn get_rooms(state: AppState, r: Reader, p: Principal, query: String) -> Handled {
@@ -135,16 +161,16 @@ async fn get_rooms(state: AppState, r: Reader, p: Principal, query: String) -> H
         },
     };
     let page = if all { None } else { Some((offset, limit)) };
-    let (rooms, total) = state.domain.list_rooms(&r, p, org, page)?;
-    // The entries are stored as JSON already: copy them into the page.
-    let mut body = Vec::with_capacity(rooms.iter().map(Vec::len).sum::<usize>() + rooms.len() + 32);
+    // The entries are stored as JSON already: copy them into the page, once.
+    let mut body = Vec::with_capacity(PAGE_CAPACITY);
     body.extend_from_slice(b"{\"entries\":[");
-    for (i, room) in rooms.iter().enumerate() {
-        if i > 0 {
+    let start = body.len();
+    let total = state.domain.list_rooms(&r, p, org, page, |room| {
+        if body.len() > start {
             body.push(b',');
         }
         body.extend_from_slice(room);
-    }
+    })?;
     body.extend_from_slice(format!("],\"total\":{total}}}").as_bytes());
     Ok(super::json_bytes(StatusCode::OK, body))
 }

@@ -55,8 +55,8 @@ pub fn route_of(method: &str, path: &str) -> Option<usize> {
     let path = Segments::of(path.trim_end_matches('/'))?;
     let mut most_literal = 0;
     let mut best: Option<(usize, usize)> = None;
-    for (i, template) in templates().iter().enumerate() {
-        let Some(literal) = fit(template, &path) else { continue };
+    for &i in with_len(path.len) {
+        let Some(literal) = fit(&templates()[i], &path) else { continue };
         most_literal = most_literal.max(literal);
         if ROUTES[i].0 == method && best.is_none_or(|(_, l)| literal > l) {
             best = Some((i, literal));
@@ -73,7 +73,7 @@ pub fn route_of(method: &str, path: &str) -> Option<usize> {
 pub fn shadowed(method: &str, path: &str) -> bool {
     let Some(trimmed) = Segments::of(path.trim_end_matches('/')) else { return false };
     route_of(method, path).is_none()
-        && templates().iter().zip(ROUTES).any(|(t, (m, _))| *m == method && fit(t, &trimmed).is_some())
+        && with_len(trimmed.len).iter().any(|&i| ROUTES[i].0 == method && fit(&templates()[i], &trimmed).is_some())
 }
 
 /// More segments than any route has.
@@ -89,12 +89,20 @@ struct Segments<'a> {
 impl<'a> Segments<'a> {
     /// `None` when the path has more segments than any route.
     fn of(path: &'a str) -> Option<Self> {
+        // As `path.split('/')`, byte by byte: the generic splitter cost as
+        // much as the matching itself.
         let mut all = [""; MAX_SEGMENTS];
         let mut len = 0;
-        for segment in path.split('/') {
-            *all.get_mut(len)? = segment;
-            len += 1;
+        let mut start = 0;
+        for (i, &b) in path.as_bytes().iter().enumerate() {
+            if b == b'/' {
+                *all.get_mut(len)? = &path[start..i];
+                len += 1;
+                start = i + 1;
+            }
         }
+        *all.get_mut(len)? = &path[start..];
+        len += 1;
         Some(Segments { all, len })
     }
 
@@ -108,6 +116,19 @@ fn templates() -> &'static [Segments<'static>] {
     static SPLIT: std::sync::LazyLock<Vec<Segments<'static>>> =
         std::sync::LazyLock::new(|| ROUTES.iter().filter_map(|(_, t)| Segments::of(t)).collect());
     &SPLIT
+}
+
+/// The indexes in [`ROUTES`] of the templates of `len` segments: only those
+/// can fit a path of `len` segments, so the others are not looked at.
+fn with_len(len: usize) -> &'static [usize] {
+    static BY_LEN: std::sync::LazyLock<Vec<Vec<usize>>> = std::sync::LazyLock::new(|| {
+        let mut by_len = vec![Vec::new(); MAX_SEGMENTS + 1];
+        for (i, t) in templates().iter().enumerate() {
+            by_len[t.len].push(i);
+        }
+        by_len
+    });
+    BY_LEN.get(len).map_or(&[], Vec::as_slice)
 }
 
 /// The number of literal segments of `template` when it fits `path`.
@@ -171,6 +192,15 @@ mod tests {
         assert!(methods_of(long).is_empty());
         // Every route fits in the segments kept on the stack.
         assert!(ROUTES.iter().all(|(_, t)| t.split('/').count() < MAX_SEGMENTS));
+    }
+
+    #[test]
+    fn paths_split_as_str_split_does() {
+        for path in ["", "/", "//", "/v1/chatrooms", "/v1/chatrooms/", "a/b", "/é/ü/", "/1/2/3/4/5/6/7"] {
+            let split: Vec<&str> = path.split('/').collect();
+            assert_eq!(Segments::of(path).map(|s| s.as_slice().to_vec()), Some(split), "{path:?}");
+        }
+        assert!(Segments::of("/1/2/3/4/5/6/7/8").is_none(), "one segment more than MAX_SEGMENTS");
     }
 
     #[test]

@@ -194,8 +194,9 @@ impl Domain {
         Ok(room)
     }
 
-    /// GetRooms: a page of an organization's rooms in id order, as their API
-    /// JSON, and their total. `page` is (offset, limit); `None` returns all.
+    /// GetRooms: hands `each` a page of an organization's rooms in id order,
+    /// as their API JSON, and returns their total. `page` is (offset,
+    /// limit); `None` returns all.
     ///
     /// # Errors
     /// 422 bad id, 404 unknown organization, 403 not a member.
@@ -205,12 +206,14 @@ impl Domain {
         p: Principal,
         org: i64,
         page: Option<(usize, usize)>,
-    ) -> Result<(Vec<Vec<u8>>, u64)> {
+        each: impl FnMut(&[u8]),
+    ) -> Result<u64> {
         let org = positive("organization_id", org)?;
         Self::require_org(r, org)?;
         Self::require_member(r, p, org)?;
         let (offset, limit) = page.unwrap_or((0, usize::MAX));
-        Ok((r.org_rooms_json(org, offset, limit)?, r.room_count(org)?))
+        r.each_org_room_json(org, offset, limit, each)?;
+        Ok(r.room_count(org)?)
     }
 
     /// The room of one event.

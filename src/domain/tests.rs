@@ -113,7 +113,7 @@ fn the_role_table() {
             allowed("read", "", w.d.get_room(&w.d.store.read().unwrap(), p, &RoomRef::Id(id)))
         }),
         ("list rooms", [true, true, true, true, true, true, true, false], |w, p| {
-            allowed("list", "", w.d.list_rooms(&w.d.store.read().unwrap(), p, 1, Some((0, 10))))
+            allowed("list", "", w.d.list_rooms(&w.d.store.read().unwrap(), p, 1, Some((0, 10)), |_| {}))
         }),
         ("create a custom room", [true, true, true, false, false, false, false, false], |w, p| {
             let spec = NewRoom { org_id: 1, name: Some("New".into()), ..NewRoom::default() };

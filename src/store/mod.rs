@@ -343,7 +343,7 @@ fn log_repair(session: &mut redb::RepairSession) {
 const RANGE_BITS: u32 = 10;
 /// Levels of `orgidrange_roomcount`, 1 (finest) to this (coarsest). Finding
 /// an offset reads at most one level-2 count per 1,048,576 room ids, then
-/// at most 1,024 level-1 counts and 1,023 keys.
+/// at most 512 level-1 counts and 512 keys (walked from the nearer end).
 const RANGE_LEVELS: u8 = 2;
 
 /// The `orgidrange_roomcount` keys that count room `id` of `org`, one per level.
@@ -485,42 +485,93 @@ pub trait Read {
     ///
     /// The range counts are summed coarse to fine, each level only inside
     /// the range the level above found, and the keys are walked inside one
-    /// level-1 range: the time does not grow with the offset.
+    /// level-1 range: the time does not grow with the offset. Below the top
+    /// level the count of the range being searched is known, so each walk
+    /// starts from the nearer end of it: at most half of a range's counts
+    /// and keys are read (the last page of an organization, the deep page
+    /// clients ask for, sits near an end).
     fn org_room_at(&self, org: OrgId, offset: usize) -> Result<Option<RoomId>, StoreError> {
         let counts = self.table(ORGIDRANGE_ROOMCOUNT)?;
         let mut left = u64::try_from(offset).unwrap_or(u64::MAX);
         let (mut lo, mut hi) = (0u64, u64::MAX);
+        // The number of rooms in [lo, hi]; unknown at the top level.
+        let mut within: Option<u64> = None;
         for level in (1..=RANGE_LEVELS).rev() {
             let shift = RANGE_BITS * u32::from(level);
-            let mut found = None;
-            for entry in counts.range((org, level, lo >> shift)..=(org, level, hi >> shift))? {
-                let (k, v) = entry?;
-                if left < v.value() {
-                    found = Some(k.value().2);
-                    break;
+            let ranges = counts.range((org, level, lo >> shift)..=(org, level, hi >> shift))?;
+            let found = match within {
+                Some(n) if left >= n => return Ok(None),
+                Some(n) if left >= n / 2 => {
+                    // Counted from the end: the room is `n - 1 - left` rooms before the last.
+                    let mut right = n - 1 - left;
+                    let mut found = None;
+                    for entry in ranges.rev() {
+                        let (k, v) = entry?;
+                        let v = v.value();
+                        if right < v {
+                            left = v - 1 - right;
+                            found = Some((k.value().2, v));
+                            break;
+                        }
+                        right -= v;
+                    }
+                    found
                 }
-                left -= v.value();
-            }
-            let Some(range) = found else { return Ok(None) };
+                _ => {
+                    let mut found = None;
+                    for entry in ranges {
+                        let (k, v) = entry?;
+                        let v = v.value();
+                        if left < v {
+                            found = Some((k.value().2, v));
+                            break;
+                        }
+                        left -= v;
+                    }
+                    found
+                }
+            };
+            let Some((range, count)) = found else { return Ok(None) };
+            within = Some(count);
             lo = range << shift;
             hi = lo | ((1u64 << shift) - 1);
         }
         let keys = self.table(ORGIDROOMID)?;
-        let skip = usize::try_from(left).unwrap_or(usize::MAX);
-        let found = keys.range((org, lo)..=(org, hi))?.nth(skip).transpose()?;
-        Ok(found.map(|(k, _)| k.value().1))
+        let in_range = keys.range((org, lo)..=(org, hi))?;
+        let found = match within {
+            Some(n) if left >= n / 2 => {
+                let back = usize::try_from(n.saturating_sub(1).saturating_sub(left)).unwrap_or(usize::MAX);
+                in_range.rev().nth(back)
+            }
+            _ => in_range.into_iter().nth(usize::try_from(left).unwrap_or(usize::MAX)),
+        };
+        Ok(found.transpose()?.map(|(k, _)| k.value().1))
     }
 
     /// The API JSON of an organization's rooms in id order: `offset` skipped, at most `limit`.
     fn org_rooms_json(&self, org: OrgId, offset: usize, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
-        let first = if offset == 0 { Some(0) } else { self.org_room_at(org, offset)? };
-        let Some(first) = first else { return Ok(Vec::new()) };
-        let t = self.table(ORGIDROOMID_JSON)?;
         let mut out = Vec::with_capacity(limit.min(64));
-        for entry in t.range((org, first)..=(org, u64::MAX))?.take(limit) {
-            out.push(entry?.1.value().to_vec());
-        }
+        self.each_org_room_json(org, offset, limit, |json| out.push(json.to_vec()))?;
         Ok(out)
+    }
+
+    /// Hands `each` the API JSON of an organization's rooms in id order,
+    /// `offset` skipped, at most `limit`, borrowed from the snapshot: a page
+    /// is copied once, into its answer, rather than into a vector per room.
+    fn each_org_room_json(
+        &self,
+        org: OrgId,
+        offset: usize,
+        limit: usize,
+        mut each: impl FnMut(&[u8]),
+    ) -> Result<(), StoreError> {
+        let first = if offset == 0 { Some(0) } else { self.org_room_at(org, offset)? };
+        let Some(first) = first else { return Ok(()) };
+        let t = self.table(ORGIDROOMID_JSON)?;
+        for entry in t.range((org, first)..=(org, u64::MAX))?.take(limit) {
+            each(entry?.1.value());
+        }
+        Ok(())
     }
 
     /// Number of rooms of an organization.
