@@ -115,6 +115,9 @@ pub struct Progress {
     /// Rooms deleted since start by emptying and leaving them, their
     /// history left on the homeserver (for /metrics).
     left_with_history: AtomicU64,
+    /// Members the homeserver refused to remove from rooms deleted that
+    /// way, who stay in them (for /metrics).
+    members_stayed: AtomicU64,
 }
 
 impl Progress {
@@ -125,6 +128,7 @@ impl Progress {
             finished: watch::channel(0).0,
             errors: AtomicU64::new(0),
             left_with_history: AtomicU64::new(0),
+            members_stayed: AtomicU64::new(0),
         }
     }
 
@@ -160,8 +164,17 @@ impl Progress {
         self.left_with_history.load(Ordering::Relaxed)
     }
 
-    fn left_one(&self) {
+    /// Members the homeserver refused to remove from rooms deleted by
+    /// emptying and leaving them, since start: they stay in those rooms.
+    #[must_use]
+    pub fn members_left_in_deleted_rooms(&self) -> u64 {
+        self.members_stayed.load(Ordering::Relaxed)
+    }
+
+    /// A room deleted by emptying and leaving it, `stayed` members not removed.
+    fn left_one(&self, stayed: usize) {
         self.left_with_history.fetch_add(1, Ordering::Relaxed);
+        self.members_stayed.fetch_add(u64::try_from(stayed).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
     fn failed(&self) {

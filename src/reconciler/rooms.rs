@@ -214,17 +214,30 @@ impl Reconciler {
                     tracing::info!(room = room_id, matrix_room = %matrix_id, "deleted the Matrix room");
                     return Ok(Step::Done);
                 }
-                Deletion::Left => {
+                Deletion::Left { stayed } => {
                     if stored.is_some() {
                         self.domain.store.write(|w| w.set_delete_id(&matrix_id, None))?;
                     }
-                    self.progress.left_one();
+                    self.progress.left_one(stayed.len());
                     tracing::warn!(
                         room = room_id,
                         matrix_room = %matrix_id,
                         "emptied the Matrix room, made it invite-only and left it; without the homeserver's admin \
                          API (matrix.admin_api) its history stays on the homeserver"
                     );
+                    if !stayed.is_empty() {
+                        // Not retried: the homeserver would refuse again (in
+                        // Synapse, a peer of the bot's power in a room version
+                        // before 12), and the service can no longer act in the
+                        // room it left. An operator removes them by hand.
+                        tracing::warn!(
+                            room = room_id,
+                            matrix_room = %matrix_id,
+                            stayed = %stayed.join(", "),
+                            "the homeserver refused to remove these members from the deleted room: they stay in it, \
+                             with its history"
+                        );
+                    }
                     return Ok(Step::Done);
                 }
                 Deletion::Failed(why) => {
