@@ -7,7 +7,13 @@
 //!
 //! bench_matrix <service_url> <cert.pem> <api_token> <synapse_url> <secret_file>
 //!              <logins> <rooms> <concurrency> <rounds>
+//!
+//! With `BENCH_SYNAPSE_PID` and `BENCH_SERVICE_PID` set (the script sets
+//! them), it also shows the CPU time Synapse and the service used per room
+//! on each side: whether the service makes Synapse work more per room, or
+//! leaves it idle between rooms.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -68,6 +74,37 @@ async fn call(conn: &mut Conn, method: &str, path: &str, auth: Option<&str>, bod
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await.expect("body").to_bytes();
     (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+/// CPU time (user + system) a process used so far, from /proc; `None`
+/// when the pid is not given or not readable.
+fn cpu_secs(pid: Option<u32>) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid?)).ok()?;
+    // The fields after the command (which may hold spaces) in parentheses.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // USER_HZ is 100 on Linux.
+    Some(ticks / 100.0)
+}
+
+fn pid_of(var: &str) -> Option<u32> {
+    std::env::var(var).ok()?.parse().ok()
+}
+
+/// CPU seconds of (Synapse, the service) spent while `work` ran, beside its result.
+async fn with_cpu<T>(pids: (Option<u32>, Option<u32>), work: impl Future<Output = T>) -> (T, [Option<f64>; 2]) {
+    let before = [cpu_secs(pids.0), cpu_secs(pids.1)];
+    let out = work.await;
+    let after = [cpu_secs(pids.0), cpu_secs(pids.1)];
+    let used = |i: usize| Some(after[i]? - before[i]?);
+    (out, [used(0), used(1)])
+}
+
+fn add(total: &mut [Option<f64>; 2], part: [Option<f64>; 2]) {
+    for (t, p) in total.iter_mut().zip(part) {
+        *t = t.zip(p).map(|(a, b)| a + b);
+    }
 }
 
 fn median_ms(mut samples: Vec<Duration>) -> f64 {
@@ -297,14 +334,20 @@ async fn main() {
 
     let direct = Direct::new(synapse, secret_file, concurrency).await;
     let (mut via_service, mut straight) = (Duration::ZERO, Duration::ZERO);
+    let pids = (pid_of("BENCH_SYNAPSE_PID"), pid_of("BENCH_SERVICE_PID"));
+    let (mut cpu_service, mut cpu_straight) = ([Some(0.0); 2], [Some(0.0); 2]);
     for round in 0..rounds {
         // Alternating which goes first, so both see the same machine load.
-        if round % 2 == 0 {
-            via_service += through_service(service, cert, api, round, rooms).await;
-            straight += direct.create(round, rooms, concurrency).await;
-        } else {
-            straight += direct.create(round, rooms, concurrency).await;
-            via_service += through_service(service, cert, api, round, rooms).await;
+        for side in [round % 2, 1 - round % 2] {
+            if side == 0 {
+                let (t, cpu) = with_cpu(pids, through_service(service, cert, api, round, rooms)).await;
+                via_service += t;
+                add(&mut cpu_service, cpu);
+            } else {
+                let (t, cpu) = with_cpu(pids, direct.create(round, rooms, concurrency)).await;
+                straight += t;
+                add(&mut cpu_straight, cpu);
+            }
         }
     }
     let total = (rooms * rounds) as f64;
@@ -318,6 +361,22 @@ async fn main() {
         "| the same, straight at Synapse, {concurrency} in flight | {:.1} s ({r_direct:.2} rooms/s) |",
         straight.as_secs_f64()
     );
+    let per_room = |cpu: Option<f64>| cpu.map_or_else(|| "-".to_string(), |c| format!("{:.0} ms", c * 1000.0 / total));
+    if pids.0.is_some() {
+        println!(
+            "| CPU per room, concurrency {concurrency}: Synapse through the service / straight | {} / {} (Synapse busy {:.0}% / {:.0}% of the wall time) |",
+            per_room(cpu_service[0]),
+            per_room(cpu_straight[0]),
+            cpu_service[0].unwrap_or(0.0) * 100.0 / via_service.as_secs_f64(),
+            cpu_straight[0].unwrap_or(0.0) * 100.0 / straight.as_secs_f64(),
+        );
+    }
+    if pids.1.is_some() {
+        println!(
+            "| CPU per room, concurrency {concurrency}: the service (API, reconciler, polling answered) | {} |",
+            per_room(cpu_service[1])
+        );
+    }
     println!(
         "| service / Synapse, concurrency {concurrency} | {:.0}% (target ≥ 90%: {}) |",
         ratio * 100.0,

@@ -7,6 +7,10 @@
 #
 #   scripts/bench-matrix.sh   (BENCH_LOGINS=40, BENCH_ROOMS=60, BENCH_ROUNDS=2,
 #                              BENCH_CONCURRENCY="4 8")
+#
+# BENCH_LOGINS=0 measures the rooms only; BENCH_CONCURRENCY=4 only that
+# concurrency; BENCH_BUILD=0 runs the release binaries already built. The rooms rows also show the CPU time Synapse and the service
+# used per room on each side.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 LOGINS=${BENCH_LOGINS:-40}
@@ -32,12 +36,16 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "bench-matrix: building release binaries" >&2
-(cd "$ROOT" && cargo build --release --quiet --bin messenger-chat --example bench_matrix)
+if [ "${BENCH_BUILD:-1}" != 0 ]; then
+    echo "bench-matrix: building release binaries" >&2
+    (cd "$ROOT" && cargo build --release --quiet --bin messenger-chat --example bench_matrix)
+fi
 "$SYNAPSE" install >&2
 out=$("$SYNAPSE" start "$WORK/synapse")
 SYNAPSE_URL=$(sed -n 's/^SYNAPSE_URL=//p' <<<"$out")
 SECRET_FILE=$(sed -n 's/^SYNAPSE_SHARED_SECRET_FILE=//p' <<<"$out")
+export BENCH_SYNAPSE_PID
+BENCH_SYNAPSE_PID=$(cat "$WORK/synapse/pid")
 
 echo "| measure | value |"
 echo "|---|---|"
@@ -61,7 +69,7 @@ for c in $CONCURRENCY; do
     URL=$(grep "listening on" "$svc/out" | awk '{print $NF}')
     TOKEN=$(grep "API token" "$svc/out" | awk '{print $NF}')
     [ -n "$URL" ] || { cat "$svc/err" >&2; exit 1; }
-    "$TARGET/release/examples/bench_matrix" "$URL" "$svc/data/tls/cert.pem" "$TOKEN" "$SYNAPSE_URL" "$SECRET_FILE" \
+    BENCH_SERVICE_PID=$SERVICE_PID "$TARGET/release/examples/bench_matrix" "$URL" "$svc/data/tls/cert.pem" "$TOKEN" "$SYNAPSE_URL" "$SECRET_FILE" \
         "$logins" "$ROOMS" "$c" "$ROUNDS"
     logins=0
     stop_service

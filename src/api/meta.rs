@@ -323,6 +323,13 @@ fn metrics(state: AppState) -> Response {
         );
         out.push_str("# TYPE messenger_chat_rooms_left_with_history_total counter\n");
         let _ = writeln!(out, "messenger_chat_rooms_left_with_history_total {}", sync.rooms_left_with_history());
+        out.push_str(
+            "# HELP messenger_chat_deleted_room_members_stayed_total Members the homeserver refused to remove from \
+             rooms deleted without its admin API: they stay in those rooms, with the history (the log names them).\n",
+        );
+        out.push_str("# TYPE messenger_chat_deleted_room_members_stayed_total counter\n");
+        let _ =
+            writeln!(out, "messenger_chat_deleted_room_members_stayed_total {}", sync.members_left_in_deleted_rooms());
     }
     warp::http::Response::builder()
         .header("content-type", "text/plain; version=0.0.4")

@@ -38,6 +38,13 @@ pub enum Op {
     StartDeletion,
     DeletionProgress,
     Login,
+    /// Not a call of its own: the removal of one member (about: the user)
+    /// within [`Homeserver::update_room`] or a deletion without purge, as
+    /// Synapse's kick. A failure injected on it with
+    /// [`FakeHomeserver::fail_about`] fails the update; in a deletion a
+    /// [`HomeserverError::Refused`] leaves that member in the room (named in
+    /// [`Deletion::Left`]) and any other error fails the deletion.
+    Kick,
 }
 
 /// One call as the fake saw it.
@@ -364,15 +371,42 @@ impl State {
         }
     }
 
-    /// A deletion without purge: everyone out, the room left.
-    fn empty_and_leave(&mut self, room_id: &str) -> Deletion {
-        if let Some(room) = self.rooms.get_mut(room_id) {
-            for m in room.members.values_mut() {
-                *m = Membership::Gone;
+    /// The failure injected on the removal of `user` ([`Op::Kick`]), used up.
+    fn kick_refusal(&mut self, user: UserId) -> Option<HomeserverError> {
+        let about = user.to_string();
+        let f = self
+            .failures
+            .iter_mut()
+            .find(|f| f.op == Op::Kick && f.remaining > 0 && f.about.as_ref().is_none_or(|a| *a == about))?;
+        f.remaining -= 1;
+        Some(f.error.clone())
+    }
+
+    /// A deletion without purge: everyone out who may be removed, the room
+    /// left; as Synapse's adapter, a member whose removal is refused stays.
+    fn empty_and_leave(&mut self, room_id: &str) -> Result<Deletion, HomeserverError> {
+        let present = match self.rooms.get(room_id) {
+            Some(room) if !room.left => room.present(),
+            _ => return Ok(Deletion::Left { stayed: Vec::new() }),
+        };
+        let mut stayed = Vec::new();
+        for user in present {
+            match self.kick_refusal(user) {
+                None => {}
+                Some(HomeserverError::Refused(_)) => {
+                    stayed.push(format!("@u{user}:fake"));
+                    continue;
+                }
+                Some(e) => return Err(e),
             }
+            if let Some(room) = self.rooms.get_mut(room_id) {
+                room.members.insert(user, Membership::Gone);
+            }
+        }
+        if let Some(room) = self.rooms.get_mut(room_id) {
             room.left = true;
         }
-        Deletion::Left
+        Ok(Deletion::Left { stayed })
     }
 
     fn require_account(&self, user: UserId) -> Result<(), HomeserverError> {
@@ -532,10 +566,18 @@ impl Homeserver for FakeHomeserver {
                     room.members.insert(*u, Membership::Invited);
                 }
             }
-            for (u, m) in &mut room.members {
-                if desired.members.binary_search_by_key(u, |(v, _)| *v).is_err() {
-                    *m = Membership::Gone;
+            let unlisted: Vec<UserId> = room
+                .present()
+                .into_iter()
+                .filter(|u| desired.members.binary_search_by_key(u, |(v, _)| *v).is_err())
+                .collect();
+            // Removals come last, as in Synapse's adapter; a refused one
+            // fails the update with what came before it applied.
+            for user in unlisted {
+                if let Some(e) = s.kick_refusal(user) {
+                    return Err(e);
                 }
+                s.room(room_id)?.members.insert(user, Membership::Gone);
             }
             Ok(to_join)
         }))
@@ -569,7 +611,7 @@ impl Homeserver for FakeHomeserver {
         let purge = self.offered().purge_rooms;
         Box::pin(self.call(Op::StartDeletion, room_id.to_string(), move |s| {
             if !purge {
-                return Ok(s.empty_and_leave(room_id));
+                return s.empty_and_leave(room_id);
             }
             let Ok(room) = s.room(room_id) else { return Ok(Deletion::Done) };
             for m in room.members.values_mut() {
@@ -587,7 +629,7 @@ impl Homeserver for FakeHomeserver {
         Box::pin(self.call(Op::DeletionProgress, room_id.to_string(), move |s| {
             if !purge {
                 // A token of a purge begun where one was offered: no longer followed.
-                return Ok(s.empty_and_leave(room_id));
+                return s.empty_and_leave(room_id);
             }
             let Some((room, polls)) = s.deletions.get_mut(&token.0) else {
                 return Ok(if s.rooms.contains_key(room_id) {

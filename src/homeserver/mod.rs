@@ -106,7 +106,8 @@ pub trait Homeserver: Send + Sync {
 
     /// Starts deleting a room: everyone out and its history gone
     /// ([`Offers::purge_rooms`]); without that, everyone out, the room
-    /// invite-only and left: [`Deletion::Left`]. A room that does not exist
+    /// invite-only and left: [`Deletion::Left`], naming the members the
+    /// homeserver refused to remove (the others are still removed). A room that does not exist
     /// any more is [`Deletion::Done`].
     fn start_deletion<'a>(&'a self, room_id: &'a str) -> HsFuture<'a, Deletion>;
 
@@ -228,7 +229,14 @@ pub enum Deletion {
     /// Everyone was removed, the room made invite-only and left by the
     /// service, which is all a homeserver without [`Offers::purge_rooms`]
     /// allows: its history stays on the homeserver.
-    Left,
+    Left {
+        /// The members the homeserver would not let the service remove
+        /// (their homeserver ids; Synapse answers 403 for a kick of a user
+        /// with as much power as the bot, in room versions before 12). They
+        /// stay in the room with its history; asking again would not change
+        /// the answer, so the deletion is not retried for them.
+        stayed: Vec<String>,
+    },
     /// Under way: ask again with this token.
     Running(DeletionToken),
     /// The homeserver gave up on it, or forgot it while the room still

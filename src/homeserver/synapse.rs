@@ -111,36 +111,40 @@ impl Synapse {
     /// removed can come back without an invite), everyone else removed,
     /// then the bot leaves and forgets it. Its history stays on the
     /// homeserver. Repeating it is harmless: a bot already out of the room
-    /// has nothing left to do.
+    /// has nothing left to do. A member Synapse refuses to kick (403) is
+    /// skipped and named in [`Deletion::Left`]; the others are still removed.
     async fn empty_and_leave(&self, room_id: &str) -> Result<Deletion, MatrixError> {
         let client = &self.client;
         let bot = client.bot_user_id().to_string();
         let members = match client.members(room_id).await {
             Ok(m) => m,
             // The bot is out (a repeat after it left) or the room is unknown.
-            Err(e) if e.is(&ErrCode::Forbidden) || e.is(&ErrCode::NotFound) => return Ok(Deletion::Left),
+            Err(e) if e.is(&ErrCode::Forbidden) || e.is(&ErrCode::NotFound) => {
+                return Ok(Deletion::Left { stayed: Vec::new() });
+            }
             Err(e) => return Err(e),
         };
         client.put_state(room_id, "m.room.join_rules", "", &serde_json::json!({"join_rule": "invite"})).await?;
+        let mut stayed = Vec::new();
         for m in members {
             let present = matches!(m.membership, Membership::Join | Membership::Invite | Membership::Knock);
             if present && m.user_id != bot {
                 match client.kick(room_id, &m.user_id, Some(DELETED_REASON)).await {
                     Ok(()) => {}
                     // In a room version before 12 the bot, at 100, cannot
-                    // kick another 100: leaving matters more than stopping here.
-                    Err(e) if e.is(&ErrCode::Forbidden) => tracing::warn!(
-                        room = room_id,
-                        user = %m.user_id,
-                        error = %e,
-                        "could not remove a member from a room the service is deleting; they stay in it"
-                    ),
+                    // kick another 100: leaving matters more than stopping
+                    // here, and asking again would get the same answer. The
+                    // reconciler logs and counts who stayed.
+                    Err(e) if e.is(&ErrCode::Forbidden) => {
+                        tracing::debug!(room = room_id, user = %m.user_id, error = %e, "Synapse refused the kick");
+                        stayed.push(m.user_id);
+                    }
                     Err(e) => return Err(e),
                 }
             }
         }
         client.leave_and_forget(room_id).await?;
-        Ok(Deletion::Left)
+        Ok(Deletion::Left { stayed })
     }
 
     /// The HTTP client underneath.

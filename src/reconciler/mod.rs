@@ -102,6 +102,9 @@ enum Step {
     /// Part of the work is done and more remains: the entry goes to the back
     /// of the outbox, so the changes queued meanwhile go first.
     Later,
+    /// Done, and the entry crossed off in the step's own last transaction
+    /// (one durable write fewer per room).
+    Booked,
 }
 
 /// What request handlers see of the reconciler: how far it got, and how
@@ -115,6 +118,9 @@ pub struct Progress {
     /// Rooms deleted since start by emptying and leaving them, their
     /// history left on the homeserver (for /metrics).
     left_with_history: AtomicU64,
+    /// Members the homeserver refused to remove from rooms deleted that
+    /// way, who stay in them (for /metrics).
+    members_stayed: AtomicU64,
 }
 
 impl Progress {
@@ -125,6 +131,7 @@ impl Progress {
             finished: watch::channel(0).0,
             errors: AtomicU64::new(0),
             left_with_history: AtomicU64::new(0),
+            members_stayed: AtomicU64::new(0),
         }
     }
 
@@ -160,8 +167,17 @@ impl Progress {
         self.left_with_history.load(Ordering::Relaxed)
     }
 
-    fn left_one(&self) {
+    /// Members the homeserver refused to remove from rooms deleted by
+    /// emptying and leaving them, since start: they stay in those rooms.
+    #[must_use]
+    pub fn members_left_in_deleted_rooms(&self) -> u64 {
+        self.members_stayed.load(Ordering::Relaxed)
+    }
+
+    /// A room deleted by emptying and leaving it, `stayed` members not removed.
+    fn left_one(&self, stayed: usize) {
         self.left_with_history.fetch_add(1, Ordering::Relaxed);
+        self.members_stayed.fetch_add(u64::try_from(stayed).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
     fn failed(&self) {
@@ -239,6 +255,9 @@ struct Finished {
     seq: u64,
     op: OutboxOp,
     result: Result<Step, StepError>,
+    /// The entry crossed off (or sent to the back) after a step that did not
+    /// fail, by the step's own task: `Err` when the database failed then.
+    booked: Option<Result<(), StoreError>>,
 }
 
 /// What the run loop keeps between entries: the steps in flight and who waits.
@@ -402,16 +421,36 @@ impl Reconciler {
     fn start(self: &Arc<Self>, s: &mut Schedule, seq: u64, op: OutboxOp, subject: Subject) {
         let me = self.clone();
         let task = s.tasks.spawn(async move {
-            let result = me.apply(&op).await;
-            Finished { seq, op, result }
+            let result = me.apply(seq, &op).await;
+            // Booked here rather than on the run loop, so the run loop only
+            // keeps count and starts the next entry. The subject counts as
+            // running until the run loop has seen this task end, so its
+            // next entry cannot start before this one is crossed off.
+            let booked = result.as_ref().ok().map(|step| me.book(seq, &op, *step));
+            Finished { seq, op, result, booked }
         });
         s.running.insert(task.id(), subject);
+    }
+
+    /// Crosses an entry off the outbox, or sends it to the back when more
+    /// remains.
+    fn book(&self, seq: u64, op: &OutboxOp, step: Step) -> Result<(), StoreError> {
+        if step == Step::Booked {
+            return Ok(());
+        }
+        self.domain.store.write(|w| {
+            w.remove_outbox(seq)?;
+            if step == Step::Later {
+                w.push_outbox(op)?;
+            }
+            Ok::<_, StoreError>(())
+        })
     }
 
     /// Books the outcome of one step: crossed off the outbox (or sent to its
     /// back when more remains), or its subject waits after a failure.
     fn finish(&self, s: &mut Schedule, done: Result<(tokio::task::Id, Finished), tokio::task::JoinError>) {
-        let (subject, Finished { seq, op, result }) = match done {
+        let (subject, Finished { seq, op, result, booked }) = match done {
             Ok((id, finished)) => match s.running.remove(&id) {
                 Some(subject) => (subject, finished),
                 None => (Subject::of(&finished.op), finished),
@@ -428,14 +467,14 @@ impl Reconciler {
             }
         };
         let now = tokio::time::Instant::now();
-        let step = match result {
-            Ok(step) => {
+        let booked = match result {
+            Ok(_) => {
                 s.waiting.remove(&subject);
                 // The homeserver answers: the next outage starts its backoff afresh.
                 if s.outage.is_some_and(|b| b.until <= now) {
                     s.outage = None;
                 }
-                step
+                booked.unwrap_or(Ok(()))
             }
             Err(e) if e.is_outage() => {
                 self.note_failure(&op, &e);
@@ -457,16 +496,9 @@ impl Reconciler {
                 s.waiting.remove(&subject);
                 tracing::error!(error = %e, ?op, "homeserver refused a step; it is not retried");
                 self.note_failure(&op, &e);
-                Step::Done
+                self.book(seq, &op, Step::Done)
             }
         };
-        let booked = self.domain.store.write(|w| {
-            w.remove_outbox(seq)?;
-            if step == Step::Later {
-                w.push_outbox(&op)?;
-            }
-            Ok::<_, StoreError>(())
-        });
         match booked {
             Ok(()) => self.progress.finished_one(),
             // Done but not crossed off: redone (it is idempotent) once the database answers.
@@ -490,9 +522,9 @@ impl Reconciler {
     }
 
     /// One outbox entry's work.
-    async fn apply(&self, op: &OutboxOp) -> Result<Step, StepError> {
+    async fn apply(&self, seq: u64, op: &OutboxOp) -> Result<Step, StepError> {
         match op {
-            OutboxOp::SyncRoom { room_id } => return self.sync_room(*room_id).await,
+            OutboxOp::SyncRoom { room_id } => return self.sync_room(seq, *room_id).await,
             OutboxOp::DeleteRoom { room_id, matrix_room_id } => {
                 return self.delete_room(*room_id, matrix_room_id).await;
             }

@@ -29,7 +29,13 @@ impl Reconciler {
     /// gets that many per step and waits behind the rest of the outbox
     /// between steps ([`Step::Later`]): making thousands of accounts one after
     /// another would hold up every other organization's changes.
-    pub(super) async fn sync_room(&self, room_id: RoomId) -> Result<Step, StepError> {
+    ///
+    /// Its outcome (the room synced, outbox entry `seq` crossed off) is
+    /// written in one transaction ([`Step::Booked`]); a room made now with
+    /// nobody to join gets its Matrix id in that same transaction, as
+    /// nothing else happens on the homeserver in between. A crash before it
+    /// leaves the room made but unrecorded, which the marker finds again.
+    pub(super) async fn sync_room(&self, seq: u64, room_id: RoomId) -> Result<Step, StepError> {
         let Some(room) = self.domain.store.read()?.room(room_id)? else {
             // Deleted meanwhile; its DeleteRoom entry takes care of the homeserver side.
             return Ok(Step::Done);
@@ -53,6 +59,8 @@ impl Reconciler {
         let avatar_url = self.ensure_avatar(&room).await?;
         let desired = DesiredRoom::of(&room, &avatar_url);
 
+        // A room made now whose id is recorded with the outcome below.
+        let mut made_now = None;
         if room.matrix_room_id.is_empty() {
             let suspect = self.suspects().contains(&room.id);
             let found = match self.made_before(room.id).await? {
@@ -71,10 +79,15 @@ impl Reconciler {
                     self.suspects().insert(room.id);
                     let made = self.hs.create_room(&desired).await?;
                     tracing::info!(room = room.id, matrix_room = %made, "created the Matrix room");
-                    self.record_matrix_id(room.id, &made)?;
-                    self.suspects().remove(&room.id);
-                    // Made just now with these powers and invites: only claims remain.
-                    self.join_claimed(&made, &room.claimed).await?;
+                    if room.claimed.is_empty() {
+                        made_now = Some(made);
+                    } else {
+                        // Recorded before the joins, so a retry joins in this room.
+                        self.record_matrix_id(room.id, &made)?;
+                        self.suspects().remove(&room.id);
+                        // Made just now with these powers and invites: only claims remain.
+                        self.join_claimed(&made, &room.claimed).await?;
+                    }
                 }
             }
         } else {
@@ -84,19 +97,34 @@ impl Reconciler {
 
         let generation = room.generation;
         self.domain.store.write(|w| {
-            if let Some(old) = w.room(room.id)?
-                && old.generation == generation
-                && (old.synced_generation != generation || old.sync_error.is_some())
-            {
+            if let Some(old) = w.room(room.id)? {
                 let mut done = old.clone();
-                done.synced_generation = generation;
-                done.sync_error = None;
-                w.put_room(&done, Some(&old))?;
-                crate::domain::events::room_ready(w, self.domain.clock.now(), &done)?;
+                // Whatever changed meanwhile, the room made now is this one's.
+                if let Some(made) = &made_now
+                    && done.matrix_room_id.is_empty()
+                {
+                    done.matrix_room_id.clone_from(made);
+                }
+                let ready =
+                    old.generation == generation && (old.synced_generation != generation || old.sync_error.is_some());
+                if ready {
+                    done.synced_generation = generation;
+                    done.sync_error = None;
+                }
+                if done != old {
+                    w.put_room(&done, Some(&old))?;
+                }
+                if ready {
+                    crate::domain::events::room_ready(w, self.domain.clock.now(), &done)?;
+                }
             }
+            w.remove_outbox(seq)?;
             Ok::<_, StoreError>(())
         })?;
-        Ok(Step::Done)
+        if made_now.is_some() {
+            self.suspects().remove(&room.id);
+        }
+        Ok(Step::Booked)
     }
 
     /// Joins claimed users, invited already: by the homeserver when it can,
@@ -214,17 +242,30 @@ impl Reconciler {
                     tracing::info!(room = room_id, matrix_room = %matrix_id, "deleted the Matrix room");
                     return Ok(Step::Done);
                 }
-                Deletion::Left => {
+                Deletion::Left { stayed } => {
                     if stored.is_some() {
                         self.domain.store.write(|w| w.set_delete_id(&matrix_id, None))?;
                     }
-                    self.progress.left_one();
+                    self.progress.left_one(stayed.len());
                     tracing::warn!(
                         room = room_id,
                         matrix_room = %matrix_id,
                         "emptied the Matrix room, made it invite-only and left it; without the homeserver's admin \
                          API (matrix.admin_api) its history stays on the homeserver"
                     );
+                    if !stayed.is_empty() {
+                        // Not retried: the homeserver would refuse again (in
+                        // Synapse, a peer of the bot's power in a room version
+                        // before 12), and the service can no longer act in the
+                        // room it left. An operator removes them by hand.
+                        tracing::warn!(
+                            room = room_id,
+                            matrix_room = %matrix_id,
+                            stayed = %stayed.join(", "),
+                            "the homeserver refused to remove these members from the deleted room: they stay in it, \
+                             with its history"
+                        );
+                    }
                     return Ok(Step::Done);
                 }
                 Deletion::Failed(why) => {

@@ -197,32 +197,40 @@ async fn each_step_failing_once_is_retried() {
 /// exactly one homeserver room per stored room, in the stored state.
 #[tokio::test(start_paused = true)]
 async fn a_crash_between_any_two_steps_ends_in_one_room() {
-    // How many calls a whole sync takes, from an undisturbed run.
-    let calls = {
-        let w = World::new();
-        w.org();
-        let id = w.room(1, "Board");
-        w.domain.claim(3, &crate::domain::rooms::RoomRef::Id(id)).unwrap();
-        w.settle().await;
-        w.fake.calls().len()
-    };
-    assert!(calls >= 6, "a sync takes several calls: {calls}");
-    for at in 1..=calls {
-        for applied in [false, true] {
+    // With a claim the Matrix id is written down before the join; without
+    // one it is written with the outcome, in one transaction.
+    for claimed in [true, false] {
+        let setup = || {
             let w = World::new();
             w.org();
             let id = w.room(1, "Board");
-            w.domain.claim(3, &crate::domain::rooms::RoomRef::Id(id)).unwrap();
-            w.fake.hang_at(at, applied);
-            let first = tokio::spawn(w.reconciler().run());
-            w.fake.hung().await;
-            // The crash: the process and everything it held in memory are gone.
-            first.abort();
-            let _ = first.await;
-            w.fake.stop_hanging();
+            if claimed {
+                w.domain.claim(3, &crate::domain::rooms::RoomRef::Id(id)).unwrap();
+            }
+            (w, id)
+        };
+        // How many calls a whole sync takes, from an undisturbed run.
+        let calls = {
+            let (w, _) = setup();
             w.settle().await;
-            w.assert_one_matching_room(id);
-            assert_eq!(w.fake.rooms().len(), 1, "call {at} (applied: {applied}): no second room anywhere");
+            w.fake.calls().len()
+        };
+        assert!(calls >= 5, "a sync takes several calls: {calls}");
+        for at in 1..=calls {
+            for applied in [false, true] {
+                let (w, id) = setup();
+                w.fake.hang_at(at, applied);
+                let first = tokio::spawn(w.reconciler().run());
+                w.fake.hung().await;
+                // The crash: the process and everything it held in memory are gone.
+                first.abort();
+                let _ = first.await;
+                w.fake.stop_hanging();
+                w.settle().await;
+                w.assert_one_matching_room(id);
+                let why = format!("claimed: {claimed}, call {at} (applied: {applied})");
+                assert_eq!(w.fake.rooms().len(), 1, "{why}: no second room anywhere");
+            }
         }
     }
 }
@@ -457,6 +465,85 @@ async fn without_the_admin_api_a_deleted_room_is_emptied_and_left() {
     w.assert_one_matching_room(next);
     assert!(w.fake.rooms().get(&mx).is_some_and(|r| r.left), "not touched again");
     assert_eq!(w.fake.calls_of(Op::StartDeletion).len(), 1);
+}
+
+/// Without the admin API, a member the homeserver refuses to kick (Synapse's
+/// 403 for a peer of the bot's power in a room version before 12) stays in
+/// the deleted room; everyone else is still removed, the room still left,
+/// the deletion not retried (the answer would not change), and /metrics
+/// counts who stayed.
+#[tokio::test(start_paused = true)]
+async fn without_the_admin_api_a_member_who_cannot_be_removed_stays_and_is_counted() {
+    let w = World::without_admin_api();
+    w.org();
+    let id = w.room(1, "Doomed");
+    w.domain.claim(3, &crate::domain::rooms::RoomRef::Id(id)).unwrap();
+    w.settle().await;
+    let mx = w.stored(id).matrix_room_id.clone();
+    w.fake.fail_about(Op::Kick, "1", 1, HomeserverError::Refused("M_FORBIDDEN: not enough power".into()));
+    w.domain.delete_room(Principal::COMMAND_LINE, &crate::domain::rooms::RoomRef::Id(id)).unwrap();
+    w.settle().await;
+    let left = w.fake.rooms().get(&mx).cloned().expect("the room stays on the homeserver");
+    assert!(left.left, "the service left it anyway: {left:?}");
+    assert_eq!(left.present(), [1], "only the one who could not be kicked stays: {left:?}");
+    assert_eq!(w.fake.calls_of(Op::StartDeletion).len(), 1, "not retried");
+    assert_eq!(w.progress.rooms_left_with_history(), 1);
+    assert_eq!(w.progress.members_left_in_deleted_rooms(), 1, "the member who stayed is counted");
+    assert_eq!(w.progress.errors(), 0, "not a failed step");
+    assert_eq!(w.depth(), 0);
+}
+
+/// Without the admin API, a kick that fails for a while (the homeserver
+/// failing, not refusing) fails the deletion, which is retried until
+/// everyone is out.
+#[tokio::test(start_paused = true)]
+async fn without_the_admin_api_a_kick_failing_once_is_retried() {
+    let w = World::without_admin_api();
+    w.org();
+    let id = w.room(1, "Doomed");
+    w.settle().await;
+    let mx = w.stored(id).matrix_room_id.clone();
+    w.fake.fail_about(Op::Kick, "2", 1, HomeserverError::Failing("502 from the proxy".into()));
+    w.domain.delete_room(Principal::COMMAND_LINE, &crate::domain::rooms::RoomRef::Id(id)).unwrap();
+    w.settle().await;
+    let left = w.fake.rooms().get(&mx).cloned().expect("the room stays on the homeserver");
+    assert!(left.left && left.present().is_empty(), "everyone out in the end: {left:?}");
+    assert_eq!(w.fake.calls_of(Op::StartDeletion).len(), 2, "tried again after the failure");
+    assert_eq!(w.progress.members_left_in_deleted_rooms(), 0);
+    assert_eq!(w.progress.errors(), 1);
+}
+
+/// A member removed from a room whom the homeserver refuses to kick (every
+/// time, as a 403 for power would): the room's `syncError` says so, the
+/// rest of the change is applied, and the refusal is not asked again on its
+/// own (only a later change to the room tries again).
+#[tokio::test(start_paused = true)]
+async fn a_refused_kick_is_recorded_on_the_room() {
+    let w = World::new();
+    w.org();
+    let id = w.room(1, "Board");
+    w.settle().await;
+    w.fake.fail_about(Op::Kick, "3", u32::MAX, HomeserverError::Refused("M_FORBIDDEN: not enough power".into()));
+    let room = crate::domain::rooms::RoomRef::Id(id);
+    let three = UserLists { assigned: vec![3], ..UserLists::default() };
+    w.domain.remove_users(Principal::COMMAND_LINE, &room, &three).unwrap();
+    let rename = crate::domain::rooms::RoomPatch { name: Some("Renamed".into()), ..Default::default() };
+    w.domain.update_room(Principal::COMMAND_LINE, &room, rename).unwrap();
+    w.settle().await;
+    let stored = w.stored(id);
+    assert_eq!(stored.sync_error.as_deref(), Some("M_FORBIDDEN: not enough power"), "{stored:?}");
+    assert!(!stored.is_synced(), "not shown as ready: {stored:?}");
+    let (_, hs) = &w.fake.rooms_of(id)[0];
+    assert_eq!(hs.members.get(&3), Some(&Membership::Invited), "still in the room: {hs:?}");
+    assert_eq!(hs.name, "Renamed", "the rest of the change applied: {hs:?}");
+    // One try per change queued (two), then none while nothing changes.
+    let tried = w.fake.calls_of(Op::UpdateRoom).len();
+    assert_eq!(tried, 2);
+    let task = tokio::spawn(w.reconciler().run());
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    task.abort();
+    let _ = task.await;
+    assert_eq!(w.fake.calls_of(Op::UpdateRoom).len(), tried, "not retried on its own");
 }
 
 /// A purge begun with the admin API, then a start without it (the setting
