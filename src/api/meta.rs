@@ -96,12 +96,21 @@ const BUCKETS: [f64; 10] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1
 /// Request counters for /metrics, by route and status, with a latency
 /// histogram per route. Routes are [`ROUTES`] plus one slot for unmatched paths.
 pub struct Metrics {
-    by_status: std::sync::Mutex<std::collections::BTreeMap<(usize, u16), u64>>,
+    /// Counts of statuses outside [`STATUSES`] (none the service answers
+    /// today): the only counters behind a lock.
+    other_statuses: std::sync::Mutex<std::collections::BTreeMap<(usize, u16), u64>>,
     latency: Vec<RouteLatency>,
 }
 
+/// The statuses the service answers, counted per route without a lock: a
+/// mutex taken on every request serialized the two workers on one counter map.
+const STATUSES: [u16; 20] =
+    [200, 201, 202, 204, 304, 400, 401, 403, 404, 405, 408, 409, 411, 413, 415, 422, 429, 500, 502, 503];
+
 #[derive(Default)]
 struct RouteLatency {
+    /// Answered requests per status of [`STATUSES`].
+    statuses: [AtomicU64; STATUSES.len()],
     /// Cumulative counts per bucket of [`BUCKETS`].
     buckets: [AtomicU64; BUCKETS.len()],
     count: AtomicU64,
@@ -111,7 +120,7 @@ struct RouteLatency {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics {
-            by_status: std::sync::Mutex::default(),
+            other_statuses: std::sync::Mutex::default(),
             latency: (0..=ROUTES.len()).map(|_| RouteLatency::default()).collect(),
         }
     }
@@ -121,9 +130,20 @@ impl Metrics {
     /// Counts one answered request of route `route` (`None`: no route matched).
     pub fn observe(&self, route: Option<usize>, status: u16, elapsed: Duration) {
         let slot = route.unwrap_or(ROUTES.len());
-        *self.by_status.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entry((slot, status)).or_default() +=
-            1;
         let l = &self.latency[slot];
+        match STATUSES.iter().position(|s| *s == status) {
+            Some(i) => {
+                l.statuses[i].fetch_add(1, Ordering::Relaxed);
+            }
+            None => {
+                *self
+                    .other_statuses
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .entry((slot, status))
+                    .or_default() += 1;
+            }
+        }
         let secs = elapsed.as_secs_f64();
         for (i, le) in BUCKETS.iter().enumerate() {
             if secs <= *le {
@@ -254,7 +274,17 @@ fn metrics(state: AppState) -> Response {
     let mut out = String::new();
     out.push_str("# HELP messenger_chat_http_requests_total Answered requests by route and status.\n");
     out.push_str("# TYPE messenger_chat_http_requests_total counter\n");
-    for ((slot, status), n) in m.by_status.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter() {
+    // In (route, status) order, only the pairs seen, as one map kept them before.
+    let mut by_status = m.other_statuses.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    for (slot, l) in m.latency.iter().enumerate() {
+        for (status, n) in STATUSES.iter().zip(&l.statuses) {
+            let n = n.load(Ordering::Relaxed);
+            if n > 0 {
+                by_status.insert((slot, *status), n);
+            }
+        }
+    }
+    for ((slot, status), n) in &by_status {
         let (method, route) = route_label(*slot);
         let _ = writeln!(
             out,

@@ -234,8 +234,8 @@ async fn delete_default_room(org: String, state: AppState, p: Principal) -> Hand
 
 /// GET /v1/chatrooms/{roomID} — any member of the room's organization.
 async fn get_room(id: String, state: AppState, r: Reader, p: Principal) -> Handled {
-    let found = state.domain.get_room(&r, p, &room_ref(&id)?)?;
-    Ok(room(StatusCode::OK, &found))
+    let found = state.domain.get_room_json(&r, p, &room_ref(&id)?)?;
+    Ok(super::json_bytes(StatusCode::OK, found))
 }
 
 /// PATCH /v1/chatrooms/{roomID} — owners/admins of the organization, admins of the room.

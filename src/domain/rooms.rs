@@ -194,6 +194,17 @@ impl Domain {
         Ok(room)
     }
 
+    /// GET one room as its API JSON: the JSON stored beside the room at its
+    /// every write, copied rather than encoded again (as GetRooms does);
+    /// encoded from the room only if that copy were missing.
+    ///
+    /// # Errors
+    /// 404 unknown room, 403 not a member.
+    pub fn get_room_json(&self, r: &impl Read, p: Principal, room: &RoomRef) -> Result<Vec<u8>> {
+        let room = self.get_room(r, p, room)?;
+        Ok(r.org_room_json(room.org_id, room.id)?.unwrap_or_else(|| room.to_json()))
+    }
+
     /// GetRooms: hands `each` a page of an organization's rooms in id order,
     /// as their API JSON, and returns their total. `page` is (offset,
     /// limit); `None` returns all.

@@ -574,6 +574,12 @@ pub trait Read {
         Ok(())
     }
 
+    /// The stored API JSON of one room of `org` (what GetRooms copies).
+    fn org_room_json(&self, org: OrgId, id: RoomId) -> Result<Option<Vec<u8>>, StoreError> {
+        let t = self.table(ORGIDROOMID_JSON)?;
+        Ok(t.get((org, id))?.map(|v| v.value().to_vec()))
+    }
+
     /// Number of rooms of an organization.
     fn room_count(&self, org: OrgId) -> Result<u64, StoreError> {
         let t = self.table(ORGID_ROOMCOUNT)?;

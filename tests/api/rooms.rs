@@ -280,6 +280,33 @@ async fn a_custom_room_is_updated_field_by_field() {
     assert_eq!(stable(&srv.room(id).await), stable(&on));
 }
 
+/// GET of one room answers, byte for byte, what the write that last changed
+/// the room answered (GET copies the JSON stored with the room; the write
+/// encodes the room it just stored), and the room as GetRooms lists it.
+#[tokio::test]
+async fn get_room_answers_the_bytes_of_its_last_write() {
+    let srv = TestServer::start();
+    let w = World::new(&srv).await;
+    let id = w.room(&srv, "Board").await;
+    let path = format!("/v1/chatrooms/{id}");
+    for change in
+        [json!({"name": "Boardroom", "topic": "Q3 \"plans\" ü"}), json!({"scheduledDeletion": 4_102_444_800_i64})]
+    {
+        let written = srv.patch(&path, &w.api, Some(change)).await;
+        written.expect(200);
+        for token in [&w.api, &w.member.token] {
+            let read = srv.get(&path, token).await;
+            read.expect(200);
+            assert_eq!(read.text, written.text, "GET {path} with {token:.3}…");
+            assert_eq!(read.header("content-type"), "application/json");
+        }
+        let list = srv.get(&format!("/v1/chatrooms?organization_id={}", w.org), &w.member.token).await;
+        let listed =
+            list.expect(200)["entries"].as_array().expect("entries").iter().find(|r| room_id(r) == id).cloned();
+        assert_eq!(listed.as_ref(), Some(written.expect(200)), "{}", list.text);
+    }
+}
+
 /// A topic is set on create (custom, event and default rooms), changed and
 /// cleared by PATCH, trimmed, and kept across a restart; a room without one
 /// answers `""`.

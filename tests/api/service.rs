@@ -45,6 +45,32 @@ async fn health_and_metrics() {
     srv.operator_get("/v1/chatrooms?organization_id=1").await.expect_problem(404);
 }
 
+/// Every answered request is counted once under its route and status, and
+/// only the pairs that happened are listed (a status the service rarely
+/// answers, like 418 here never, does not appear).
+#[tokio::test]
+async fn requests_are_counted_by_route_and_status() {
+    let srv = TestServer::start();
+    for _ in 0..3 {
+        srv.raw("GET", "/healthz", &[], b"").await.expect(200);
+    }
+    for _ in 0..2 {
+        srv.raw("GET", "/metrics", &[], b"").await.expect_problem(401);
+    }
+    srv.raw("GET", "/no/such/path", &[], b"").await.expect_problem(404);
+    let text = srv.operator_get("/metrics").await.text;
+    let counted: Vec<&str> = text.lines().filter(|l| l.starts_with("messenger_chat_http_requests_total{")).collect();
+    assert_eq!(
+        counted,
+        [
+            r#"messenger_chat_http_requests_total{method="GET",route="/healthz",status="200"} 3"#,
+            r#"messenger_chat_http_requests_total{method="GET",route="/metrics",status="401"} 2"#,
+            r#"messenger_chat_http_requests_total{method="",route="unmatched",status="404"} 1"#,
+        ],
+        "{text}"
+    );
+}
+
 /// `server.metrics_listen = ""` turns the operators' listener off.
 #[tokio::test]
 async fn the_operators_listener_can_be_turned_off() {
