@@ -169,6 +169,7 @@ fn private_v6(ip: Ipv6Addr) -> bool {
         || (s[0] == 0x64 && s[1] == 0xff9b) // NAT64: an IPv4 address behind it
         || (s[0] == 0x2002) // 6to4: an IPv4 address inside
         || (s[0] == 0x2001 && s[1] == 0) // Teredo
+        || s[..6].iter().all(|&x| x == 0) // IPv4-compatible (::a.b.c.d, deprecated): an IPv4 address inside
 }
 
 /// A checked URL: what the sender connects to.
@@ -379,6 +380,8 @@ mod tests {
             ("https://169.254.169.254/latest", "link-local"),
             ("https://[fe80::1]/", "link-local"),
             ("https://[::ffff:192.168.1.1]/", "private"),
+            ("https://[::127.0.0.1]/", "private"),
+            ("https://[::a9fe:a9fe]/", "private"),
             ("https://127.0.0.1:9/", "allow_loopback"),
             ("https://localhost/", "allow_loopback"),
             ("https://0.0.0.0/", "unspecified"),
