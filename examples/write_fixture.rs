@@ -356,7 +356,7 @@ fn populate(d: &Domain) -> Fallible<Value> {
             error: None,
             latency_ms: 41,
         };
-        w.log_delivery(&failing.id, &attempt, 50)
+        w.log_delivery(&failing.id, &attempt, d.config.webhooks.delivery_log_size as usize)
     })?;
     let _ = (plain, meetup);
     Ok(Value::Array(tokens))
