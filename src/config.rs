@@ -69,6 +69,10 @@ pub struct WebhooksConfig {
     pub connect_timeout_secs: u64,
     /// Delivery attempts in flight at once, over all webhooks.
     pub max_concurrent: u32,
+    /// A webhook's connection to its receiver is kept for its next delivery
+    /// while it has been idle less than this many seconds (one connection
+    /// per webhook at most); 0: a fresh connection for every delivery.
+    pub keep_alive_secs: u64,
     /// Delivery attempts kept per webhook for `GET /v1/webhooks/{id}` (the oldest go first).
     pub delivery_log_size: u32,
     /// Allow plain `http://` URLs to hosts other than loopback (the body and
@@ -97,6 +101,7 @@ impl Default for WebhooksConfig {
             timeout_secs: 10,
             connect_timeout_secs: 5,
             max_concurrent: 8,
+            keep_alive_secs: 30,
             delivery_log_size: 50,
             allow_http: false,
             allow_private: false,
@@ -771,6 +776,9 @@ impl Config {
         if !(1..=1024).contains(&w.max_concurrent) {
             return bad("webhooks.max_concurrent", format!("must be between 1 and 1024, got {}", w.max_concurrent));
         }
+        if w.keep_alive_secs > 300 {
+            return bad("webhooks.keep_alive_secs", format!("must be between 0 and 300, got {}", w.keep_alive_secs));
+        }
         if !(1..=10_000).contains(&w.delivery_log_size) {
             return bad(
                 "webhooks.delivery_log_size",
@@ -1005,7 +1013,7 @@ mod tests {
     #[test]
     fn webhook_keys_are_checked() {
         type Change = fn(&mut WebhooksConfig);
-        let cases: [(Change, &str); 7] = [
+        let cases: [(Change, &str); 8] = [
             (|w| w.max_webhooks = 0, "webhooks.max_webhooks"),
             (|w| w.max_retry_hours = 0.0, "webhooks.max_retry_hours"),
             (|w| w.max_retry_hours = 721.0, "webhooks.max_retry_hours"),
@@ -1013,6 +1021,7 @@ mod tests {
             (|w| w.timeout_secs = 0, "webhooks.timeout_secs"),
             (|w| w.max_concurrent = 0, "webhooks.max_concurrent"),
             (|w| w.delivery_log_size = 0, "webhooks.delivery_log_size"),
+            (|w| w.keep_alive_secs = 301, "webhooks.keep_alive_secs"),
         ];
         for (change, key) in cases {
             let mut c = Config::default();
@@ -1031,7 +1040,7 @@ mod tests {
             (w.connect_timeout_secs, w.max_concurrent, w.delivery_log_size, w.allow_http, w.allow_private),
             (d.connect_timeout_secs, d.max_concurrent, d.delivery_log_size, d.allow_http, d.allow_private)
         );
-        assert_eq!((w.allow_loopback, w.extra_ca_file), (false, String::new()));
+        assert_eq!((w.allow_loopback, w.extra_ca_file, w.keep_alive_secs), (false, String::new(), d.keep_alive_secs));
     }
 
     #[test]

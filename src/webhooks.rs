@@ -11,8 +11,10 @@
 //!
 //! Nothing waits on a receiver but its own worker: each attempt is bounded
 //! (`webhooks.timeout_secs`), attempts in flight are bounded over all
-//! webhooks (`webhooks.max_concurrent`), the response body is never read,
-//! and the API, the reconciler and other webhooks share no lock with it but
+//! webhooks (`webhooks.max_concurrent`), at most 64 KiB of an answer's
+//! body is read (to keep the connection for the next delivery, for at most
+//! `webhooks.keep_alive_secs` of idleness: one connection per webhook at
+//! most), and the API, the reconciler and other webhooks share no lock with it but
 //! the database's short write transactions that record an attempt.
 //!
 //! Server-side request forgery: every address a host resolves to is checked
@@ -28,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
@@ -39,6 +42,10 @@ use crate::store::webhooks as stored;
 
 /// Events read from the log per look for a webhook's next wanted one.
 const SCAN: usize = 256;
+/// At most this much of a receiver's answer body is read (and thrown
+/// away) to keep its connection for the next delivery; a longer body costs
+/// the connection.
+const DRAIN_BYTES: usize = 64 * 1024;
 /// How often the set of workers is compared with the stored webhooks even
 /// without a change (a worker that ended on a storage error comes back).
 const RESYNC: Duration = Duration::from_secs(30);
@@ -231,6 +238,8 @@ async fn worker(ctx: Arc<Ctx>, id: String, generation: u64) {
     let mut appended = ctx.domain.store.events_watch();
     let mut stopping = ctx.stopping.clone();
     let mut backoff = initial;
+    let keep_alive = Duration::from_secs(config.keep_alive_secs);
+    let mut kept: Option<Kept> = None;
     loop {
         if *stopping.borrow() {
             return;
@@ -260,8 +269,11 @@ async fn worker(ctx: Arc<Ctx>, id: String, generation: u64) {
                     return;
                 }
                 if !more {
+                    // An idle kept connection is closed once it has been idle for keep_alive_secs.
+                    let idle = kept.as_ref().map(|k| keep_alive.saturating_sub(k.idle_since.elapsed()));
                     tokio::select! {
                         _ = appended.changed() => {}
+                        () = tokio::time::sleep(idle.unwrap_or_default()), if idle.is_some() => kept = None,
                         _ = stopping.wait_for(|s| *s) => return,
                     }
                 }
@@ -269,7 +281,7 @@ async fn worker(ctx: Arc<Ctx>, id: String, generation: u64) {
             }
             Next::Deliver { event, before } => (event, before),
         };
-        let outcome = deliver(&ctx, &hook, &event).await;
+        let outcome = deliver(&ctx, &mut kept, &hook, &event).await;
         let delivered = outcome.delivered;
         let counter = if delivered { &ctx.domain.webhook_stats.delivered } else { &ctx.domain.webhook_stats.failed };
         counter.fetch_add(1, Ordering::Relaxed);
@@ -277,6 +289,8 @@ async fn worker(ctx: Arc<Ctx>, id: String, generation: u64) {
             Some(false) => return,
             Some(true) if delivered => backoff = initial,
             _ => {
+                // Not kept through a backoff that may last an hour.
+                kept = None;
                 pause(&mut stopping, backoff).await;
                 backoff = (backoff * 2).min(max);
             }
@@ -292,14 +306,14 @@ async fn pause(stopping: &mut watch::Receiver<bool>, d: Duration) {
 }
 
 /// One attempt at one event.
-async fn deliver(ctx: &Ctx, hook: &Webhook, event: &Event) -> Outcome {
+async fn deliver(ctx: &Ctx, kept: &mut Option<Kept>, hook: &Webhook, event: &Event) -> Outcome {
     let started = Instant::now();
     let time = ctx.domain.clock.now();
     let result = match ctx.domain.key.open_webhook_secret(&hook.id, &hook.sealed_secret) {
         Ok(secret) => {
             let body = Bytes::from(crate::api::events::event_json(event).to_string());
             let _slot = ctx.slots.acquire().await;
-            attempt(ctx, &hook.url, &event.id.to_string(), &secret, body).await
+            attempt(ctx, kept, &hook.url, &event.id.to_string(), &secret, body).await
         }
         Err(e) => Err(format!("the signing secret cannot be opened ({e}): was the server key replaced?")),
     };
@@ -320,13 +334,49 @@ async fn deliver(ctx: &Ctx, hook: &Webhook, event: &Event) -> Outcome {
     }
 }
 
-/// POSTs `body` to `url`; the receiver's status code.
-async fn attempt(ctx: &Ctx, url: &str, msg_id: &str, secret: &[u8], body: Bytes) -> Result<u16, String> {
+/// POSTs `body` to `url`; the receiver's status code. Reuses the worker's
+/// kept connection while it is open and has been idle less than
+/// `webhooks.keep_alive_secs`; one that fails before an answer is given up
+/// for a fresh one within the same attempt (a receiver may close an idle
+/// connection just as a request goes out).
+async fn attempt(
+    ctx: &Ctx,
+    kept: &mut Option<Kept>,
+    url: &str,
+    msg_id: &str,
+    secret: &[u8],
+    body: Bytes,
+) -> Result<u16, String> {
     let config = &ctx.domain.config.webhooks;
     // Checked again: the settings may have become stricter since the PUT.
     let target = check_url(url, config).map_err(|e| e.to_string())?;
     let limit = Duration::from_secs(config.timeout_secs);
-    tokio::time::timeout(limit, async {
+    let deadline = tokio::time::Instant::now() + limit;
+    let keep_alive = Duration::from_secs(config.keep_alive_secs);
+    let request = || {
+        let timestamp = ctx.domain.clock.now();
+        let signature = crate::secrets::webhook_signature(secret, msg_id, timestamp, &body);
+        http::Request::post(target.path_and_query.as_str())
+            .header(http::header::HOST, target.authority.as_str())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::USER_AGENT, concat!("messenger-chat/", env!("CARGO_PKG_VERSION")))
+            .header("webhook-id", msg_id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(Full::new(body.clone()))
+            .map_err(|e| format!("cannot build the request: {e}"))
+    };
+    let keep = |conn: Option<Kept>| conn.filter(|_| !keep_alive.is_zero());
+    if let Some(conn) = kept.take().filter(|k| k.idle_since.elapsed() < keep_alive && !k.sender.is_closed()) {
+        match exchange(conn, request()?, deadline, limit).await {
+            Ok((status, conn)) => {
+                *kept = keep(conn);
+                return Ok(status);
+            }
+            Err(e) => tracing::debug!(error = %e, "webhooks: the kept connection failed; opening a fresh one"),
+        }
+    }
+    let conn = tokio::time::timeout_at(deadline, async {
         let addr = resolve(&target, config).await?;
         let connect = Duration::from_secs(config.connect_timeout_secs);
         let tcp = tokio::time::timeout(connect, tokio::net::TcpStream::connect(addr))
@@ -336,17 +386,6 @@ async fn attempt(ctx: &Ctx, url: &str, msg_id: &str, secret: &[u8], body: Bytes)
             })?
             .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
         let _ = tcp.set_nodelay(true);
-        let timestamp = ctx.domain.clock.now();
-        let signature = crate::secrets::webhook_signature(secret, msg_id, timestamp, &body);
-        let request = http::Request::post(target.path_and_query.as_str())
-            .header(http::header::HOST, target.authority.as_str())
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .header(http::header::USER_AGENT, concat!("messenger-chat/", env!("CARGO_PKG_VERSION")))
-            .header("webhook-id", msg_id)
-            .header("webhook-timestamp", timestamp.to_string())
-            .header("webhook-signature", signature)
-            .body(Full::new(body))
-            .map_err(|e| format!("cannot build the request: {e}"))?;
         if target.https {
             let name = rustls_pki_types::ServerName::try_from(target.host.clone())
                 .map_err(|e| format!("{} is no TLS server name: {e}", target.host))?;
@@ -354,13 +393,16 @@ async fn attempt(ctx: &Ctx, url: &str, msg_id: &str, secret: &[u8], body: Bytes)
                 .connect(name, tcp)
                 .await
                 .map_err(|e| format!("TLS with {}: {e}", target.host))?;
-            send(TokioIo::new(tls), request).await
+            handshake(TokioIo::new(tls)).await
         } else {
-            send(TokioIo::new(tcp), request).await
+            handshake(TokioIo::new(tcp)).await
         }
     })
     .await
-    .map_err(|_| format!("no answer within {} s (webhooks.timeout_secs)", limit.as_secs()))?
+    .map_err(|_| format!("no answer within {} s (webhooks.timeout_secs)", limit.as_secs()))??;
+    let (status, conn) = exchange(conn, request()?, deadline, limit).await?;
+    *kept = keep(conn);
+    Ok(status)
 }
 
 /// The first address of the target that the rules allow.
@@ -386,27 +428,70 @@ async fn resolve(target: &Target, config: &crate::config::WebhooksConfig) -> Res
     })
 }
 
-/// Sends the request on a fresh HTTP/1.1 connection and returns the
-/// status of the answer; its body is not read (the connection is dropped).
-async fn send<I>(io: I, request: http::Request<Full<Bytes>>) -> Result<u16, String>
+/// A connection to a webhook's receiver kept open by its worker for the
+/// next delivery (`webhooks.keep_alive_secs`): a burst of events then
+/// costs one round trip each instead of a TCP and TLS handshake each.
+/// Dropping it closes the connection.
+struct Kept {
+    sender: SendRequest<Full<Bytes>>,
+    /// Drives the connection (reads the answers, notices the receiver closing it).
+    driver: JoinHandle<()>,
+    idle_since: Instant,
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+/// Opens HTTP/1.1 on `io`; the connection is driven by a task of its own
+/// until the [`Kept`] is dropped.
+async fn handshake<I>(io: I) -> Result<Kept, String>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(io).await.map_err(|e| format!("HTTP handshake: {e}"))?;
-    let mut conn = std::pin::pin!(conn);
-    let mut answer = std::pin::pin!(sender.send_request(request));
-    // The connection is driven until the answer is in. It may end first (a
-    // receiver that answers and closes, as HTTP/1.0 servers do): the answer
-    // is then already delivered, or the request failed; either way the
-    // answer future resolves next.
-    let mut ended = false;
-    loop {
-        tokio::select! {
-            answer = &mut answer => {
-                return answer.map(|r| r.status().as_u16()).map_err(|e| format!("no answer: {e}"));
+    let (sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| format!("HTTP handshake: {e}"))?;
+    let driver = tokio::spawn(async move {
+        // Its end (the receiver closed, or an error) shows in the sender.
+        let _ = conn.await;
+    });
+    Ok(Kept { sender, driver, idle_since: Instant::now() })
+}
+
+/// Sends the request on `conn` and returns the status of the answer, with
+/// the connection if it can carry the next request: the answer's body is
+/// read and thrown away, at most [`DRAIN_BYTES`] of it and only until
+/// `deadline`; a longer or slower body costs the connection, not the
+/// delivery.
+async fn exchange(
+    mut conn: Kept,
+    request: http::Request<Full<Bytes>>,
+    deadline: tokio::time::Instant,
+    limit: Duration,
+) -> Result<(u16, Option<Kept>), String> {
+    use http_body_util::BodyExt;
+    let answer = tokio::time::timeout_at(deadline, async {
+        conn.sender.ready().await.map_err(|e| format!("connection closed: {e}"))?;
+        conn.sender.send_request(request).await.map_err(|e| format!("no answer: {e}"))
+    })
+    .await
+    .map_err(|_| format!("no answer within {} s (webhooks.timeout_secs)", limit.as_secs()))??;
+    let status = answer.status().as_u16();
+    let mut body = answer.into_body();
+    let drained = tokio::time::timeout_at(deadline, async {
+        let mut read = 0usize;
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { return false };
+            read += frame.data_ref().map_or(0, Bytes::len);
+            if read > DRAIN_BYTES {
+                return false;
             }
-            _ = &mut conn, if !ended => ended = true,
         }
-    }
+        true
+    })
+    .await
+    .unwrap_or(false);
+    conn.idle_since = Instant::now();
+    Ok((status, drained.then_some(conn)))
 }

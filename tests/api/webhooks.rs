@@ -8,6 +8,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -49,6 +50,9 @@ struct Receiver {
     ca_file: PathBuf,
     got: Arc<Mutex<Vec<Got>>>,
     mode: Arc<Mutex<Mode>>,
+    /// Connections accepted, and of them those still open.
+    opened: Arc<AtomicUsize>,
+    open: Arc<AtomicUsize>,
     task: Option<JoinHandle<()>>,
     tls: Arc<rustls::ServerConfig>,
     _dir: tempfile::TempDir,
@@ -75,6 +79,8 @@ impl Receiver {
             ca_file,
             got: Arc::default(),
             mode: Arc::new(Mutex::new(mode)),
+            opened: Arc::default(),
+            open: Arc::default(),
             task: None,
             tls: Arc::new(tls),
             _dir: dir,
@@ -89,12 +95,19 @@ impl Receiver {
 
     fn serve(&mut self, listener: TcpListener) {
         let (got, mode, tls) = (self.got.clone(), self.mode.clone(), self.tls.clone());
+        let (opened, open) = (self.opened.clone(), self.open.clone());
         self.task = Some(tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else { return };
+                opened.fetch_add(1, Ordering::SeqCst);
+                open.fetch_add(1, Ordering::SeqCst);
+                let open = open.clone();
                 let (got, mode, acceptor) = (got.clone(), mode.clone(), tokio_rustls::TlsAcceptor::from(tls.clone()));
                 tokio::spawn(async move {
-                    let Ok(stream) = acceptor.accept(tcp).await else { return };
+                    let Ok(stream) = acceptor.accept(tcp).await else {
+                        open.fetch_sub(1, Ordering::SeqCst);
+                        return;
+                    };
                     let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         let (got, mode) = (got.clone(), mode.clone());
                         async move {
@@ -121,6 +134,7 @@ impl Receiver {
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
+                    open.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         }));
@@ -579,6 +593,42 @@ async fn a_receiver_that_closes_after_answering_gets_each_event_once() {
     assert!(hook["deliveries"].as_array().unwrap().iter().all(|a| a["status"] == 204), "no failed attempt: {hook}");
     assert_eq!(got.lock().unwrap().len(), 3, "each event once");
     task.abort();
+}
+
+/// A burst of events goes over one kept-alive connection (not a TCP and
+/// TLS handshake per event), which is closed after
+/// `webhooks.keep_alive_secs` of idleness; with 0, every delivery opens its own.
+#[tokio::test]
+async fn deliveries_reuse_one_connection_until_it_idles() {
+    for (keep_alive, per_event) in [("3", false), ("0", true)] {
+        let r = Receiver::start(Mode::Ok).await;
+        let mut env = env_for(&r);
+        env.push(("MESSENGER_CHAT_WEBHOOKS__KEEP_ALIVE_SECS", keep_alive.into()));
+        let srv = start(&env);
+        let api = srv.api_token.clone();
+        let made = srv.put("/v1/webhooks/kept", &api, Some(json!({"url": r.url(), "eventTypes": ["user.*"]}))).await;
+        let secret = made.expect(201)["secret"].as_str().unwrap().to_string();
+        // Written at once: the events queue up faster than one delivery each.
+        for u in 41..=48 {
+            srv.put(&format!("/v1/users/{u}"), &api, Some(json!({"displayName": "Kept"}))).await.expect(201);
+        }
+        wait_for(&r, "eight deliveries", |g| distinct(g, &secret).len() == 8).await;
+        let opened = r.opened.load(Ordering::SeqCst);
+        if per_event {
+            assert_eq!(opened, r.got().len(), "keep_alive_secs = 0: a connection per delivery");
+        } else {
+            assert_eq!(opened, 1, "one connection for the burst, not one per event");
+            // Idle for over keep_alive_secs (3 s): the service closes it.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while r.open.load(Ordering::SeqCst) > 0 {
+                assert!(Instant::now() < deadline, "the idle connection was still open after 30 s");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            srv.put("/v1/users/49", &api, Some(json!({"displayName": "Later"}))).await.expect(201);
+            wait_for(&r, "the ninth delivery", |g| distinct(g, &secret).len() == 9).await;
+            assert_eq!(r.opened.load(Ordering::SeqCst), 2, "a fresh connection after the idle one closed");
+        }
+    }
 }
 
 /// `webhooks.max_concurrent` bounds the attempts in flight over all
