@@ -83,7 +83,9 @@ async fn check_finds_deleted_index_entries_and_repair_restores_them() {
 
 /// A record that cannot be read: check names its table and key and says to
 /// restore it; repair refuses and changes nothing; the running service
-/// answers 500 for that room (and serves the others), never crashes.
+/// answers 500 for what needs that record (a change to the room), serves
+/// the others, and never crashes. Reads of the room answer from the JSON
+/// kept beside it at its last write (GetRooms and GET one room alike).
 #[tokio::test]
 async fn an_unreadable_record_is_reported_and_not_rebuilt_around() {
     let srv = TestServer::start();
@@ -107,8 +109,12 @@ async fn an_unreadable_record_is_reported_and_not_rebuilt_around() {
     assert_eq!(crate::support::contents(&data.db()), before, "a refused repair changes nothing");
 
     let srv = TestServer::start_on(&data.db(), &w.api);
-    srv.get(&format!("/v1/chatrooms/{broken}"), &w.api).await.expect_problem(500);
+    let patch = json!({"name": "Renamed"});
+    srv.patch(&format!("/v1/chatrooms/{broken}"), &w.api, Some(patch)).await.expect_problem(500);
     srv.get(&format!("/v1/chatrooms/{keep}"), &w.api).await.expect(200);
+    let listed = srv.rooms(w.org).await;
+    assert_eq!(&srv.room(broken).await, &listed["entries"][1], "read as GetRooms lists it");
+    assert_eq!(srv.room(broken).await["name"], "Garbled");
     let log = srv.stderr();
     assert!(log.contains(&format!("roomid_room (key {broken})")) && log.contains("messenger-chat check"), "{log}");
     assert!(!log.contains("panicked"), "{log}");
