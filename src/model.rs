@@ -349,10 +349,12 @@ pub struct DeliveryAttempt {
     pub latency_ms: u64,
 }
 
-/// Version of the room JSON ([`Room::to_json`]) kept in `orgidroomid_json`:
-/// bumped whenever that JSON changes, so that opening a database rebuilds
-/// the kept copies. 2: `topic`, `readOnly`, `readOnlyAt`.
-pub const ROOM_VIEW_VERSION: u64 = 2;
+/// Version of the room JSON ([`Room::to_json`]) kept in `orgidroomid_json`
+/// and `roomid_orgidjson`: bumped whenever that JSON or where it is kept
+/// changes, so that opening a database rebuilds the kept copies. 2:
+/// `topic`, `readOnly`, `readOnlyAt`. 3: kept by room id too
+/// (`roomid_orgidjson`, for GET one room).
+pub const ROOM_VIEW_VERSION: u64 = 3;
 
 /// A room as answered.
 #[derive(Debug, Serialize)]

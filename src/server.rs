@@ -843,7 +843,7 @@ where
 {
     let in_flight = conn.begin_request();
     let id = RequestId::of(req.headers());
-    let header = http::HeaderValue::from_str(&id.to_string());
+    let header = id.header_value();
     let http1 = req.version() < http::Version::HTTP_2;
     let has_body = !http_body::Body::is_end_stream(req.body());
     let client = front.trusted.client_of(peer, req.headers(), https);
@@ -902,6 +902,25 @@ impl RequestId {
     }
 }
 
+impl RequestId {
+    /// The id as the `X-Request-Id` of the answer: a made id is written
+    /// as hex straight into the header, not through `Display` into a
+    /// `String` first, on every request.
+    fn header_value(&self) -> Result<http::HeaderValue, http::header::InvalidHeaderValue> {
+        match self {
+            RequestId::Given(s) => http::HeaderValue::from_str(s),
+            RequestId::Made(n) => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                let mut hex = [0u8; 16];
+                for (i, b) in hex.iter_mut().enumerate() {
+                    *b = HEX[usize::try_from((n >> (60 - 4 * i)) & 0xf).unwrap_or(0)];
+                }
+                http::HeaderValue::from_bytes(&hex)
+            }
+        }
+    }
+}
+
 impl std::fmt::Display for RequestId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -931,5 +950,20 @@ where
     match svc.call(req).await {
         Ok(r) => r,
         Err(never) => match never {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RequestId;
+
+    #[test]
+    fn a_made_request_id_reads_in_its_header_as_in_the_logs() {
+        for n in [0, 1, 0xabc, 0x0123_4567_89ab_cdef, u64::MAX] {
+            let id = RequestId::Made(n);
+            assert_eq!(id.header_value().unwrap().to_str().unwrap(), id.to_string());
+        }
+        let given = RequestId::Given("abc-1.2_3".into());
+        assert_eq!(given.header_value().unwrap().to_str().unwrap(), "abc-1.2_3");
     }
 }

@@ -212,11 +212,13 @@ pub(crate) fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
     warp::reply::with_status(warp::reply::json(value), status).into_response()
 }
 
-/// A JSON answer already encoded.
+/// A JSON answer already encoded. Built as it is sent: a `Vec<u8>` reply
+/// would first get an octet-stream type to be replaced.
 pub(crate) fn json_bytes(status: StatusCode, body: Vec<u8>) -> Response {
-    let mut resp = warp::reply::with_status(body, status).into_response();
+    let mut resp = http::Response::new(body);
+    *resp.status_mut() = status;
     resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-    resp
+    resp.into_response()
 }
 
 /// 204 No Content.

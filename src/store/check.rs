@@ -248,6 +248,7 @@ fn check_tables(
     let by_org = r.table(ORGIDROOMID)?;
     let automated = r.table(ORGID_AUTOMATEDROOMID)?;
     let json = r.table(ORGIDROOMID_JSON)?;
+    let json_by_id = r.table(ROOMID_ORGIDJSON)?;
     let defaults = r.table(ORGID_DEFAULTROOMID)?;
     let events = r.table(ORGIDEVENTID_ROOMID)?;
     let matrix = r.table(MATRIXROOMID_ROOMID)?;
@@ -322,6 +323,17 @@ fn check_tables(
                 "orgidroomid_json",
                 format!("{},{id}", room.org_id),
                 format!("differs from room {id} (GetRooms would show stale data)"),
+                Fix::Rebuild,
+            ),
+            Some(_) => {}
+        }
+        match json_by_id.get(id)? {
+            None => problem(&mut p, "roomid_orgidjson", id, format!("missing for room {id}"), Fix::Rebuild),
+            Some(j) if j.value() != super::org_json(room.org_id, &room.to_json()).as_slice() => problem(
+                &mut p,
+                "roomid_orgidjson",
+                id,
+                format!("differs from room {id} (GET of the room would show stale data or ask the wrong organization)"),
                 Fix::Rebuild,
             ),
             Some(_) => {}
@@ -424,6 +436,19 @@ fn check_tables(
         if points_wrong(r, id, |room| room.org_id == org)? {
             let what = "names no room of this organization (GetRooms would list it)".into();
             problem(&mut p, "orgidroomid_json", format!("{org},{id}"), what, Fix::Rebuild);
+        }
+    }
+    for entry in json_by_id.iter()? {
+        let (k, v) = entry?;
+        let id = k.value();
+        let Some((org, _)) = super::split_org_json(v.value()) else {
+            let what = "shorter than an organization id".into();
+            problem(&mut p, "roomid_orgidjson", id, what, Fix::Rebuild);
+            continue;
+        };
+        if points_wrong(r, id, |room| room.org_id == org)? {
+            let what = format!("names no room {id} of organization {org} (GET of it would answer)");
+            problem(&mut p, "roomid_orgidjson", id, what, Fix::Rebuild);
         }
     }
     for entry in defaults.iter()? {

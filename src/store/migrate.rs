@@ -25,7 +25,7 @@ use redb::{ReadableTable, ReadableTableMetadata, TableHandle, WriteTransaction};
 
 use super::tables::{
     DELETIONTIME_ROOMID, NAME_COUNTER, NAME_META, ORGID_AUTOMATEDROOMID, ORGID_ORG, ORGIDRANGE_ROOMCOUNT,
-    ORGIDROOMID_JSON, ORGIDUSERID_ROLE, ROOMID_ROOM, TOKENHASH_TOKEN, USERID_USER,
+    ORGIDROOMID_JSON, ORGIDUSERID_ROLE, ROOMID_ORGIDJSON, ROOMID_ROOM, TOKENHASH_TOKEN, USERID_USER,
 };
 use super::{RangeCounts, StoreError, codec, role_from_byte};
 use crate::model::{OrgRole, ROOM_VIEW_VERSION, Room, RoomKind, UserId};
@@ -104,9 +104,13 @@ pub(super) fn bring_up_to_date(txn: &WriteTransaction) -> Result<Opened, StoreEr
     let view = meta_u64(txn, ROOM_VIEW_KEY)?.unwrap_or(1);
     if view != ROOM_VIEW_VERSION {
         let started = Instant::now();
-        let n = rebuild_room_json(txn).map_err(|e| in_tables(e, "roomid_room, orgidroomid_json")).map_err(|e| {
-            StoreError::Migration { from: found.unwrap_or(SCHEMA_VERSION), to: SCHEMA_VERSION, source: Box::new(e) }
-        })?;
+        let n = rebuild_room_json(txn)
+            .map_err(|e| in_tables(e, "roomid_room, orgidroomid_json, roomid_orgidjson"))
+            .map_err(|e| StoreError::Migration {
+                from: found.unwrap_or(SCHEMA_VERSION),
+                to: SCHEMA_VERSION,
+                source: Box::new(e),
+            })?;
         set_meta_u64(txn, ROOM_VIEW_KEY, ROOM_VIEW_VERSION)?;
         tracing::info!(
             rooms = n,
@@ -244,15 +248,17 @@ pub(crate) fn settle_schema_1_room(
     Ok(dropped)
 }
 
-/// Replaces every entry of `orgidroomid_json` with the JSON of today's
-/// view of the stored room; returns the number of rooms.
+/// Replaces every entry of `orgidroomid_json` and `roomid_orgidjson` with
+/// the JSON of today's view of the stored room; returns the number of rooms.
 ///
 /// # Errors
 /// A room record that cannot be read; storage failures.
 pub(super) fn rebuild_room_json(txn: &WriteTransaction) -> Result<u64, StoreError> {
     txn.delete_table(ORGIDROOMID_JSON)?;
+    txn.delete_table(ROOMID_ORGIDJSON)?;
     let rooms = txn.open_table(ROOMID_ROOM)?;
     let mut json = txn.open_table(ORGIDROOMID_JSON)?;
+    let mut by_id = txn.open_table(ROOMID_ORGIDJSON)?;
     let mut progress = Progress::new("room JSON rebuilt", rooms.len()?);
     let mut n = 0;
     for entry in rooms.iter()? {
@@ -262,7 +268,9 @@ pub(super) fn rebuild_room_json(txn: &WriteTransaction) -> Result<u64, StoreErro
             key: k.value().to_string(),
             why,
         })?;
-        json.insert((room.org_id, room.id), room.to_json().as_slice())?;
+        let view = room.to_json();
+        json.insert((room.org_id, room.id), view.as_slice())?;
+        by_id.insert(room.id, super::org_json(room.org_id, &view).as_slice())?;
         n += 1;
         progress.add(1);
     }

@@ -190,6 +190,7 @@ impl Store {
                 let t = &w.txn;
                 t.open_table(ROOMID_ROOM)?;
                 t.open_table(ORGIDROOMID_JSON)?;
+                t.open_table(ROOMID_ORGIDJSON)?;
                 t.open_table(ORGIDROOMID)?;
                 t.open_table(ORGID_AUTOMATEDROOMID)?;
                 t.open_table(ORGID_DEFAULTROOMID)?;
@@ -379,6 +380,23 @@ impl RangeCounts {
         }
         Ok(())
     }
+}
+
+/// A value of `roomid_orgidjson`: the organization id, then the room's JSON.
+#[must_use]
+pub fn org_json(org: OrgId, json: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(8 + json.len());
+    v.extend_from_slice(&org.to_le_bytes());
+    v.extend_from_slice(json);
+    v
+}
+
+/// A value of `roomid_orgidjson` split into the organization id and the
+/// JSON; `None` when too short to hold the id.
+#[must_use]
+pub fn split_org_json(v: &[u8]) -> Option<(OrgId, &[u8])> {
+    let (org, json) = v.split_first_chunk::<8>()?;
+    Some((OrgId::from_le_bytes(*org), json))
 }
 
 fn key_suffix(key: &str) -> String {
@@ -574,10 +592,17 @@ pub trait Read {
         Ok(())
     }
 
-    /// The stored API JSON of one room of `org` (what GetRooms copies).
-    fn org_room_json(&self, org: OrgId, id: RoomId) -> Result<Option<Vec<u8>>, StoreError> {
-        let t = self.table(ORGIDROOMID_JSON)?;
-        Ok(t.get((org, id))?.map(|v| v.value().to_vec()))
+    /// One room's organization and its stored API JSON (what GET one room
+    /// answers), by the room id alone.
+    fn room_org_json(&self, id: RoomId) -> Result<Option<(OrgId, Vec<u8>)>, StoreError> {
+        let t = self.table(ROOMID_ORGIDJSON)?;
+        let Some(v) = t.get(id)? else { return Ok(None) };
+        let (org, json) = split_org_json(v.value()).ok_or_else(|| StoreError::Corrupt {
+            table: "roomid_orgidjson",
+            key: id.to_string(),
+            why: "shorter than an organization id".into(),
+        })?;
+        Ok(Some((org, json.to_vec())))
     }
 
     /// Number of rooms of an organization.
@@ -807,7 +832,9 @@ impl Writer {
     /// replaces (`None` for a new room).
     pub fn put_room(&mut self, room: &Room, previous: Option<&Room>) -> Result<(), StoreError> {
         self.txn.open_table(ROOMID_ROOM)?.insert(room.id, codec::encode(room).as_slice())?;
-        self.txn.open_table(ORGIDROOMID_JSON)?.insert((room.org_id, room.id), room.to_json().as_slice())?;
+        let json = room.to_json();
+        self.txn.open_table(ORGIDROOMID_JSON)?.insert((room.org_id, room.id), json.as_slice())?;
+        self.txn.open_table(ROOMID_ORGIDJSON)?.insert(room.id, org_json(room.org_id, &json).as_slice())?;
         if previous.is_none() {
             self.txn.open_table(ORGIDROOMID)?.insert((room.org_id, room.id), ())?;
             let mut counts = self.txn.open_table(ORGID_ROOMCOUNT)?;
@@ -886,6 +913,7 @@ impl Writer {
     pub fn delete_room(&mut self, room: &Room) -> Result<(), StoreError> {
         self.txn.open_table(ROOMID_ROOM)?.remove(room.id)?;
         self.txn.open_table(ORGIDROOMID_JSON)?.remove((room.org_id, room.id))?;
+        self.txn.open_table(ROOMID_ORGIDJSON)?.remove(room.id)?;
         self.txn.open_table(ORGIDROOMID)?.remove((room.org_id, room.id))?;
         self.txn.open_table(ORGID_AUTOMATEDROOMID)?.remove((room.org_id, room.id))?;
         self.txn.open_table(ROOMID_AVATAR)?.remove(room.id)?;
@@ -1124,6 +1152,8 @@ mod tests {
         assert!(r.org_rooms_json(10, 3, 5).unwrap().is_empty());
         assert_eq!(r.room_count(10).unwrap(), 3);
         assert_eq!(r.user_room_ids(2).unwrap(), vec![1, 2, 3, 4, 5]);
+        assert_eq!(r.room_org_json(4).unwrap(), Some((20, room(4, 20).to_json())));
+        assert_eq!(r.room_org_json(6).unwrap(), None);
         drop(r);
 
         let old = store.read().unwrap().room(3).unwrap().unwrap();
@@ -1134,6 +1164,7 @@ mod tests {
         let r = store.read().unwrap();
         assert_eq!(r.user_room_ids(2).unwrap(), vec![1, 2, 4, 5]);
         assert_eq!(r.room_id_by_matrix_id("!x:hs").unwrap(), Some(3));
+        assert_eq!(r.room_org_json(3).unwrap(), Some((10, new.to_json())));
         drop(r);
 
         store.write(|w| w.delete_room(&new)).unwrap();
@@ -1142,6 +1173,7 @@ mod tests {
         assert_eq!(r.room_count(10).unwrap(), 2);
         assert_eq!(r.room_id_by_matrix_id("!x:hs").unwrap(), None);
         assert_eq!(r.user_room_ids(3).unwrap(), vec![1, 2, 4, 5]);
+        assert_eq!(r.room_org_json(3).unwrap(), None);
     }
 
     #[test]

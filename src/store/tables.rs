@@ -11,6 +11,13 @@ pub const ORGIDROOMID: TableDefinition<(i64, u64), ()> = TableDefinition::new("o
 /// (organization id, room id) → the room's API JSON: an organization's rooms
 /// in id order, so a page of GetRooms is one range scan with nothing to decode.
 pub const ORGIDROOMID_JSON: TableDefinition<(i64, u64), &[u8]> = TableDefinition::new("orgidroomid_json");
+/// room id → the organization id (8 bytes, little-endian), then the room's
+/// API JSON: what GET one room answers, found by the room id alone, so that
+/// request neither reads nor decodes the room record and opens one table
+/// for the room instead of two (schema 2, room JSON version 3). Kept with
+/// `orgidroomid_json`. Not a tuple value: redb names a tuple's type anew at
+/// every open of its table, which cost more than the split.
+pub const ROOMID_ORGIDJSON: TableDefinition<u64, &[u8]> = TableDefinition::new("roomid_orgidjson");
 /// (organization id, room id) → (): the organization's rooms with automation
 /// on, so a membership change reads those rooms only, not all of them.
 pub const ORGID_AUTOMATEDROOMID: TableDefinition<(i64, u64), ()> = TableDefinition::new("orgid_automatedroomid");

@@ -2,7 +2,7 @@
 //! damaged while the service was stopped.
 
 use messenger_chat::model::Room;
-use messenger_chat::store::{codec, tables};
+use messenger_chat::store::{codec, org_json, tables};
 use redb::ReadableTable;
 use serde_json::json;
 
@@ -83,7 +83,9 @@ async fn check_finds_deleted_index_entries_and_repair_restores_them() {
 
 /// A record that cannot be read: check names its table and key and says to
 /// restore it; repair refuses and changes nothing; the running service
-/// answers 500 for that room (and serves the others), never crashes.
+/// answers 500 for what needs that record (a change to the room), serves
+/// the others, and never crashes. Reads of the room answer from the JSON
+/// kept beside it at its last write (GetRooms and GET one room alike).
 #[tokio::test]
 async fn an_unreadable_record_is_reported_and_not_rebuilt_around() {
     let srv = TestServer::start();
@@ -107,8 +109,12 @@ async fn an_unreadable_record_is_reported_and_not_rebuilt_around() {
     assert_eq!(crate::support::contents(&data.db()), before, "a refused repair changes nothing");
 
     let srv = TestServer::start_on(&data.db(), &w.api);
-    srv.get(&format!("/v1/chatrooms/{broken}"), &w.api).await.expect_problem(500);
+    let patch = json!({"name": "Renamed"});
+    srv.patch(&format!("/v1/chatrooms/{broken}"), &w.api, Some(patch)).await.expect_problem(500);
     srv.get(&format!("/v1/chatrooms/{keep}"), &w.api).await.expect(200);
+    let listed = srv.rooms(w.org).await;
+    assert_eq!(&srv.room(broken).await, &listed["entries"][1], "read as GetRooms lists it");
+    assert_eq!(srv.room(broken).await["name"], "Garbled");
     let log = srv.stderr();
     assert!(log.contains(&format!("roomid_room (key {broken})")) && log.contains("messenger-chat check"), "{log}");
     assert!(!log.contains("panicked"), "{log}");
@@ -161,6 +167,55 @@ async fn check_finds_the_automated_rooms_index_and_stray_role_origins() {
     let room = srv.room(automated).await;
     assert!(crate::common::ids(&room["assignedUsers"]).contains(&w.admin.id), "the demotion reached it: {room}");
     assert!(!crate::common::ids(&room["admins"]).contains(&w.admin.id), "{room}");
+}
+
+/// The room JSON kept by room id for GET one room: an entry deleted, one
+/// naming another organization with stale JSON, and one for no room are
+/// each named by check; repair rebuilds them, and GET answers each room as
+/// GetRooms lists it.
+#[tokio::test]
+async fn check_finds_the_room_json_by_id_and_repair_rebuilds_it() {
+    let srv = TestServer::start();
+    let w = World::new(&srv).await;
+    let a = room_id(&w.room_from(&srv, json!({"name": "Alpha"})).await);
+    let b = room_id(&w.room_from(&srv, json!({"name": "Beta"})).await);
+    let mut srv = srv;
+    assert!(srv.stop());
+    let data = Data::with_file(&srv.data_dir().join(DB_FILE));
+    let (org, a, b) = (w.org, u64::try_from(a).unwrap(), u64::try_from(b).unwrap());
+    let stray = 999_999u64;
+    {
+        let raw = open_raw(&data.db());
+        let t = raw.begin_write().unwrap();
+        {
+            let mut by_id = t.open_table(tables::ROOMID_ORGIDJSON).unwrap();
+            assert!(by_id.remove(a).unwrap().is_some(), "room {a} was kept by id");
+            by_id.insert(b, org_json(org + 1000, br#"{"roomID":0}"#).as_slice()).unwrap();
+            by_id.insert(stray, org_json(org, br#"{"roomID":999999}"#).as_slice()).unwrap();
+        }
+        t.commit().unwrap();
+    }
+
+    data.cli(&["check"]).refused_saying(&[
+        &format!("roomid_orgidjson [{a}]: missing for room {a}"),
+        &format!("roomid_orgidjson [{b}]: differs from room {b}"),
+        &format!("roomid_orgidjson [{b}]: names no room {b} of organization {}", org + 1000),
+        &format!("roomid_orgidjson [{stray}]: names no room {stray} of organization {org}"),
+        "4 problems: 4 that `messenger-chat check --repair` rebuilds",
+    ]);
+    let repaired = data.cli(&["check", "--repair"]);
+    assert!(repaired.ok, "repair succeeds:\n{}", repaired.text());
+    let again = data.cli(&["check"]);
+    assert!(again.ok && again.stdout.contains("no problems found"), "{}", again.text());
+
+    let srv = TestServer::start_on(&data.db(), &w.api);
+    let listed = srv.rooms(org).await;
+    let entries = listed["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 2);
+    for entry in entries {
+        assert_eq!(&srv.room(room_id(entry)).await, entry, "GET answers the room as GetRooms lists it");
+    }
+    srv.get(&format!("/v1/chatrooms/{stray}"), &w.api).await.expect(404);
 }
 
 /// The event log's index and counter: an entry deleted and the counter set

@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use messenger_chat::model::Room;
+use messenger_chat::model::{ROOM_VIEW_VERSION, Room};
 use messenger_chat::store::migrate::v1;
 use messenger_chat::store::{SCHEMA_VERSION, codec, tables};
 use redb::{ReadableDatabase, ReadableTable};
@@ -110,13 +110,19 @@ fn state(db: &Path, rooms: u64) -> State {
         let json: serde_json::Value = serde_json::from_slice(v.value()).unwrap();
         topics[usize::from(json.get("topic").is_some())] += 1;
     }
+    // The JSON by room id is new in room JSON version 3: absent from the old file.
+    let by_id = r.open_table(tables::ROOMID_ORGIDJSON).map_or(0, |t| t.iter().unwrap().count() as u64);
     assert_eq!(n, rooms, "no room lost or added");
-    let old = schema == Some(1) && view.is_none() && versions == [0, n, 0] && topics == [n, 0];
-    let new = schema == Some(SCHEMA_VERSION) && view == Some(2) && versions == [0, 0, n] && topics == [0, n];
+    let old = schema == Some(1) && view.is_none() && versions == [0, n, 0] && topics == [n, 0] && by_id == 0;
+    let new = schema == Some(SCHEMA_VERSION)
+        && view == Some(ROOM_VIEW_VERSION)
+        && versions == [0, 0, n]
+        && topics == [0, n]
+        && by_id == n;
     assert!(
         old || new,
         "a mixture: schema {schema:?}, room JSON version {view:?}, room records by version {versions:?}, \
-         JSON entries without/with topic {topics:?}"
+         JSON entries without/with topic {topics:?}, JSON entries by room id {by_id}"
     );
     if old { State::Old } else { State::New }
 }

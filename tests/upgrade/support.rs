@@ -282,6 +282,7 @@ pub fn contents(db: &Path) -> Vec<String> {
         ORGIDROOMID,
         ORGID_AUTOMATEDROOMID,
         ORGIDROOMID_JSON,
+        ROOMID_ORGIDJSON,
         ORGID_DEFAULTROOMID,
         ORGIDEVENTID_ROOMID,
         MATRIXROOMID_ROOMID,
