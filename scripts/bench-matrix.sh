@@ -69,8 +69,11 @@ for c in $CONCURRENCY; do
     URL=$(grep "listening on" "$svc/out" | awk '{print $NF}')
     TOKEN=$(grep "API token" "$svc/out" | awk '{print $NF}')
     [ -n "$URL" ] || { cat "$svc/err" >&2; exit 1; }
+    load_before=$(cut -d' ' -f1-3 /proc/loadavg)
     BENCH_SERVICE_PID=$SERVICE_PID "$TARGET/release/examples/bench_matrix" "$URL" "$svc/data/tls/cert.pem" "$TOKEN" "$SYNAPSE_URL" "$SECRET_FILE" \
         "$logins" "$ROOMS" "$c" "$ROUNDS"
+    # Figures on a shared machine mean little without the load they saw.
+    echo "| load average before / after, concurrency $c | $load_before / $(cut -d' ' -f1-3 /proc/loadavg) |"
     logins=0
     stop_service
 done
