@@ -96,19 +96,33 @@ fn pid_of(var: &str) -> Option<u32> {
     std::env::var(var).ok()?.parse().ok()
 }
 
-/// The processes whose CPU time is measured: Synapse, the service, and
-/// this benchmark itself (it polls the service on that side only).
-const PROCESSES: usize = 3;
-type Cpu = [Option<[f64; 2]>; PROCESSES];
+/// Bytes a process wrote to storage so far and its write system calls,
+/// from /proc: Synapse's database work, which the machine's load does not
+/// change the way it changes CPU time.
+fn disk_writes(pid: Option<u32>) -> Option<[f64; 2]> {
+    let io = std::fs::read_to_string(format!("/proc/{}/io", pid?)).ok()?;
+    let field = |name: &str| io.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok());
+    Some([field("write_bytes:")?, field("syscw:")?])
+}
 
-/// CPU seconds (user, system) of each of `pids` spent while `work` ran,
-/// beside its result.
+/// The processes measured: Synapse, the service, and this benchmark
+/// itself (it waits on the service's event log on that side only).
+const PROCESSES: usize = 3;
+/// What is sampled around each side: the CPU seconds (user, system) of
+/// each process, then Synapse's disk writes (bytes, write calls).
+type Cpu = [Option<[f64; 2]>; PROCESSES + 1];
+
+fn sample(pids: [Option<u32>; PROCESSES]) -> Cpu {
+    [cpu_secs(pids[0]), cpu_secs(pids[1]), cpu_secs(pids[2]), disk_writes(pids[0])]
+}
+
+/// What each of `pids` used while `work` ran, beside its result.
 async fn with_cpu<T>(pids: [Option<u32>; PROCESSES], work: impl Future<Output = T>) -> (T, Cpu) {
-    let before = pids.map(cpu_secs);
+    let before = sample(pids);
     let out = work.await;
-    let after = pids.map(cpu_secs);
+    let after = sample(pids);
     let used = |i: usize| Some([after[i]?[0] - before[i]?[0], after[i]?[1] - before[i]?[1]]);
-    (out, [used(0), used(1), used(2)])
+    (out, [used(0), used(1), used(2), used(3)])
 }
 
 fn add(total: &mut Cpu, part: Cpu) {
@@ -222,6 +236,9 @@ impl Direct {
             registration_shared_secret_file: secret_file.to_string(),
             bot_localpart: format!("benchdirect{concurrency}"),
             user_prefix: format!("d{concurrency}u"),
+            // Nothing retries here as the reconciler would: a createRoom
+            // slowed by a loaded machine is waited for, not failed.
+            request_timeout_ms: 600_000,
             ..Default::default()
         };
         let password = "bench-direct-password".to_string();
@@ -356,7 +373,8 @@ async fn main() {
     let direct = Direct::new(synapse, secret_file, concurrency).await;
     let (mut via_service, mut straight) = (Duration::ZERO, Duration::ZERO);
     let pids = [pid_of("BENCH_SYNAPSE_PID"), pid_of("BENCH_SERVICE_PID"), Some(std::process::id())];
-    let (mut cpu_service, mut cpu_straight): (Cpu, Cpu) = ([Some([0.0; 2]); PROCESSES], [Some([0.0; 2]); PROCESSES]);
+    let (mut cpu_service, mut cpu_straight): (Cpu, Cpu) =
+        ([Some([0.0; 2]); PROCESSES + 1], [Some([0.0; 2]); PROCESSES + 1]);
     for round in 0..rounds {
         // Alternating which goes first, so both see the same machine load.
         for side in [round % 2, 1 - round % 2] {
@@ -399,6 +417,19 @@ async fn main() {
             per_room(cpu_straight[0]),
             busy(cpu_service[0], via_service),
             busy(cpu_straight[0], straight),
+        );
+    }
+    if pids[0].is_some() {
+        let writes = |w: Option<[f64; 2]>| {
+            w.map_or_else(
+                || "-".to_string(),
+                |[b, n]| format!("{:.0} KiB in {:.0} write calls", b / 1024.0 / total, n / total),
+            )
+        };
+        println!(
+            "| Synapse's disk writes per room, concurrency {concurrency}: through the service / straight | {} / {} |",
+            writes(cpu_service[3]),
+            writes(cpu_straight[3])
         );
     }
     if pids[1].is_some() {
