@@ -9,8 +9,14 @@
 #                              BENCH_CONCURRENCY="4 8")
 #
 # BENCH_LOGINS=0 measures the rooms only; BENCH_CONCURRENCY=4 only that
-# concurrency; BENCH_BUILD=0 runs the release binaries already built. The rooms rows also show the CPU time Synapse and the service
-# used per room on each side.
+# concurrency; BENCH_BUILD=0 runs the release binaries already built.
+#
+# The same work on both sides: the direct client is the service's own
+# Synapse adapter (examples/bench_matrix.rs), so Synapse gets the same
+# createRoom bodies; the service's side waits for its rooms on the event
+# log's long poll, which costs next to nothing. The rooms rows also show
+# the CPU time Synapse, the service and the benchmark used per room on
+# each side, Synapse's disk writes per room, and the load average.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 LOGINS=${BENCH_LOGINS:-40}
