@@ -131,6 +131,26 @@ fn add(total: &mut Cpu, part: Cpu) {
     }
 }
 
+/// Waits until Synapse has used under a tenth of a core for a whole
+/// second (at most 30 s) and returns how long that took and the CPU it used
+/// meanwhile. Work it does in the background after the logins and the
+/// set-up (batched writes, device lists) would otherwise land on whichever
+/// side goes first: always the service's, in the first round.
+async fn settle(pid: Option<u32>) -> Option<(Duration, f64)> {
+    let started = Instant::now();
+    let first = cpu_secs(pid)?;
+    let mut last = first;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = cpu_secs(pid)?;
+        let used = (now[0] + now[1]) - (last[0] + last[1]);
+        last = now;
+        if used < 0.1 || started.elapsed() > Duration::from_secs(30) {
+            return Some((started.elapsed(), (now[0] + now[1]) - (first[0] + first[1])));
+        }
+    }
+}
+
 fn median_ms(mut samples: Vec<Duration>) -> f64 {
     samples.sort();
     samples[samples.len() / 2].as_secs_f64() * 1000.0
@@ -192,9 +212,16 @@ async fn log_end(svc: &mut Conn, api: &str) -> u64 {
 /// before: that cost the service and the benchmark 2-3 times the
 /// service's own CPU per room, on the core Synapse's database thread
 /// also uses, on this side only.)
-async fn through_service(service: &str, cert: &str, api: &str, round: usize, rooms: usize) -> Duration {
+///
+/// Also returns how many of the service's homeserver steps failed (and
+/// were retried) meanwhile: a createRoom over `matrix.request_timeout_ms`
+/// on a loaded machine pauses the reconciler, which the direct client,
+/// waiting as long as it takes, never does.
+async fn through_service(service: &str, cert: &str, api: &str, round: usize, rooms: usize) -> (Duration, f64) {
+    const FAILED: &str = "messenger_chat_homeserver_errors_total";
     // A connection of its own: the one of the set-up may have been closed while idle.
     let svc = &mut https(service, cert).await;
+    let failed = metric(svc, api, FAILED).await;
     let mut after = log_end(svc, api).await;
     let started = Instant::now();
     let mut waiting = std::collections::HashSet::new();
@@ -214,7 +241,8 @@ async fn through_service(service: &str, cert: &str, api: &str, round: usize, roo
         after = page["next"].as_u64().expect("a cursor");
         assert!(started.elapsed() < Duration::from_secs(600), "rooms did not converge: {} left", waiting.len());
     }
-    started.elapsed()
+    let took = started.elapsed();
+    (took, metric(svc, api, FAILED).await - failed)
 }
 
 /// A client of its own straight at Synapse: the service's own Synapse
@@ -372,15 +400,23 @@ async fn main() {
 
     let direct = Direct::new(synapse, secret_file, concurrency).await;
     let (mut via_service, mut straight) = (Duration::ZERO, Duration::ZERO);
+    let mut failed_steps = 0.0;
     let pids = [pid_of("BENCH_SYNAPSE_PID"), pid_of("BENCH_SERVICE_PID"), Some(std::process::id())];
+    if let Some((waited, cpu)) = settle(pids[0]).await {
+        println!(
+            "| Synapse idle before the rooms, concurrency {concurrency} | after {:.1} s (its CPU meanwhile: {cpu:.2} s) |",
+            waited.as_secs_f64()
+        );
+    }
     let (mut cpu_service, mut cpu_straight): (Cpu, Cpu) =
         ([Some([0.0; 2]); PROCESSES + 1], [Some([0.0; 2]); PROCESSES + 1]);
     for round in 0..rounds {
         // Alternating which goes first, so both see the same machine load.
         for side in [round % 2, 1 - round % 2] {
             if side == 0 {
-                let (t, cpu) = with_cpu(pids, through_service(service, cert, api, round, rooms)).await;
+                let ((t, failed), cpu) = with_cpu(pids, through_service(service, cert, api, round, rooms)).await;
                 via_service += t;
+                failed_steps += failed;
                 add(&mut cpu_service, cpu);
             } else {
                 let (t, cpu) = with_cpu(pids, direct.create(round, rooms, concurrency)).await;
@@ -438,6 +474,9 @@ async fn main() {
             per_room(cpu_service[1])
         );
     }
+    println!(
+        "| homeserver steps that failed through the service and were retried, concurrency {concurrency} | {failed_steps:.0} |"
+    );
     println!(
         "| CPU per room, concurrency {concurrency}: this benchmark, polling the service / driving Synapse | {} / {} |",
         per_room(cpu_service[2]),
