@@ -26,6 +26,10 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
 
+use messenger_chat::homeserver::synapse::Synapse;
+use messenger_chat::homeserver::{DesiredRoom, Homeserver};
+use messenger_chat::model::RoomRole;
+
 type Conn = SendRequest<Full<Bytes>>;
 
 async fn https(url: &str, cert_pem: &str) -> Conn {
@@ -76,34 +80,74 @@ async fn call(conn: &mut Conn, method: &str, path: &str, auth: Option<&str>, bod
     (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
 
-/// CPU time (user + system) a process used so far, from /proc; `None`
+/// CPU time a process used so far, user and system, from /proc; `None`
 /// when the pid is not given or not readable.
-fn cpu_secs(pid: Option<u32>) -> Option<f64> {
+fn cpu_secs(pid: Option<u32>) -> Option<[f64; 2]> {
     let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid?)).ok()?;
     // The fields after the command (which may hold spaces) in parentheses.
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
     // USER_HZ is 100 on Linux.
-    Some(ticks / 100.0)
+    let secs = |i: usize| Some(fields.get(i)?.parse::<f64>().ok()? / 100.0);
+    Some([secs(11)?, secs(12)?])
 }
 
 fn pid_of(var: &str) -> Option<u32> {
     std::env::var(var).ok()?.parse().ok()
 }
 
-/// CPU seconds of (Synapse, the service) spent while `work` ran, beside its result.
-async fn with_cpu<T>(pids: (Option<u32>, Option<u32>), work: impl Future<Output = T>) -> (T, [Option<f64>; 2]) {
-    let before = [cpu_secs(pids.0), cpu_secs(pids.1)];
-    let out = work.await;
-    let after = [cpu_secs(pids.0), cpu_secs(pids.1)];
-    let used = |i: usize| Some(after[i]? - before[i]?);
-    (out, [used(0), used(1)])
+/// Bytes a process wrote to storage so far and its write system calls,
+/// from /proc: Synapse's database work, which the machine's load does not
+/// change the way it changes CPU time.
+fn disk_writes(pid: Option<u32>) -> Option<[f64; 2]> {
+    let io = std::fs::read_to_string(format!("/proc/{}/io", pid?)).ok()?;
+    let field = |name: &str| io.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok());
+    Some([field("write_bytes:")?, field("syscw:")?])
 }
 
-fn add(total: &mut [Option<f64>; 2], part: [Option<f64>; 2]) {
+/// The processes measured: Synapse, the service, and this benchmark
+/// itself (it waits on the service's event log on that side only).
+const PROCESSES: usize = 3;
+/// What is sampled around each side: the CPU seconds (user, system) of
+/// each process, then Synapse's disk writes (bytes, write calls).
+type Cpu = [Option<[f64; 2]>; PROCESSES + 1];
+
+fn sample(pids: [Option<u32>; PROCESSES]) -> Cpu {
+    [cpu_secs(pids[0]), cpu_secs(pids[1]), cpu_secs(pids[2]), disk_writes(pids[0])]
+}
+
+/// What each of `pids` used while `work` ran, beside its result.
+async fn with_cpu<T>(pids: [Option<u32>; PROCESSES], work: impl Future<Output = T>) -> (T, Cpu) {
+    let before = sample(pids);
+    let out = work.await;
+    let after = sample(pids);
+    let used = |i: usize| Some([after[i]?[0] - before[i]?[0], after[i]?[1] - before[i]?[1]]);
+    (out, [used(0), used(1), used(2), used(3)])
+}
+
+fn add(total: &mut Cpu, part: Cpu) {
     for (t, p) in total.iter_mut().zip(part) {
-        *t = t.zip(p).map(|(a, b)| a + b);
+        *t = t.zip(p).map(|(a, b)| [a[0] + b[0], a[1] + b[1]]);
+    }
+}
+
+/// Waits until Synapse has used under a tenth of a core for a whole
+/// second (at most 30 s) and returns how long that took and the CPU it used
+/// meanwhile. Work it does in the background after the logins and the
+/// set-up (batched writes, device lists) would otherwise land on whichever
+/// side goes first: always the service's, in the first round.
+async fn settle(pid: Option<u32>) -> Option<(Duration, f64)> {
+    let started = Instant::now();
+    let first = cpu_secs(pid)?;
+    let mut last = first;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = cpu_secs(pid)?;
+        let used = (now[0] + now[1]) - (last[0] + last[1]);
+        last = now;
+        if used < 0.1 || started.elapsed() > Duration::from_secs(30) {
+            return Some((started.elapsed(), (now[0] + now[1]) - (first[0] + first[1])));
+        }
     }
 }
 
@@ -144,38 +188,73 @@ async fn drained(svc: &mut Conn, api: &str) {
     }
 }
 
-/// Creates `rooms` rooms through the service (answered at once: sync_wait
-/// 0) and returns the time until every room of the organization is ready
-/// on Synapse.
-async fn through_service(service: &str, cert: &str, api: &str, round: usize, rooms: usize) -> Duration {
-    // A connection of its own: the one of the set-up may have been closed while idle.
-    let svc = &mut https(service, cert).await;
-    let started = Instant::now();
-    for i in 0..rooms {
-        let body = json!({"organizationID": 1, "name": format!("Room {round}.{i}"), "admins": [1], "moderators": [2], "assignedUsers": [3, 4]});
-        ok(call(svc, "POST", "/v1/chatrooms", Some(api), Some(body)).await, 201);
-    }
-    let want = (round + 1) * rooms;
+/// The id of the organization's last event: where a reader of the log
+/// starts to see only what follows.
+async fn log_end(svc: &mut Conn, api: &str) -> u64 {
+    let mut after = 0;
     loop {
-        let list = ok(call(svc, "GET", "/v1/chatrooms?organization_id=1&all=true", Some(api), None).await, 200);
-        let ready = list["entries"].as_array().unwrap().iter().filter(|r| r["syncState"] == "ready").count();
-        if ready == want {
-            return started.elapsed();
+        let path = format!("/v1/events?organization_id=1&after={after}&limit=1000");
+        let page = ok(call(svc, "GET", &path, Some(api), None).await, 200);
+        let next = page["next"].as_u64().expect("a cursor");
+        if next == after {
+            return after;
         }
-        assert!(started.elapsed() < Duration::from_secs(600), "rooms did not converge: {ready}/{want}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        after = next;
     }
 }
 
-/// A client of its own straight at Synapse: a bot and the 4 users its rooms
-/// invite, registered with the shared secret.
+/// Creates `rooms` rooms through the service (answered at once: sync_wait
+/// 0) and returns the time until every one of them is ready on Synapse, as
+/// its `room.ready` event in the service's event log tells. The log is
+/// followed with long polls, as a consumer would: each answers at the
+/// next commit, so the benchmark costs the service (and the two cores)
+/// next to nothing while it waits. (It listed every room every 20 ms
+/// before: that cost the service and the benchmark 2-3 times the
+/// service's own CPU per room, on the core Synapse's database thread
+/// also uses, on this side only.)
+///
+/// Also returns how many of the service's homeserver steps failed (and
+/// were retried) meanwhile: a createRoom over `matrix.request_timeout_ms`
+/// on a loaded machine pauses the reconciler, which the direct client,
+/// waiting as long as it takes, never does.
+async fn through_service(service: &str, cert: &str, api: &str, round: usize, rooms: usize) -> (Duration, f64) {
+    const FAILED: &str = "messenger_chat_homeserver_errors_total";
+    // A connection of its own: the one of the set-up may have been closed while idle.
+    let svc = &mut https(service, cert).await;
+    let failed = metric(svc, api, FAILED).await;
+    let mut after = log_end(svc, api).await;
+    let started = Instant::now();
+    let mut waiting = std::collections::HashSet::new();
+    for i in 0..rooms {
+        let body = json!({"organizationID": 1, "name": format!("Room {round}.{i}"), "admins": [1], "moderators": [2], "assignedUsers": [3, 4]});
+        let room = ok(call(svc, "POST", "/v1/chatrooms", Some(api), Some(body)).await, 201);
+        waiting.insert(room["roomID"].as_i64().expect("a room id"));
+    }
+    while !waiting.is_empty() {
+        let path = format!("/v1/events?organization_id=1&after={after}&limit=1000&wait=30");
+        let page = ok(call(svc, "GET", &path, Some(api), None).await, 200);
+        for event in page["events"].as_array().expect("events") {
+            if event["type"] == "room.ready" {
+                waiting.remove(&event["data"]["roomID"].as_i64().expect("a room id"));
+            }
+        }
+        after = page["next"].as_u64().expect("a cursor");
+        assert!(started.elapsed() < Duration::from_secs(600), "rooms did not converge: {} left", waiting.len());
+    }
+    let took = started.elapsed();
+    (took, metric(svc, api, FAILED).await - failed)
+}
+
+/// A client of its own straight at Synapse: the service's own Synapse
+/// adapter (`messenger_chat::homeserver::synapse::Synapse`), with a bot and
+/// 4 users of its own registered with the shared secret and the same
+/// display names as the service's. Its rooms go through the same
+/// `create_room` the reconciler calls, so Synapse gets the same request
+/// body byte for byte but the name and the marker (same shape, same sizes):
+/// what the comparison leaves out is exactly the service around the
+/// adapter (its API, its database, the reconciler).
 struct Direct {
-    synapse: String,
-    token: String,
-    users: Vec<String>,
-    bot: String,
-    /// Synapse's default room version, which the service's rooms get too.
-    version: String,
+    hs: Arc<Synapse>,
 }
 
 impl Direct {
@@ -185,65 +264,52 @@ impl Direct {
             registration_shared_secret_file: secret_file.to_string(),
             bot_localpart: format!("benchdirect{concurrency}"),
             user_prefix: format!("d{concurrency}u"),
+            // Nothing retries here as the reconciler would: a createRoom
+            // slowed by a loaded machine is waited for, not failed.
+            request_timeout_ms: 600_000,
             ..Default::default()
         };
         let password = "bench-direct-password".to_string();
-        let client = messenger_chat::matrix::HomeserverClient::new(&config, password.clone()).expect("client");
-        client.ensure_bot().await.expect("register the direct bot");
-        let ids = client.ids().clone();
-        let mut users = Vec::new();
+        let hs = Synapse::new(&config, password.clone()).expect("client");
+        hs.prepare().await.expect("register the direct bot");
         for u in 1..=4 {
-            client.register(&ids.localpart(u), &password, false, None).await.expect("register a direct user");
-            users.push(ids.user(u));
+            hs.ensure_account(u, &password, Some(&format!("User {u}"))).await.expect("register a direct user");
         }
-        let mut hs = plain(synapse).await;
-        let body = json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": ids.bot_localpart()},
-                          "password": password});
-        let login = ok(call(&mut hs, "POST", "/_matrix/client/v3/login", None, Some(body)).await, 200);
-        let token = login["access_token"].as_str().expect("a token").to_string();
-        let caps = ok(call(&mut hs, "GET", "/_matrix/client/v3/capabilities", Some(&token), None).await, 200);
-        let version = caps["capabilities"]["m.room_versions"]["default"].as_str().expect("a default version");
-        Direct { synapse: synapse.to_string(), token, users, bot: ids.bot(), version: version.to_string() }
+        Direct { hs: Arc::new(hs) }
     }
 
     /// What the service asks of Synapse for one room (admin 1, moderator 2,
-    /// users 3 and 4 assigned): createRoom, private and invite only, with a
-    /// name, a marker, power levels and 4 invites. With `in_flight`
-    /// connections each sending the next room as soon as the last is made.
+    /// users 3 and 4 assigned, as `through_service` makes them): the
+    /// adapter's `create_room`. With `in_flight` tasks each sending the
+    /// next room as soon as the last is made.
     async fn create(&self, round: usize, rooms: usize, in_flight: usize) -> Duration {
         let next = Arc::new(AtomicUsize::new(0));
         let started = Instant::now();
         let mut workers = tokio::task::JoinSet::new();
         for _ in 0..in_flight {
-            let mut conn = plain(&self.synapse).await;
-            let (next, token, users, bot) = (next.clone(), self.token.clone(), self.users.clone(), self.bot.clone());
-            let version = self.version.clone();
-            // As the service does: from room version 12 on the creator is
-            // all-powerful and may not be listed.
-            let list_bot = !(version == "org.matrix.hydra.11" || version.parse::<u32>().is_ok_and(|v| v >= 12));
+            let (next, hs) = (next.clone(), self.hs.clone());
             workers.spawn(async move {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     if i >= rooms {
                         return;
                     }
-                    let mut levels = serde_json::Map::new();
-                    levels.insert(users[0].clone(), json!(100));
-                    levels.insert(users[1].clone(), json!(50));
-                    if list_bot {
-                        levels.insert(bot.clone(), json!(100));
-                    }
-                    let body = json!({
-                        "name": format!("Direct {round}.{i}"),
-                        "preset": "private_chat",
-                        "visibility": "private",
-                        "room_version": version,
-                        "creation_content": {"bench.marker": round * rooms + i},
-                        "initial_state": [{"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "invite"}}],
-                        "power_level_content_override": {"users": levels},
-                        "invite": users,
-                    });
-                    ok(call(&mut conn, "POST", "/_matrix/client/v3/createRoom", Some(&token), Some(body)).await, 200);
+                    let desired = DesiredRoom {
+                        // The service's rooms are numbered from 1 too.
+                        marker: u64::try_from(round * rooms + i + 1).expect("a room number"),
+                        name: format!("Room {round}.{i}"),
+                        topic: String::new(),
+                        avatar_url: String::new(),
+                        members: vec![
+                            (1, RoomRole::Admin),
+                            (2, RoomRole::Moderator),
+                            (3, RoomRole::Assigned),
+                            (4, RoomRole::Assigned),
+                        ],
+                        joined: Vec::new(),
+                        read_only: false,
+                    };
+                    hs.create_room(&desired).await.expect("createRoom straight at Synapse");
                 }
             });
         }
@@ -334,14 +400,23 @@ async fn main() {
 
     let direct = Direct::new(synapse, secret_file, concurrency).await;
     let (mut via_service, mut straight) = (Duration::ZERO, Duration::ZERO);
-    let pids = (pid_of("BENCH_SYNAPSE_PID"), pid_of("BENCH_SERVICE_PID"));
-    let (mut cpu_service, mut cpu_straight) = ([Some(0.0); 2], [Some(0.0); 2]);
+    let mut failed_steps = 0.0;
+    let pids = [pid_of("BENCH_SYNAPSE_PID"), pid_of("BENCH_SERVICE_PID"), Some(std::process::id())];
+    if let Some((waited, cpu)) = settle(pids[0]).await {
+        println!(
+            "| Synapse idle before the rooms, concurrency {concurrency} | after {:.1} s (its CPU meanwhile: {cpu:.2} s) |",
+            waited.as_secs_f64()
+        );
+    }
+    let (mut cpu_service, mut cpu_straight): (Cpu, Cpu) =
+        ([Some([0.0; 2]); PROCESSES + 1], [Some([0.0; 2]); PROCESSES + 1]);
     for round in 0..rounds {
         // Alternating which goes first, so both see the same machine load.
         for side in [round % 2, 1 - round % 2] {
             if side == 0 {
-                let (t, cpu) = with_cpu(pids, through_service(service, cert, api, round, rooms)).await;
+                let ((t, failed), cpu) = with_cpu(pids, through_service(service, cert, api, round, rooms)).await;
                 via_service += t;
+                failed_steps += failed;
                 add(&mut cpu_service, cpu);
             } else {
                 let (t, cpu) = with_cpu(pids, direct.create(round, rooms, concurrency)).await;
@@ -358,25 +433,55 @@ async fn main() {
         via_service.as_secs_f64()
     );
     println!(
-        "| the same, straight at Synapse, {concurrency} in flight | {:.1} s ({r_direct:.2} rooms/s) |",
+        "| the same, straight at Synapse (the service's adapter alone), {concurrency} in flight | {:.1} s ({r_direct:.2} rooms/s) |",
         straight.as_secs_f64()
     );
-    let per_room = |cpu: Option<f64>| cpu.map_or_else(|| "-".to_string(), |c| format!("{:.0} ms", c * 1000.0 / total));
-    if pids.0.is_some() {
+    // Milliseconds per room, with the user / system split.
+    let per_room = |cpu: Option<[f64; 2]>| {
+        cpu.map_or_else(
+            || "-".to_string(),
+            |[u, s]| {
+                format!("{:.0} ms ({:.0} + {:.0})", (u + s) * 1000.0 / total, u * 1000.0 / total, s * 1000.0 / total)
+            },
+        )
+    };
+    let busy = |cpu: Option<[f64; 2]>, wall: Duration| cpu.map_or(0.0, |[u, s]| (u + s) * 100.0 / wall.as_secs_f64());
+    if pids[0].is_some() {
         println!(
-            "| CPU per room, concurrency {concurrency}: Synapse through the service / straight | {} / {} (Synapse busy {:.0}% / {:.0}% of the wall time) |",
+            "| CPU per room, concurrency {concurrency}: Synapse through the service / straight (user + system) | {} / {} (Synapse busy {:.0}% / {:.0}% of the wall time) |",
             per_room(cpu_service[0]),
             per_room(cpu_straight[0]),
-            cpu_service[0].unwrap_or(0.0) * 100.0 / via_service.as_secs_f64(),
-            cpu_straight[0].unwrap_or(0.0) * 100.0 / straight.as_secs_f64(),
+            busy(cpu_service[0], via_service),
+            busy(cpu_straight[0], straight),
         );
     }
-    if pids.1.is_some() {
+    if pids[0].is_some() {
+        let writes = |w: Option<[f64; 2]>| {
+            w.map_or_else(
+                || "-".to_string(),
+                |[b, n]| format!("{:.0} KiB in {:.0} write calls", b / 1024.0 / total, n / total),
+            )
+        };
+        println!(
+            "| Synapse's disk writes per room, concurrency {concurrency}: through the service / straight | {} / {} |",
+            writes(cpu_service[3]),
+            writes(cpu_straight[3])
+        );
+    }
+    if pids[1].is_some() {
         println!(
             "| CPU per room, concurrency {concurrency}: the service (API, reconciler, polling answered) | {} |",
             per_room(cpu_service[1])
         );
     }
+    println!(
+        "| homeserver steps that failed through the service and were retried, concurrency {concurrency} | {failed_steps:.0} |"
+    );
+    println!(
+        "| CPU per room, concurrency {concurrency}: this benchmark, polling the service / driving Synapse | {} / {} |",
+        per_room(cpu_service[2]),
+        per_room(cpu_straight[2])
+    );
     println!(
         "| service / Synapse, concurrency {concurrency} | {:.0}% (target ≥ 90%: {}) |",
         ratio * 100.0,

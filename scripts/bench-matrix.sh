@@ -9,8 +9,14 @@
 #                              BENCH_CONCURRENCY="4 8")
 #
 # BENCH_LOGINS=0 measures the rooms only; BENCH_CONCURRENCY=4 only that
-# concurrency; BENCH_BUILD=0 runs the release binaries already built. The rooms rows also show the CPU time Synapse and the service
-# used per room on each side.
+# concurrency; BENCH_BUILD=0 runs the release binaries already built.
+#
+# The same work on both sides: the direct client is the service's own
+# Synapse adapter (examples/bench_matrix.rs), so Synapse gets the same
+# createRoom bodies; the service's side waits for its rooms on the event
+# log's long poll, which costs next to nothing. The rooms rows also show
+# the CPU time Synapse, the service and the benchmark used per room on
+# each side, Synapse's disk writes per room, and the load average.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 LOGINS=${BENCH_LOGINS:-40}
@@ -69,8 +75,11 @@ for c in $CONCURRENCY; do
     URL=$(grep "listening on" "$svc/out" | awk '{print $NF}')
     TOKEN=$(grep "API token" "$svc/out" | awk '{print $NF}')
     [ -n "$URL" ] || { cat "$svc/err" >&2; exit 1; }
+    load_before=$(cut -d' ' -f1-3 /proc/loadavg)
     BENCH_SERVICE_PID=$SERVICE_PID "$TARGET/release/examples/bench_matrix" "$URL" "$svc/data/tls/cert.pem" "$TOKEN" "$SYNAPSE_URL" "$SECRET_FILE" \
         "$logins" "$ROOMS" "$c" "$ROUNDS"
+    # Figures on a shared machine mean little without the load they saw.
+    echo "| load average before / after, concurrency $c | $load_before / $(cut -d' ' -f1-3 /proc/loadavg) |"
     logins=0
     stop_service
 done
