@@ -18,8 +18,8 @@
 //! so musl's copies are never pulled in (each is alone in its archive
 //! member, so nothing else drags them in).
 //!
-//! `MESSENGER_CHAT_LLVMLIBC` names the archive (`libllvmlibc.a`) when it is not
-//! under /usr/lib/llvm-*/lib; `MESSENGER_CHAT_LLVMLIBC=none` builds with musl's
+//! `LLVMLIBC_ARCHIVE` names the archive (`libllvmlibc.a`) when it is not
+//! under /usr/lib/llvm-*/lib; `LLVMLIBC_ARCHIVE=none` builds with musl's
 //! own functions (slower, for systems without the library). A musl build that
 //! finds no archive stops with an error, so that a slow binary is never built
 //! by accident.
@@ -34,13 +34,13 @@ const FUNCTIONS: [&str; 5] = ["memcpy", "memmove", "memset", "memcmp", "bcmp"];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    println!("cargo:rerun-if-env-changed=MESSENGER_CHAT_LLVMLIBC");
+    println!("cargo:rerun-if-env-changed=LLVMLIBC_ARCHIVE");
     if env::var("CARGO_CFG_TARGET_ENV").as_deref() != Ok("musl") {
         return;
     }
-    let archive = match env::var("MESSENGER_CHAT_LLVMLIBC") {
+    let archive = match env::var("LLVMLIBC_ARCHIVE") {
         Ok(v) if v == "none" => {
-            println!("cargo:warning=MESSENGER_CHAT_LLVMLIBC=none: musl's own memcpy/memcmp (slower)");
+            println!("cargo:warning=LLVMLIBC_ARCHIVE=none: musl's own memcpy/memcmp (slower)");
             return;
         }
         Ok(v) if !v.is_empty() => PathBuf::from(v),
@@ -49,8 +49,8 @@ fn main() {
             None => fail(
                 "no libllvmlibc.a under /usr/lib/llvm-*/lib. Install LLVM's libc \
                  (Debian/Ubuntu: apt-get install libllvmlibc-19-dev, or another \
-                 libllvmlibc-NN-dev), or set MESSENGER_CHAT_LLVMLIBC to its path, \
-                 or MESSENGER_CHAT_LLVMLIBC=none to keep musl's slower functions",
+                 libllvmlibc-NN-dev), or set LLVMLIBC_ARCHIVE to its path, \
+                 or LLVMLIBC_ARCHIVE=none to keep musl's slower functions",
             ),
         },
     };
@@ -102,7 +102,7 @@ fn check_freestanding(object: &Path, archive: &Path) {
     let undefined = run(Command::new("nm").arg("-u").arg(object), archive);
     if let Some(symbol) = undefined.split_whitespace().find(|s| *s != "U") {
         fail(&format!(
-            "{} from {} needs {symbol}: this LLVM libc is not freestanding; set MESSENGER_CHAT_LLVMLIBC",
+            "{} from {} needs {symbol}: this LLVM libc is not freestanding; set LLVMLIBC_ARCHIVE",
             object.display(),
             archive.display()
         ));

@@ -152,13 +152,13 @@ apt_install() {
 # libllvmlibc-19-dev).
 llvmlibc_package() {
     local pkg
-    command -v apt-cache >/dev/null || die "please install LLVM's libc (libllvmlibc.a), or set MESSENGER_CHAT_LLVMLIBC to it"
+    command -v apt-cache >/dev/null || die "please install LLVM's libc (libllvmlibc.a), or set LLVMLIBC_ARCHIVE to it"
     pkg="$(apt-cache search --names-only '^libllvmlibc-[0-9]+-dev$' 2>/dev/null | awk '{print $1}' | sort -V | tail -1)"
     if [[ -z $pkg ]] && is_root; then
         apt-get update -qq
         pkg="$(apt-cache search --names-only '^libllvmlibc-[0-9]+-dev$' | awk '{print $1}' | sort -V | tail -1)"
     fi
-    [[ -n $pkg ]] || die "no libllvmlibc-NN-dev package found; install LLVM's libc and set MESSENGER_CHAT_LLVMLIBC to its libllvmlibc.a"
+    [[ -n $pkg ]] || die "no libllvmlibc-NN-dev package found; install LLVM's libc and set LLVMLIBC_ARCHIVE to its libllvmlibc.a"
     printf '%s' "$pkg"
 }
 
@@ -187,8 +187,8 @@ then run install.sh again; or build elsewhere and use --binary FILE"
     ((${#pkgs[@]} == 0)) || apt_install "${pkgs[@]}"
     # build.rs links LLVM libc's memcpy/memmove/memset/memcmp/bcmp instead of
     # musl's (several times faster on the copies a request makes) and stops
-    # when it finds no libllvmlibc.a; MESSENGER_CHAT_LLVMLIBC names another one.
-    if [[ -z ${MESSENGER_CHAT_LLVMLIBC:-} ]] && ! compgen -G '/usr/lib/llvm-*/lib/libllvmlibc.a' >/dev/null; then
+    # when it finds no libllvmlibc.a; LLVMLIBC_ARCHIVE names another one.
+    if [[ -z ${LLVMLIBC_ARCHIVE:-} ]] && ! compgen -G '/usr/lib/llvm-*/lib/libllvmlibc.a' >/dev/null; then
         apt_install "$(llvmlibc_package)"
     fi
     local started=$SECONDS
