@@ -61,8 +61,10 @@ Installs:
   UNITDIR/$NAME.service      the unit (0644); local changes go in a drop-in
   system user and group $NAME         unless DESTDIR is set
 
-Building needs Rust (rustup), the $TARGET target and musl-gcc; install.sh
-adds the target and Debian's musl-tools itself when they are missing.
+Building needs Rust (rustup), the $TARGET target, musl-gcc and LLVM's libc
+(libllvmlibc.a: its memcpy/memcmp replace musl's slower ones, see build.rs);
+install.sh adds the target and Debian's musl-tools and libllvmlibc-NN-dev
+itself when they are missing.
 EOF
 }
 
@@ -146,6 +148,20 @@ apt_install() {
     apt-get install -y -qq "$@" >/dev/null
 }
 
+# The newest libllvmlibc-NN-dev the package lists know (Debian 12 has
+# libllvmlibc-19-dev).
+llvmlibc_package() {
+    local pkg
+    command -v apt-cache >/dev/null || die "please install LLVM's libc (libllvmlibc.a), or set LLVMLIBC_ARCHIVE to it"
+    pkg="$(apt-cache search --names-only '^libllvmlibc-[0-9]+-dev$' 2>/dev/null | awk '{print $1}' | sort -V | tail -1)"
+    if [[ -z $pkg ]] && is_root; then
+        apt-get update -qq
+        pkg="$(apt-cache search --names-only '^libllvmlibc-[0-9]+-dev$' | awk '{print $1}' | sort -V | tail -1)"
+    fi
+    [[ -n $pkg ]] || die "no libllvmlibc-NN-dev package found; install LLVM's libc and set LLVMLIBC_ARCHIVE to its libllvmlibc.a"
+    printf '%s' "$pkg"
+}
+
 is_static() {
     local out
     out="$(LC_ALL=C ldd "$1" 2>&1 || true)"
@@ -169,6 +185,12 @@ then run install.sh again; or build elsewhere and use --binary FILE"
     command -v musl-gcc >/dev/null || pkgs+=(musl-tools)
     command -v cc >/dev/null || pkgs+=(gcc)
     ((${#pkgs[@]} == 0)) || apt_install "${pkgs[@]}"
+    # build.rs links LLVM libc's memcpy/memmove/memset/memcmp/bcmp instead of
+    # musl's (several times faster on the copies a request makes) and stops
+    # when it finds no libllvmlibc.a; LLVMLIBC_ARCHIVE names another one.
+    if [[ -z ${LLVMLIBC_ARCHIVE:-} ]] && ! compgen -G '/usr/lib/llvm-*/lib/libllvmlibc.a' >/dev/null; then
+        apt_install "$(llvmlibc_package)"
+    fi
     local started=$SECONDS
     (cd "$ROOT" && cargo build --release --locked --target "$TARGET")
     say "built in $((SECONDS - started)) s"

@@ -9,7 +9,8 @@
 # binary reads every variable of that prefix as configuration) (it must be the static musl
 # build), else one `cargo build --release --locked --target
 # x86_64-unknown-linux-musl` (a no-op when target/ is up to date, several
-# minutes from cold; the Rust target and musl-tools are added when missing).
+# minutes from cold; the Rust target, musl-tools and libllvmlibc-NN-dev are
+# added when missing).
 # The installs themselves take seconds, each bounded by a timeout.
 #
 # `systemd-analyze verify` needs ExecStart's binary to exist, and the unit
@@ -105,6 +106,12 @@ if [[ -n ${TEST_INSTALL_BINARY:-} ]]; then
 else
     rustup target list --installed | grep -qx "$TARGET" || rustup target add "$TARGET"
     command -v musl-gcc >/dev/null || apt_install musl-tools
+    # build.rs links LLVM libc's memory functions into the musl build (as
+    # install.sh does, it installs the newest libllvmlibc-NN-dev when missing).
+    if [[ -z ${LLVMLIBC_ARCHIVE:-} ]] && ! compgen -G '/usr/lib/llvm-*/lib/libllvmlibc.a' >/dev/null; then
+        apt-get update -qq
+        apt_install "$(apt-cache search --names-only '^libllvmlibc-[0-9]+-dev$' | awk '{print $1}' | sort -V | tail -1)"
+    fi
     t=$SECONDS
     (cd "$ROOT" && timeout 1800 cargo build --release --locked --target "$TARGET" --quiet)
     target_dir="${CARGO_TARGET_DIR:-target}"
