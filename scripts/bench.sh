@@ -83,8 +83,8 @@ GLIBC_BIN=${BENCH_GLIBC_BIN:-$TARGET/release/messenger-chat}
 if [ -n "${BENCH_MUSL_BIN:-}" ]; then
     MUSL_BIN=$BENCH_MUSL_BIN
 else
-    # install.sh builds the binary it installs (adding the musl target and
-    # musl-tools when missing) and checks that it is static; staged under a
+    # install.sh builds the binary it installs (adding the musl target,
+    # musl-tools and LLVM's libc for its memory functions when missing) and checks that it is static; staged under a
     # DESTDIR it touches nothing of the system.
     log "building the static musl binary with install.sh (staged in a scratch DESTDIR)"
     (cd "$ROOT" && timeout 1800 ./install.sh --destdir "$WORK/stage") >"$WORK/install.out" 2>&1 ||
