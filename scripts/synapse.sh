@@ -7,6 +7,8 @@
 #                                    On an existing DIR it restarts on the same port and data,
 #                                    which the tests use to simulate an outage.
 #   scripts/synapse.sh stop DIR      SIGTERM, then SIGKILL after 20 s
+# SYNAPSE_BCRYPT_ROUNDS=N (when a DIR is first started): Synapse's bcrypt_rounds
+# instead of its default 12 (scripts/bench-matrix.sh, BENCH_BCRYPT_ROUNDS).
 #
 # Reads no stdin; every command may be repeated.
 set -euo pipefail
@@ -123,6 +125,12 @@ rc_presence:
 rc_delayed_event_mgmt: {per_second: 10000, burst_count: 100000}
 rc_reports: {per_second: 10000, burst_count: 100000}
 YAML
+    # Benchmarks may lower the cost of Synapse's password hashing (its
+    # default is 12 rounds of bcrypt) to measure what lies around it.
+    if [[ -n ${SYNAPSE_BCRYPT_ROUNDS:-} ]]; then
+        [[ $SYNAPSE_BCRYPT_ROUNDS =~ ^[0-9]+$ ]] || die "SYNAPSE_BCRYPT_ROUNDS must be a number, got $SYNAPSE_BCRYPT_ROUNDS"
+        echo "bcrypt_rounds: $SYNAPSE_BCRYPT_ROUNDS" >>"$dir/homeserver.yaml"
+    fi
     cat >"$dir/log.config" <<YAML
 version: 1
 formatters:
