@@ -374,27 +374,16 @@ fn check_tables(
                 problem(&mut p, "matrixroomid_roomid", &room.matrix_room_id, what, fix);
             }
         }
-        if let Some(at) = room.scheduled_deletion
-            && deletions.get((at, id))?.is_none()
-        {
-            problem(
-                &mut p,
-                "deletiontime_roomid",
-                format!("{at},{id}"),
-                format!("missing for room {id}"),
-                Fix::Rebuild,
-            );
-        }
-        if let Some(at) = room.read_only_at
-            && read_only_times.get((at, id))?.is_none()
-        {
-            problem(
-                &mut p,
-                "readonlytime_roomid",
-                format!("{at},{id}"),
-                format!("missing for room {id}"),
-                Fix::Rebuild,
-            );
+        // The timer indexes: a scheduled time of the room has its entry.
+        for (table, time, index) in [
+            ("deletiontime_roomid", room.scheduled_deletion, &deletions),
+            ("readonlytime_roomid", room.read_only_at, &read_only_times),
+        ] {
+            if let Some(at) = time
+                && index.get((at, id))?.is_none()
+            {
+                problem(&mut p, table, format!("{at},{id}"), format!("missing for room {id}"), Fix::Rebuild);
+            }
         }
         for u in room.members() {
             if user_rooms.get((u, id))?.is_none() {

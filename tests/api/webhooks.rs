@@ -210,6 +210,18 @@ fn env_for(r: &Receiver) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// Settings for two receivers on this host: both certificates trusted, as
+/// one PEM bundle in `webhooks.extra_ca_file`.
+fn env_for_both(a: &Receiver, b: &Receiver) -> Vec<(&'static str, String)> {
+    let bundle = a.ca_file.with_file_name("both.pem");
+    let pem = std::fs::read_to_string(&a.ca_file).unwrap() + &std::fs::read_to_string(&b.ca_file).unwrap();
+    std::fs::write(&bundle, pem).unwrap();
+    let mut env = env_for(a);
+    env.retain(|(k, _)| *k != "MESSENGER_CHAT_WEBHOOKS__EXTRA_CA_FILE");
+    env.push(("MESSENGER_CHAT_WEBHOOKS__EXTRA_CA_FILE", bundle.display().to_string()));
+    env
+}
+
 fn start(env: &[(&'static str, String)]) -> TestServer {
     let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     TestServer::start_with(&pairs)
@@ -278,13 +290,7 @@ async fn act(srv: &TestServer, org: i64, user: i64) {
 async fn every_event_is_delivered_signed_and_in_order() {
     let all = Receiver::start(Mode::Ok).await;
     let rooms = Receiver::start(Mode::Ok).await;
-    let mut env = env_for(&all);
-    // The second receiver's certificate: both files are one PEM bundle.
-    let bundle = all.ca_file.with_file_name("both.pem");
-    let pem = std::fs::read_to_string(&all.ca_file).unwrap() + &std::fs::read_to_string(&rooms.ca_file).unwrap();
-    std::fs::write(&bundle, pem).unwrap();
-    env[1].1 = bundle.display().to_string();
-    let srv = start(&env);
+    let srv = start(&env_for_both(&all, &rooms));
     let api = srv.api_token.clone();
 
     let made = srv.put("/v1/webhooks/crm", &api, Some(json!({"url": all.url(), "eventTypes": ["*"]}))).await;
@@ -638,11 +644,7 @@ async fn deliveries_reuse_one_connection_until_it_idles() {
 async fn attempts_in_flight_are_bounded() {
     let hung = Receiver::start(Mode::Hang).await;
     let fine = Receiver::start(Mode::Ok).await;
-    let mut env = env_for(&hung);
-    let bundle = hung.ca_file.with_file_name("both.pem");
-    let pem = std::fs::read_to_string(&hung.ca_file).unwrap() + &std::fs::read_to_string(&fine.ca_file).unwrap();
-    std::fs::write(&bundle, pem).unwrap();
-    env[1].1 = bundle.display().to_string();
+    let mut env = env_for_both(&hung, &fine);
     env.push(("MESSENGER_CHAT_WEBHOOKS__MAX_CONCURRENT", "1".into()));
     env.push(("MESSENGER_CHAT_WEBHOOKS__TIMEOUT_SECS", "8".into()));
     let srv = start(&env);
