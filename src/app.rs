@@ -30,9 +30,29 @@ pub const KEY_FILE: &str = "secret.key";
 /// # Errors
 /// A line naming what could not be opened.
 pub fn open_domain(config: Config) -> Result<Domain, String> {
-    let store = open_store(&config).map_err(|e| e.to_string())?;
-    let key = ServerKey::load_or_create(&config.data_dir().join(KEY_FILE))?;
+    let (store, key) = open_keyed_store(&config)?;
     Domain::new(store, Arc::new(config), key, Arc::new(SystemClock)).map_err(|e| e.to_string())
+}
+
+/// Opens the database with its server key ([`crate::store::key_fingerprint`]).
+/// A key file that cannot be used, a missing or other key, and a file of a
+/// newer release are refused from a read-only look, before the database is
+/// opened for writing: a refused start leaves the file as it was.
+///
+/// # Errors
+/// A line naming the file and what to do.
+fn open_keyed_store(config: &Config) -> Result<(Store, ServerKey), String> {
+    use crate::store::key_fingerprint::{inspect, verdict};
+    let dir = config.data_dir();
+    let (db, key_file) = (dir.join(DB_FILE), dir.join(KEY_FILE));
+    let key = ServerKey::load(&key_file)?;
+    let found = inspect(&db).map_err(|source| OpenError::Store { path: db.clone(), source }.to_string())?;
+    if let Some(refusal) = found.and_then(|record| verdict(&record, key.as_ref()).refusal(&db, &key_file)) {
+        return Err(refusal);
+    }
+    let store = open_store(config).map_err(|e| e.to_string())?;
+    let key = store.bind_key(key, &db, &key_file)?;
+    Ok((store, key))
 }
 
 /// Why the database of a configuration cannot be opened.

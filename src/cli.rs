@@ -13,6 +13,7 @@ use crate::domain::api_tokens::{ApiTokenInfo, ApiTokenSource, ApiTokenStatus};
 use crate::model::OrgRole;
 use crate::secrets::{API_TOKEN_PREFIX, new_token, token_hash};
 use crate::store::StoreError;
+use crate::store::key_fingerprint::{Fingerprint, Verdict, verdict};
 
 #[derive(Debug, Parser)]
 #[command(name = "messenger-chat", version, about = "Chatrooms of a mobile messenger, on a Matrix homeserver")]
@@ -296,6 +297,7 @@ fn export(config: &Config, out: Option<&Path>) -> Result<String, String> {
     };
     // The summary goes to stderr: stdout may be the dump itself.
     eprintln!("exported {n} records");
+    eprintln!("{}", key_reminder(config, store.key_record().ok().and_then(|r| r.fingerprint)));
     Ok(String::new())
 }
 
@@ -325,8 +327,21 @@ fn backup_hint(config: &Config, out: Option<&Path>) -> String {
         "the database is held by the running service, so export cannot open it.\n\
          Back up while it serves, with an API token in API_TOKEN:\n\
          \n  curl -fsS{ca} -H \"Authorization: Bearer $API_TOKEN\" -o {file} {url}\n  cp {key} backup-secret.key\n\n\
-         Keep the key file with the dump: without it every Matrix password changes. \
+         Keep the key file with the dump: without it every Matrix password changes and the webhook secrets cannot \
+         be read. \
          (Or stop the service and run export again.)"
+    )
+}
+
+/// What `export` says about the key: the dump needs it.
+fn key_reminder(config: &Config, fingerprint: Option<Fingerprint>) -> String {
+    let dir = std::fs::canonicalize(config.data_dir()).unwrap_or_else(|_| config.data_dir());
+    let key = shell_quote(&dir.join(crate::app::KEY_FILE));
+    let print = fingerprint.map(|f| format!(" (fingerprint {f})")).unwrap_or_default();
+    format!(
+        "back up the server key {key}{print} with this export, e.g. `cp {key} backup-secret.key`: \
+         the users' Matrix passwords come from it and the webhook secrets are sealed with it, so a \
+         restore needs both (put the key back before the import or the start)"
     )
 }
 
@@ -346,11 +361,25 @@ fn check(config: &Config, repair: bool) -> Result<String, String> {
     let path = config.data_dir().join(crate::app::DB_FILE);
     let cache = usize::try_from(config.storage.cache_mib.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX);
     let fail = |e: crate::store::StoreError| format!("{}: {e}", path.display());
-    let (store, opened, integrity) = crate::store::Store::open_checked(&path, cache).map_err(fail)?;
+    let key_file = config.data_dir().join(crate::app::KEY_FILE);
+    // Without --repair nothing reaches the file: redb's writes stay in memory.
+    let (store, opened, integrity) = crate::store::Store::open_checked(&path, cache, !repair).map_err(fail)?;
     let report = store.check(integrity, opened.clone()).map_err(fail)?;
-    println!("database {}\n{report}", path.display());
+    let key = key_verdict(&store, &key_file);
+    let key_line = match &key {
+        Ok(v) => v.report(&key_file),
+        Err(e) => format!("problem: server key: {e}"),
+    };
+    println!("database {}\n{report}\n{key_line}", path.display());
+    if !repair {
+        println!("nothing was written to the file (redb's own check ran with its writes kept in memory)");
+    }
+    let key_problem = match key {
+        Ok(v) => v.refusal(&path, &key_file),
+        Err(e) => Some(e),
+    };
     if report.is_clean() {
-        return Ok(String::new());
+        return key_problem.map_or(Ok(String::new()), Err);
     }
     if !repair {
         return Err(format!("{}: {} problems found", path.display(), report.problems.len()));
@@ -358,7 +387,7 @@ fn check(config: &Config, repair: bool) -> Result<String, String> {
     let after = store.repair(integrity, opened).map_err(fail)?;
     println!("\nafter repair (one transaction, committed):\n{after}");
     if after.is_clean() {
-        Ok(format!("repaired {}", path.display()))
+        key_problem.map_or_else(|| Ok(format!("repaired {}", path.display())), Err)
     } else {
         Err(format!(
             "{}: {} problems remain that a rebuild cannot fix; decide the conflicts, restore unreadable records from a backup",
@@ -366,6 +395,14 @@ fn check(config: &Config, repair: bool) -> Result<String, String> {
             after.problems.len()
         ))
     }
+}
+
+/// How the key file stands to the database: the verdict, or why the key
+/// file cannot be used at all.
+fn key_verdict(store: &crate::store::Store, key_file: &Path) -> Result<Verdict, String> {
+    let key = crate::secrets::ServerKey::load(key_file)?;
+    let record = store.key_record().map_err(|e| e.to_string())?;
+    Ok(verdict(&record, key.as_ref()))
 }
 
 /// The shipped, documented config file.

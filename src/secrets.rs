@@ -103,11 +103,25 @@ impl std::fmt::Debug for ServerKey {
 }
 
 impl ServerKey {
-    /// Reads the key file, creating it when missing.
+    /// Reads the key file, creating it when missing. The service does not
+    /// use this: it creates a key only for a database that has none
+    /// ([`crate::store::key_fingerprint`]); tools that seed a data
+    /// directory do.
     ///
     /// # Errors
     /// The file cannot be read or written, is readable by others, or is not 32 bytes.
     pub fn load_or_create(path: &Path) -> Result<Self, String> {
+        match Self::load(path)? {
+            Some(key) => Ok(key),
+            None => Self::create(path),
+        }
+    }
+
+    /// Reads the key file; `None` when there is none.
+    ///
+    /// # Errors
+    /// The file cannot be read, is readable by others, or is not 32 bytes.
+    pub fn load(path: &Path) -> Result<Option<Self>, String> {
         match std::fs::read(path) {
             Ok(bytes) => {
                 let mode = std::fs::metadata(path).map_err(|e| e.to_string())?.permissions().mode();
@@ -120,19 +134,36 @@ impl ServerKey {
                 }
                 let key: [u8; 32] =
                     bytes.try_into().map_err(|_| format!("{} is not a 32-byte key file", path.display()))?;
-                Ok(ServerKey(key))
+                Ok(Some(ServerKey(key)))
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut key = [0u8; 32];
-                rand::rng().fill_bytes(&mut key);
-                if let Some(dir) = path.parent() {
-                    create_private_dir(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-                }
-                write_private_file(path, &key).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-                Ok(ServerKey(key))
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(format!("cannot read {}: {e}", path.display())),
         }
+    }
+
+    /// Writes a new random key file (0600), replacing any old one.
+    ///
+    /// # Errors
+    /// The directory or the file cannot be written.
+    pub fn create(path: &Path) -> Result<Self, String> {
+        let mut key = [0u8; 32];
+        rand::rng().fill_bytes(&mut key);
+        if let Some(dir) = path.parent() {
+            create_private_dir(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        write_private_file(path, &key).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        Ok(ServerKey(key))
+    }
+
+    /// What the database keeps to recognise this key: HMAC-SHA256 of the key
+    /// over a label of its own, so it tells nothing about the key nor about
+    /// anything else derived from it.
+    #[must_use]
+    pub fn fingerprint(&self) -> [u8; 32] {
+        use hmac::Mac;
+        let mut mac = <hmac::Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        mac.update(b"messenger-chat secret.key fingerprint v1");
+        mac.finalize().into_bytes().into()
     }
 
     /// A key for tests.
@@ -313,5 +344,28 @@ mod tests {
         assert_eq!(k1.0, k2.0);
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(ServerKey::load_or_create(&path).unwrap_err().contains("chmod 600"));
+    }
+
+    #[test]
+    fn a_missing_key_file_is_none_and_a_short_one_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret.key");
+        assert!(ServerKey::load(&path).unwrap().is_none(), "nothing is created");
+        assert!(!path.exists());
+        write_private_file(&path, &[1; 31]).unwrap();
+        assert!(ServerKey::load(&path).unwrap_err().contains("not a 32-byte key file"));
+    }
+
+    #[test]
+    fn the_fingerprint_is_stable_per_key_and_not_the_key() {
+        let k = ServerKey::from_bytes([7; 32]);
+        assert_eq!(k.fingerprint(), ServerKey::from_bytes([7; 32]).fingerprint());
+        assert_ne!(k.fingerprint(), ServerKey::from_bytes([8; 32]).fingerprint());
+        assert_ne!(k.fingerprint(), [7; 32]);
+        // Not the webhook sealing key either: another label.
+        use hmac::Mac;
+        let mut mac = <hmac::Hmac<Sha256> as Mac>::new_from_slice(&[7; 32]).unwrap();
+        mac.update(b"messenger-chat webhook secret sealing v1");
+        assert_ne!(k.fingerprint(), <[u8; 32]>::from(mac.finalize().into_bytes()));
     }
 }

@@ -139,9 +139,17 @@ impl Store {
     /// (and repairs its own structures where it can), then the file is
     /// brought up to today's schema like at start-up.
     ///
+    /// With `in_memory`, none of that reaches the file: redb writes into
+    /// an overlay kept in memory ([`super::overlay`]), so a check without
+    /// `--repair` leaves every byte of the file as it was.
+    ///
     /// # Errors
     /// A missing, foreign or damaged file; the errors of [`Store::open`].
-    pub fn open_checked(path: &Path, cache_bytes: usize) -> Result<(Self, Opened, Integrity), StoreError> {
+    pub fn open_checked(
+        path: &Path,
+        cache_bytes: usize,
+        in_memory: bool,
+    ) -> Result<(Self, Opened, Integrity), StoreError> {
         if !path.exists() {
             return Err(StoreError::Db("no database here (storage.data_dir names the directory)".into()));
         }
@@ -151,7 +159,11 @@ impl Store {
         let (db, integrity) = guarded(|| {
             let mut builder = Database::builder();
             builder.set_cache_size(cache_bytes).set_repair_callback(log_repair);
-            let mut db = builder.open(path)?;
+            let mut db = if in_memory {
+                builder.create_with_backend(super::overlay::Overlay::open(path)?)?
+            } else {
+                builder.open(path)?
+            };
             let clean = db.check_integrity()?;
             Ok((db, if clean { Integrity::Clean } else { Integrity::Repaired }))
         })?;

@@ -8,7 +8,9 @@
 pub mod check;
 pub mod codec;
 pub mod dump;
+pub mod key_fingerprint;
 pub mod migrate;
+mod overlay;
 pub mod tables;
 pub mod webhooks;
 
