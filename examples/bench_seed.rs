@@ -158,6 +158,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     std::fs::DirBuilder::new().recursive(true).create(&args.data_dir)?;
     let store = Store::open(&args.data_dir.join("messenger-chat.redb"), 64 << 20)?;
+    // The users seeded here belong to a key: the service starts only with it.
+    let key_file = args.data_dir.join("secret.key");
+    let key = messenger_chat::secrets::ServerKey::load_or_create(&key_file)?;
+    store.bind_key(Some(key), &args.data_dir.join("messenger-chat.redb"), &key_file)?;
     let at = now();
     let started = std::time::Instant::now();
 

@@ -81,6 +81,9 @@ impl Clock for StepClock {
     }
 }
 
+/// The fixtures' server key (`schema-N.key`, a test-only secret).
+const KEY: [u8; 32] = [7; 32];
+
 type Fallible<T> = Result<T, Box<dyn std::error::Error>>;
 
 fn main() -> Fallible<()> {
@@ -88,12 +91,11 @@ fn main() -> Fallible<()> {
     std::fs::create_dir_all(&args.dir)?;
     let scratch = tempfile::tempdir()?;
     let db = scratch.path().join("fixture.redb");
-    let domain = Domain::new(
-        Store::open(&db, 4 << 20)?,
-        Arc::new(Config::default()),
-        ServerKey::from_bytes([7; 32]),
-        Arc::new(StepClock(AtomicI64::new(T0))),
-    )?;
+    // The key a start of this release would have made and recorded; it is
+    // written next to the fixture, as an operator backs it up with the database.
+    let store = Store::open(&db, 4 << 20)?;
+    let key = store.bind_key(Some(ServerKey::from_bytes(KEY)), &db, &scratch.path().join("secret.key"))?;
+    let domain = Domain::new(store, Arc::new(Config::default()), key, Arc::new(StepClock(AtomicI64::new(T0))))?;
     let tokens = populate(&domain)?;
 
     let mut export = Vec::new();
@@ -113,6 +115,7 @@ fn main() -> Fallible<()> {
         .into());
     }
     std::fs::copy(&db, &target)?;
+    std::fs::write(args.dir.join(format!("{stem}.key")), KEY)?;
     let manifest = json!({
         "schema_version": schema,
         "release": env!("CARGO_PKG_VERSION"),

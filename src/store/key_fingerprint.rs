@@ -10,7 +10,8 @@
 //! the fingerprint of the key present at its first start after the upgrade.
 //! From then on a start without that key is refused. A database of an
 //! earlier release that holds users, webhooks or rooms and finds no key at
-//! all is refused too: a new key would break them just the same.
+//! all is refused too: a new key would break them just the same; and so is
+//! one whose webhook secret the key present does not open (another key).
 //!
 //! The start decides from a read-only open ([`inspect`]) before it opens the
 //! file for writing, so a refused start leaves the file as it was. A new
@@ -19,12 +20,13 @@
 use std::fmt;
 use std::path::Path;
 
-use redb::{ReadTransaction, ReadableDatabase, ReadableTableMetadata, TableDefinition};
+use redb::{ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use super::migrate::{SCHEMA_KEY, SCHEMA_VERSION};
 use super::tables::{NAME_META, ROOMID_ROOM, USERID_USER, WEBHOOKID_WEBHOOK};
 use super::{Store, StoreError, codec, guarded};
+use crate::model::Webhook;
 use crate::secrets::ServerKey;
 
 /// `name_meta` key of the fingerprint of the database's `secret.key`.
@@ -85,10 +87,13 @@ impl fmt::Display for Derived {
 }
 
 /// What the database says about its key.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KeyRecord {
     pub fingerprint: Option<Fingerprint>,
     pub derived: Derived,
+    /// The id and sealed secret of one webhook: where no fingerprint was
+    /// recorded (an earlier release), the key must still open it.
+    pub sealed: Option<(String, Vec<u8>)>,
 }
 
 impl KeyRecord {
@@ -106,7 +111,22 @@ impl KeyRecord {
             webhooks: entries(txn, WEBHOOKID_WEBHOOK)?,
             rooms: entries(txn, ROOMID_ROOM)?,
         };
-        Ok(KeyRecord { fingerprint, derived })
+        let sealed = match txn.open_table(WEBHOOKID_WEBHOOK) {
+            Ok(t) => match t.first()? {
+                Some((k, v)) => {
+                    let hook: Webhook = codec::decode(v.value()).map_err(|why| StoreError::Corrupt {
+                        table: "webhookid_webhook",
+                        key: k.value().to_string(),
+                        why,
+                    })?;
+                    Some((hook.id, hook.sealed_secret))
+                }
+                None => None,
+            },
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(KeyRecord { fingerprint, derived, sealed })
     }
 }
 
@@ -131,7 +151,7 @@ fn meta(txn: &ReadTransaction, key: &str) -> Result<Option<Vec<u8>>, StoreError>
 }
 
 /// How the key file at hand stands to the database.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// The key the database recorded.
     Matches(Fingerprint),
@@ -146,6 +166,9 @@ pub enum Verdict {
     Missing { expected: Option<Fingerprint>, derived: Derived },
     /// Another key than the one the database recorded.
     Differs { expected: Fingerprint, found: Fingerprint },
+    /// The database recorded no fingerprint (an earlier release), and the
+    /// key does not open the secret sealed in this webhook: another key.
+    OpensNothing { found: Fingerprint, webhook: String },
 }
 
 /// Judges `key` (the key file's, `None` when there is none) against what the database says.
@@ -155,7 +178,12 @@ pub fn verdict(record: &KeyRecord, key: Option<&ServerKey>) -> Verdict {
     match (record.fingerprint, found) {
         (Some(expected), Some(found)) if expected == found => Verdict::Matches(found),
         (Some(expected), Some(found)) => Verdict::Differs { expected, found },
-        (None, Some(found)) => Verdict::NotRecorded(found),
+        (None, Some(found)) => match (&record.sealed, key) {
+            (Some((webhook, sealed)), Some(key)) if key.open_webhook_secret(webhook, sealed).is_err() => {
+                Verdict::OpensNothing { found, webhook: webhook.clone() }
+            }
+            _ => Verdict::NotRecorded(found),
+        },
         (expected @ Some(_), None) => Verdict::Missing { expected, derived: record.derived },
         (None, None) if record.derived.any() => Verdict::Missing { expected: None, derived: record.derived },
         (None, None) => Verdict::NoKeyYet,
@@ -189,6 +217,11 @@ impl Verdict {
                 "{file} is not the key of the database {db}: its fingerprint is {found}, the database expects \
                  {expected}: {why}; {restore}"
             )),
+            Verdict::OpensNothing { found, webhook } => Some(format!(
+                "{file} (fingerprint {found}) is not the key of the database {db}: it does not open the secret of \
+                 webhook {webhook:?} sealed there (the database's release did not record its key's fingerprint): \
+                 {why}; {restore}"
+            )),
         }
     }
 
@@ -213,6 +246,10 @@ impl Verdict {
             ),
             Verdict::Differs { expected, found } => format!(
                 "problem: server key {file} has fingerprint {found}; the database expects {expected}: \
+                 restore the secret.key backed up with this database"
+            ),
+            Verdict::OpensNothing { found, webhook } => format!(
+                "problem: server key {file} (fingerprint {found}) does not open the secret of webhook {webhook:?}: \
                  restore the secret.key backed up with this database"
             ),
         }
@@ -312,6 +349,7 @@ mod tests {
         KeyRecord {
             fingerprint: fingerprint.map(Fingerprint::of),
             derived: Derived { users, webhooks: 0, rooms: 0 },
+            sealed: None,
         }
     }
 
@@ -324,6 +362,10 @@ mod tests {
         assert!(matches!(verdict(&record(None, 1), None), Verdict::Missing { expected: None, .. }));
         assert_eq!(verdict(&record(None, 0), None), Verdict::NoKeyYet);
         assert_eq!(verdict(&record(None, 5), Some(&b)), Verdict::NotRecorded(Fingerprint::of(&b)));
+        let sealed = Some(("crm".to_string(), a.seal_webhook_secret("crm", b"secret")));
+        let old = KeyRecord { sealed, ..record(None, 1) };
+        assert_eq!(verdict(&old, Some(&a)), Verdict::NotRecorded(Fingerprint::of(&a)), "its key opens it");
+        assert!(matches!(verdict(&old, Some(&b)), Verdict::OpensNothing { .. }), "another key does not");
     }
 
     #[test]

@@ -125,11 +125,18 @@ impl Data {
         Data { dir }
     }
 
-    /// A data directory holding a copy of `file` as its database.
+    /// A data directory holding a copy of `file` as its database, and of
+    /// the key kept beside it (`NAME.key`) as its `secret.key`.
     pub fn with_file(file: &Path) -> Data {
         let data = Data::new();
         std::fs::copy(file, data.db()).unwrap_or_else(|e| panic!("copy {}: {e}", file.display()));
+        crate::common::copy_key_beside(file, &data.dir());
         data
+    }
+
+    /// The data directory's `secret.key`.
+    pub fn key(&self) -> PathBuf {
+        self.dir().join("secret.key")
     }
 
     /// A data directory whose database file holds exactly `bytes`.

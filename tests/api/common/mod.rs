@@ -7,7 +7,7 @@ mod server;
 
 pub use client::{Client, Http, Resp};
 pub use fixture::{World, png, png_of_size};
-pub use server::TestServer;
+pub use server::{TestServer, copy_key_beside};
 
 use serde_json::Value;
 

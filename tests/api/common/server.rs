@@ -42,6 +42,19 @@ fn base_env(data_dir: &Path) -> Vec<(String, String)> {
     .collect()
 }
 
+/// Copies the server key kept beside a database file (`NAME.key` for
+/// `NAME.redb`, as the fixtures keep theirs) into `data_dir` as its
+/// `secret.key`, owner-only: the database starts with its own key only.
+pub fn copy_key_beside(db_file: &Path, data_dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let key = db_file.with_extension("key");
+    if key.exists() {
+        let to = data_dir.join("secret.key");
+        std::fs::copy(&key, &to).unwrap_or_else(|e| panic!("copy {}: {e}", key.display()));
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).expect("chmod 600 secret.key");
+    }
+}
+
 /// One running `messenger-chat serve`, with an HTTPS client that trusts its certificate.
 pub struct TestServer {
     dir: TempDir,
@@ -109,6 +122,7 @@ impl TestServer {
         std::fs::create_dir_all(&data_dir).expect("create the data directory");
         std::fs::copy(db_file, data_dir.join("messenger-chat.redb"))
             .unwrap_or_else(|e| panic!("copy {}: {e}", db_file.display()));
+        copy_key_beside(db_file, &data_dir);
         let mut server = TestServer {
             dir,
             data_dir,
