@@ -177,6 +177,7 @@ pub fn run_admin(config: Config, command: Command, config_path: Option<&Path>) -
             Ok(hex::encode(token_hash(line.trim())))
         }
         Command::Export { out } => export(&config, out.as_deref()),
+        Command::Import { file, force } => import(&config, &file, force),
         other => {
             let d = crate::app::open_domain(config)?;
             let p = Principal::COMMAND_LINE;
@@ -257,14 +258,6 @@ pub fn run_admin(config: Config, command: Command, config_path: Option<&Path>) -
                     let (u, created) = d.put_user(p, id, &display_name).map_err(show)?;
                     Ok(format!("{} user {}: {}", if created { "created" } else { "updated" }, u.id, u.display_name))
                 }
-                Command::Import { file, force } => {
-                    let f = std::fs::File::open(&file).map_err(|e| format!("cannot open {}: {e}", file.display()))?;
-                    let n = d
-                        .store
-                        .import(std::io::BufReader::new(f), force, progress_bar("import"))
-                        .map_err(|e| e.to_string())?;
-                    Ok(format!("imported {n} records from {}", file.display()))
-                }
                 Command::User(UserCommand::Deactivate { id }) => {
                     d.deactivate_user(p, id).map_err(show)?;
                     Ok(format!("deactivated user {id}"))
@@ -299,6 +292,21 @@ fn export(config: &Config, out: Option<&Path>) -> Result<String, String> {
     eprintln!("exported {n} records");
     eprintln!("{}", key_reminder(config, store.key_record().ok().and_then(|r| r.fingerprint)));
     Ok(String::new())
+}
+
+/// `import`: the records of a dump into the database. It needs no key and
+/// makes none: the first start afterwards takes the key restored with the
+/// dump (and refuses to start without one, the dump holding users).
+fn import(config: &Config, file: &Path, force: bool) -> Result<String, String> {
+    let store = crate::app::open_store(config).map_err(|e| e.to_string())?;
+    let f = std::fs::File::open(file).map_err(|e| format!("cannot open {}: {e}", file.display()))?;
+    let n = store.import(std::io::BufReader::new(f), force, progress_bar("import")).map_err(|e| e.to_string())?;
+    let key = config.data_dir().join(crate::app::KEY_FILE);
+    Ok(format!(
+        "imported {n} records from {}\nput the secret.key backed up with the dump at {} before the service starts",
+        file.display(),
+        key.display()
+    ))
 }
 
 /// What to run instead of `export` while the service runs: the exact

@@ -173,7 +173,13 @@ async fn export_import_export_is_identical() {
     let creds = srv.get(&format!("/v1/user/credentials?user_id={}", w.member.id), &srv.api_token).await;
     let password = creds.expect(200)["password"].clone();
     assert!(srv.stop(), "the server stops cleanly");
-    let first = cli(srv.data_dir(), &["export"]).stdout;
+    let exported = cli(srv.data_dir(), &["export"]);
+    // The dump needs the key: export says so, naming the file and its fingerprint.
+    let said = String::from_utf8_lossy(&exported.stderr).into_owned();
+    let key_file = std::fs::canonicalize(srv.data_dir().join("secret.key")).unwrap();
+    assert!(said.contains(&format!("back up the server key {}", key_file.display())), "{said}");
+    assert!(said.contains("(fingerprint "), "{said}");
+    let first = exported.stdout;
     let text = String::from_utf8(first.clone()).unwrap();
     assert!(text.lines().count() > 10, "a populated export: {text}");
     assert!(!text.contains(&w.member.token), "an export never holds a token");

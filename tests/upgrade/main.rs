@@ -22,6 +22,7 @@ mod support;
 mod bad_input;
 mod check;
 mod fixtures;
+mod key;
 mod kill;
 mod roles;
 mod versions;

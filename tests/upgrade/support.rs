@@ -130,7 +130,14 @@ impl Data {
     pub fn with_file(file: &Path) -> Data {
         let data = Data::new();
         std::fs::copy(file, data.db()).unwrap_or_else(|e| panic!("copy {}: {e}", file.display()));
-        crate::common::copy_key_beside(file, &data.dir());
+        // The key kept beside the file (`NAME.key`, as the fixtures keep
+        // theirs), owner-only: the database starts with its own key only.
+        let key = file.with_extension("key");
+        if key.exists() {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::copy(&key, data.key()).unwrap_or_else(|e| panic!("copy {}: {e}", key.display()));
+            std::fs::set_permissions(data.key(), std::fs::Permissions::from_mode(0o600)).expect("chmod 600");
+        }
         data
     }
 
@@ -179,6 +186,47 @@ impl Data {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Runs `messenger-chat serve` until it says it listens, then stops it
+    /// with SIGTERM; fails the test when it does not start within a
+    /// generous bound or does not stop cleanly.
+    pub fn serve_and_stop(&self) -> Run {
+        use std::io::{BufRead, BufReader};
+        let mut cmd = self.command();
+        // Tests run side by side: the operators' listener on a port of its own.
+        cmd.env("MESSENGER_CHAT_SERVER__METRICS_LISTEN", "127.0.0.1:0");
+        cmd.arg("serve").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn messenger-chat serve");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let mut lines = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) if line.contains("listening on") => break,
+                Ok(line) => lines.push(line),
+                Err(e) => {
+                    let _ = child.kill();
+                    let out = child.wait_with_output().expect("collect the output");
+                    panic!(
+                        "serve did not start ({e}):\n{}\n{}",
+                        lines.join("\n"),
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+            }
+        }
+        let term = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().expect("run kill");
+        assert!(term.success(), "kill -TERM failed");
+        let run = Run::of(child.wait_with_output().expect("collect the output"));
+        assert!(run.ok, "serve stops cleanly on SIGTERM:\n{}", run.text());
+        run
     }
 
     /// The binary with this data directory, a free port, no homeserver,

@@ -7,7 +7,7 @@ mod server;
 
 pub use client::{Client, Http, Resp};
 pub use fixture::{World, png, png_of_size};
-pub use server::{TestServer, copy_key_beside};
+pub use server::TestServer;
 
 use serde_json::Value;
 

@@ -45,7 +45,7 @@ fn base_env(data_dir: &Path) -> Vec<(String, String)> {
 /// Copies the server key kept beside a database file (`NAME.key` for
 /// `NAME.redb`, as the fixtures keep theirs) into `data_dir` as its
 /// `secret.key`, owner-only: the database starts with its own key only.
-pub fn copy_key_beside(db_file: &Path, data_dir: &Path) {
+fn copy_key_beside(db_file: &Path, data_dir: &Path) {
     use std::os::unix::fs::PermissionsExt;
     let key = db_file.with_extension("key");
     if key.exists() {
