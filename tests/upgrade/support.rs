@@ -131,8 +131,10 @@ impl Data {
         let data = Data::new();
         std::fs::copy(file, data.db()).unwrap_or_else(|e| panic!("copy {}: {e}", file.display()));
         // The key kept beside the file (`NAME.key`, as the fixtures keep
-        // theirs), owner-only: the database starts with its own key only.
-        let key = file.with_extension("key");
+        // theirs, or the `secret.key` of the data directory it is in),
+        // owner-only: the database starts with its own key only.
+        let named = file.with_extension("key");
+        let key = if named.exists() { named } else { file.with_file_name("secret.key") };
         if key.exists() {
             use std::os::unix::fs::PermissionsExt;
             std::fs::copy(&key, data.key()).unwrap_or_else(|e| panic!("copy {}: {e}", key.display()));

@@ -42,20 +42,23 @@ async fn an_older_database_is_migrated_once_and_whole() {
 }
 
 /// A file from a newer release: serve, check and export refuse it, name
-/// the file and both schema versions, and leave every byte as it was.
+/// the file and both schema versions, and leave every record as it was;
+/// serve and check do not write to the file at all.
 #[test]
 fn a_newer_database_is_refused_and_left_as_it_is() {
     let f = &fixtures()[0];
     let data = f.copy();
-    assert!(data.cli(&["check"]).ok, "the fixture migrates to today's schema");
+    assert!(data.cli(&["check"]).ok, "the fixture checks clean");
     let newer = SCHEMA_VERSION + 1;
     set_meta(&data.db(), "schema_version", newer);
     let before = contents(&data.db());
+    let bytes = std::fs::read(data.db()).unwrap();
     let file = data.db().display().to_string();
     let found = format!("schema version {newer}");
     let known = format!("up to {SCHEMA_VERSION}");
     data.serve_refused().refused_saying(&[&file, &found, &known, "newer release"]);
     data.cli(&["check"]).refused_saying(&[&file, &found, &known]);
+    assert!(std::fs::read(data.db()).unwrap() == bytes, "a refused start and check leave every byte as it was");
     data.cli(&["export"]).refused_saying(&[&file, &found]);
     assert_eq!(contents(&data.db()), before, "a refused file holds what it held");
     assert_eq!(meta(&data.db(), "schema_version"), Some(newer));

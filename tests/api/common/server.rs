@@ -43,11 +43,13 @@ fn base_env(data_dir: &Path) -> Vec<(String, String)> {
 }
 
 /// Copies the server key kept beside a database file (`NAME.key` for
-/// `NAME.redb`, as the fixtures keep theirs) into `data_dir` as its
+/// `NAME.redb`, as the fixtures keep theirs, or the `secret.key` of the
+/// data directory it is in) into `data_dir` as its
 /// `secret.key`, owner-only: the database starts with its own key only.
 fn copy_key_beside(db_file: &Path, data_dir: &Path) {
     use std::os::unix::fs::PermissionsExt;
-    let key = db_file.with_extension("key");
+    let named = db_file.with_extension("key");
+    let key = if named.exists() { named } else { db_file.with_file_name("secret.key") };
     if key.exists() {
         let to = data_dir.join("secret.key");
         std::fs::copy(&key, &to).unwrap_or_else(|e| panic!("copy {}: {e}", key.display()));
