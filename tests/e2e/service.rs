@@ -90,12 +90,22 @@ impl Service {
     }
 
     /// Starts a prepared service on a copy of an existing database file,
-    /// which holds its own API token (`api_token`; nothing is printed).
+    /// which holds its own API token (`api_token`; nothing is printed), with
+    /// the key kept beside the file.
     pub fn start_on(mut self, db_file: &std::path::Path, api_token: &str) -> Service {
         let data_dir = self.dir.path().join("data");
         std::fs::create_dir_all(&data_dir).expect("create the data directory");
         std::fs::copy(db_file, data_dir.join("messenger-chat.redb"))
             .unwrap_or_else(|e| panic!("copy {}: {e}", db_file.display()));
+        // The database starts with its own key only: the one kept beside it
+        // (`NAME.key`, as the fixtures keep theirs), owner-only.
+        let key = db_file.with_extension("key");
+        if key.exists() {
+            use std::os::unix::fs::PermissionsExt;
+            let to = data_dir.join("secret.key");
+            std::fs::copy(&key, &to).unwrap_or_else(|e| panic!("copy {}: {e}", key.display()));
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).expect("chmod 600 secret.key");
+        }
         self.api = api_token.to_string();
         self.spawn();
         self
