@@ -232,7 +232,7 @@ mod tests {
             let w = db.begin_write().unwrap();
             w.open_table(T).unwrap().insert(2, 20).unwrap();
             w.commit().unwrap();
-            use redb::{ReadableDatabase, ReadableTable};
+            use redb::ReadableDatabase;
             let r = db.begin_read().unwrap();
             assert_eq!(r.open_table(T).unwrap().get(2).unwrap().unwrap().value(), 20);
         }
