@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Writes the upgrade fixture of the current release: tests/fixtures/schema-<N>.redb
 # (a database with something in every table, made by this release's own code
-# with a pinned clock) and schema-<N>.json (what it holds, and this release's
-# answers for it). tests/upgrade opens every fixture in tests/fixtures with
-# the code of the day, so each release keeps the files its predecessors wrote.
+# with a pinned clock), schema-<N>.json (what it holds, and this release's
+# answers for it) and schema-<N>.key (its server key, whose fingerprint the
+# database records: it starts with that key only). tests/upgrade opens every
+# fixture in tests/fixtures with the code of the day, so each release keeps
+# the files its predecessors wrote.
 #
 #   scripts/write-fixture.sh            write the fixture of this release's schema version
 #   scripts/write-fixture.sh --force    replace it (only while that release is unreleased)
