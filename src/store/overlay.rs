@@ -130,7 +130,8 @@ impl StorageBackend for Overlay {
                 if (st.blocks.len() as u64 + 1) * BLOCK > LIMIT_BYTES {
                     return Err(std::io::Error::other(format!(
                         "checking keeps what redb writes in memory, and this needs more than {} MiB \
-                         (an older file's migration); run the service once to migrate the file, then check it",
+                         (an older file's migration); migrate the file first (start the service once, or run \
+                         `messenger-chat check --repair`, which writes to the file), then check it",
                         LIMIT_BYTES >> 20
                     )));
                 }
