@@ -18,11 +18,12 @@ use std::time::{Duration, Instant};
 use super::ConnState;
 use crate::client_addr::TrustedProxies;
 
-/// Connections looked at, at most, per accept at the cap. A full scan of
-/// thousands of connections per accept would make a flood at the cap cost
-/// quadratic time; 32 finds an idle one unless nearly all are busy, and the
-/// busy ones met go to the back of the list, so repeated looks cover it all.
-const SCAN: usize = 32;
+/// Connections looked at, at most, per accept at the cap (two atomic loads
+/// each, far less than the TLS handshake the accept leads to). A scan of all
+/// of thousands per accept would make a flood at the cap cost quadratic
+/// time; 128 finds an idle one unless nearly all are busy, and the busy ones
+/// met go to the back of the list, so the next looks cover the rest.
+const SCAN: usize = 128;
 const NIL: u32 = u32::MAX;
 
 /// What the connections of one client are counted under: an IPv4 address,
@@ -347,6 +348,21 @@ mod tests {
         let inner = t.lock();
         assert_eq!(inner.open, 1);
         assert_eq!(t.stats.closed_for_room.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn an_idle_connection_behind_many_busy_ones_is_found_by_the_next_looks() {
+        let t = table(300, 0);
+        let conns: Vec<_> = (0..300).map(|_| Arc::new(ConnState::new())).collect();
+        let _held: Vec<_> = conns.iter().map(|c| t.admit(ip("192.0.2.1"), c).unwrap()).collect();
+        let _busy: Vec<_> =
+            conns.iter().enumerate().filter(|(i, _)| *i != 290).map(|(_, c)| c.begin_request()).collect();
+        let new = Arc::new(ConnState::new());
+        // The first look meets 128 busy ones and sends them to the back, the second too; the third finds it.
+        assert_eq!(t.admit(ip("192.0.2.2"), &new).err(), Some(Refusal::Full));
+        assert_eq!(t.admit(ip("192.0.2.2"), &new).err(), Some(Refusal::Full));
+        assert!(t.admit(ip("192.0.2.2"), &new).is_ok());
+        assert!(futures_util::FutureExt::now_or_never(conns[290].evicted()).is_some());
     }
 
     #[test]
