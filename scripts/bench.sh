@@ -135,6 +135,8 @@ start_service() {
         cd "$WORK/cwd"
         export MESSENGER_CHAT_SERVER__LISTEN=127.0.0.1:0
         export MESSENGER_CHAT_SERVER__METRICS_LISTEN=127.0.0.1:0
+        # Every client of this run speaks from 127.0.0.1: no cap per address.
+        export MESSENGER_CHAT_SERVER__MAX_CONNECTIONS_PER_ADDRESS=0
         export MESSENGER_CHAT_STORAGE__DATA_DIR="$WORK/$name"
         export MESSENGER_CHAT_MATRIX__HOMESERVER_URL=http://127.0.0.1:9
         export MESSENGER_CHAT_LOG__LEVEL="$LOG_LEVEL"

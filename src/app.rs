@@ -100,11 +100,9 @@ pub async fn serve(config: Config, config_path: Option<&Path>) -> Result<(), Str
     }
     warn_about_api_tokens(&domain);
     let webhook_tls = crate::webhooks::tls_config(&domain.config.webhooks)?;
-    let front = Arc::new(Front {
-        proxy: if domain.config.proxy.enabled { Some(Proxy::new(&domain.config)?) } else { None },
-        trusted: TrustedProxies::parse(&domain.config.server.trusted_proxies)
-            .map_err(|e| format!("config key server.trusted_proxies: {e}"))?,
-    });
+    let proxy = if domain.config.proxy.enabled { Some(Proxy::new(&domain.config)?) } else { None };
+    let trusted = TrustedProxies::parse(&domain.config.server.trusted_proxies)
+        .map_err(|e| format!("config key server.trusted_proxies: {e}"))?;
     // Registered before the service says it listens: a SIGTERM right after
     // start (an operator, systemd, a test) stops it cleanly instead of killing it.
     let stop = shutdown_signal();
@@ -147,6 +145,7 @@ pub async fn serve(config: Config, config_path: Option<&Path>) -> Result<(), Str
     tokio::spawn(prune_old_events(domain.clone()));
     let kept = domain.clone();
     let state = AppState::new(domain.clone(), sessions, sync);
+    let front = Arc::new(Front { proxy, trusted, conns: state.metrics.connections.clone() });
     // Deliveries end when the stop begins: an attempt cut short is sent again
     // after the restart (at least once), from the stored cursor.
     tokio::spawn(crate::webhooks::run(domain, webhook_tls, state.stopping.subscribe()));

@@ -94,7 +94,9 @@ impl TrustedProxies {
         entries.iter().map(|e| IpNet::parse(e)).collect::<Result<_, _>>().map(TrustedProxies)
     }
 
-    fn trusts(&self, ip: IpAddr) -> bool {
+    /// Whether `ip` is one of the trusted proxies.
+    #[must_use]
+    pub fn trusts(&self, ip: IpAddr) -> bool {
         self.0.iter().any(|net| net.contains(ip))
     }
 

@@ -41,11 +41,21 @@ pub struct EventsConfig {
     /// Long polls (`GET /v1/events?wait=`) waiting at once, over all
     /// callers; beyond it a long poll is answered 503 with Retry-After.
     pub max_waiters: u32,
+    /// The share of `max_waiters`, in percent, that one caller other than
+    /// an API token (a user, all of its personal access tokens together)
+    /// may hold, at least one place; beyond it 429 with Retry-After. One
+    /// user's polls then cannot take every place.
+    pub caller_share_percent: u32,
+    /// The share of `max_waiters`, in percent, kept for API tokens:
+    /// personal access tokens together hold at most the rest, so the
+    /// backend's own polls always find a place (none is kept when
+    /// `max_waiters` is 1).
+    pub api_token_reserve_percent: u32,
 }
 
 impl Default for EventsConfig {
     fn default() -> Self {
-        Self { retention_days: 90, max_waiters: 256 }
+        Self { retention_days: 90, max_waiters: 256, caller_share_percent: 10, api_token_reserve_percent: 25 }
     }
 }
 
@@ -187,10 +197,23 @@ pub struct ServerConfig {
     /// A connection with no request in flight is closed after this many
     /// seconds (HTTP/2: sent GOAWAY).
     pub idle_timeout_secs: u64,
-    /// Open connections at most; beyond it a new one is closed right after
-    /// accept. Each takes a file descriptor (two while proxied), so the
-    /// process's open-file limit must be above twice this.
+    /// Open connections at most. At the cap, the connection without a
+    /// request in flight (in its TLS handshake, waiting for its first
+    /// request, or idle) that has waited longest is closed to make room;
+    /// only when every one has a request in flight is a new one closed right
+    /// after accept. Each takes a file descriptor (two while proxied), so
+    /// the process's open-file limit must be above twice this.
     pub max_connections: usize,
+    /// Open connections from one client address; beyond it a new one is
+    /// closed right after accept, before TLS. An IPv4 address counts alone,
+    /// an IPv6 address by its /64: one host usually holds a whole /64 and
+    /// could otherwise open each connection from an address of its own.
+    /// Peers in `trusted_proxies` are not counted: a reverse proxy carries
+    /// many clients. The default (256) lets a NAT or a backend's connection
+    /// pool through while one address holds at most a sixteenth of the
+    /// default `max_connections`, so one client cannot take every slot.
+    /// 0 turns the cap off.
+    pub max_connections_per_address: usize,
     /// Requests (streams) one HTTP/2 connection may have in flight at once.
     pub h2_max_concurrent_streams: u32,
     /// Largest request head (request line and headers), in bytes: 431 above
@@ -211,6 +234,7 @@ impl Default for ServerConfig {
             body_timeout_secs: 30,
             idle_timeout_secs: 60,
             max_connections: 4096,
+            max_connections_per_address: 256,
             h2_max_concurrent_streams: 100,
             max_header_bytes: 32 * 1024,
         }
@@ -634,6 +658,9 @@ impl Config {
         if !(1..=1_000_000).contains(&self.server.max_connections) {
             return bad("server.max_connections", "must be between 1 and 1000000".into());
         }
+        if self.server.max_connections_per_address > 1_000_000 {
+            return bad("server.max_connections_per_address", "must be between 0 (no cap) and 1000000".into());
+        }
         if !(1..=10_000).contains(&self.server.h2_max_concurrent_streams) {
             return bad("server.h2_max_concurrent_streams", "must be between 1 and 10000".into());
         }
@@ -741,6 +768,18 @@ impl Config {
         }
         if !(1..=100_000).contains(&self.events.max_waiters) {
             return bad("events.max_waiters", format!("must be between 1 and 100000, got {}", self.events.max_waiters));
+        }
+        if !(1..=100).contains(&self.events.caller_share_percent) {
+            return bad(
+                "events.caller_share_percent",
+                format!("must be between 1 and 100, got {}", self.events.caller_share_percent),
+            );
+        }
+        if self.events.api_token_reserve_percent > 90 {
+            return bad(
+                "events.api_token_reserve_percent",
+                format!("must be between 0 and 90, got {}", self.events.api_token_reserve_percent),
+            );
         }
         let w = &self.webhooks;
         if !(1..=10_000).contains(&w.max_webhooks) {
@@ -978,6 +1017,11 @@ mod tests {
         c.server.max_connections = 0;
         assert!(c.validate().unwrap_err().0.contains("server.max_connections"));
         let mut c = Config::default();
+        c.server.max_connections_per_address = 1_000_001;
+        assert!(c.validate().unwrap_err().0.contains("server.max_connections_per_address"));
+        c.server.max_connections_per_address = 0;
+        c.validate().unwrap();
+        let mut c = Config::default();
         c.server.max_header_bytes = 4096;
         assert!(c.validate().unwrap_err().0.contains("server.max_header_bytes"));
     }
@@ -1002,12 +1046,33 @@ mod tests {
         for (retention_days, max_waiters, key) in
             [(0, 1, "events.retention_days"), (36_501, 1, "events.retention_days"), (90, 0, "events.max_waiters")]
         {
-            let c = Config { events: EventsConfig { retention_days, max_waiters }, ..Config::default() };
+            let c = Config {
+                events: EventsConfig { retention_days, max_waiters, ..EventsConfig::default() },
+                ..Config::default()
+            };
+            assert!(c.validate().unwrap_err().0.contains(key), "{key}");
+        }
+        for (share, reserve, key) in [
+            (0, 25, "events.caller_share_percent"),
+            (101, 25, "events.caller_share_percent"),
+            (10, 91, "events.api_token_reserve_percent"),
+        ] {
+            let events = EventsConfig {
+                caller_share_percent: share,
+                api_token_reserve_percent: reserve,
+                ..EventsConfig::default()
+            };
+            let c = Config { events, ..Config::default() };
             assert!(c.validate().unwrap_err().0.contains(key), "{key}");
         }
         // The shipped file states the defaults.
         let shipped = Config::load(Some(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config.toml")))).unwrap();
-        assert_eq!((shipped.events.retention_days, shipped.events.max_waiters), (90, 256));
+        let (e, d) = (shipped.events, EventsConfig::default());
+        assert_eq!((e.retention_days, e.max_waiters), (90, 256));
+        assert_eq!(
+            (e.caller_share_percent, e.api_token_reserve_percent),
+            (d.caller_share_percent, d.api_token_reserve_percent)
+        );
     }
 
     #[test]

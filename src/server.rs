@@ -24,13 +24,17 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use warp::Filter;
 
 use crate::client_addr::TrustedProxies;
 use crate::config::{Config, ServerConfig as ServerSection};
 use crate::proxy::{AnyBody, BoxError, Proxy, box_error};
+
+mod slots;
+
+pub use slots::{AddrKey, ConnStats};
+use slots::{Refusal, Slots};
 
 /// What happens to a request before the API sees it: its client address
 /// is computed (and put into its extensions as a
@@ -40,6 +44,8 @@ use crate::proxy::{AnyBody, BoxError, Proxy, box_error};
 pub struct Front {
     pub proxy: Option<Proxy>,
     pub trusted: TrustedProxies,
+    /// The connection counts shown in `/metrics`.
+    pub conns: Arc<ConnStats>,
 }
 
 /// Why TLS cannot be set up.
@@ -160,6 +166,8 @@ pub struct ConnLimits {
     /// A connection with no request in flight; a client that reads nothing of an answer.
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    /// 0: no cap per address.
+    pub max_connections_per_address: usize,
     pub h2_max_concurrent_streams: u32,
     pub max_header_bytes: u32,
 }
@@ -172,6 +180,7 @@ impl ConnLimits {
             body_timeout: Duration::from_secs(c.body_timeout_secs),
             idle_timeout: Duration::from_secs(c.idle_timeout_secs),
             max_connections: c.max_connections,
+            max_connections_per_address: c.max_connections_per_address,
             h2_max_concurrent_streams: c.h2_max_concurrent_streams,
             max_header_bytes: c.max_header_bytes,
         }
@@ -216,11 +225,22 @@ pub async fn serve<F, R>(
 {
     warn_if_few_files(limits.max_connections);
     let builder = Arc::new(limits.builder());
-    // One permit per open connection, held until it is closed: the cap, and
-    // at shutdown the way to wait for every connection to end.
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let slots = Arc::new(Slots::new(
+        limits.max_connections,
+        limits.max_connections_per_address,
+        front.trusted.clone(),
+        front.conns.clone(),
+    ));
+    // Each connection's task holds a sender: once all are dropped, every
+    // connection has ended (the way to wait for them at shutdown).
+    let (alive, mut all_ended) = tokio::sync::mpsc::channel::<()>(1);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut refused = Throttled::new("connections refused: server.max_connections open already");
+    let mut refused_address =
+        Throttled::new("connections refused: server.max_connections_per_address open from one address already");
+    let mut made_room = Throttled::new(
+        "connections closed to make room: server.max_connections open, the one idle longest is closed for a new one",
+    );
     let mut failed = Throttled::new("accept failed");
     let mut backoff = ACCEPT_BACKOFF_MIN;
     tokio::pin!(shutdown);
@@ -242,11 +262,25 @@ pub async fn serve<F, R>(
             },
             () = &mut shutdown => break,
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            // Refused before the TLS handshake: a refusal costs an accept and a close.
-            drop(tcp);
-            refused.note(&format_args!("{} open", limits.max_connections));
-            continue;
+        let conn_state = Arc::new(ConnState::new());
+        // Refused before the TLS handshake: a refusal costs an accept and a close.
+        let slot = match slots.admit(peer.ip(), &conn_state) {
+            Ok((slot, closed_other)) => {
+                if closed_other {
+                    made_room.note(&format_args!("{} open", limits.max_connections));
+                }
+                slot
+            }
+            Err(Refusal::Address(key)) => {
+                drop(tcp);
+                refused_address.note(&format_args!("{key} has {} open", limits.max_connections_per_address));
+                continue;
+            }
+            Err(Refusal::Full) => {
+                drop(tcp);
+                refused.note(&format_args!("{} open, each with a request in flight", limits.max_connections));
+                continue;
+            }
         };
         let _ = tcp.set_nodelay(true);
         let svc = warp::service(filter.clone());
@@ -254,16 +288,24 @@ pub async fn serve<F, R>(
         let builder = builder.clone();
         let stop = stop_rx.clone();
         let acceptor = tls.as_ref().map(|t| t.acceptor());
+        let alive = alive.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            let _alive = alive;
+            let _slot = slot;
+            let conn = (peer, conn_state);
             let Some(acceptor) = acceptor else {
-                return serve_connection(tcp, false, false, &builder, svc, front, peer, limits, stop).await;
+                return serve_connection(tcp, false, false, &builder, svc, front, conn, limits, stop).await;
             };
-            // A handshake is not a request in flight: a stopping server does not wait for it.
+            // A handshake is not a request in flight: a stopping server does
+            // not wait for it, and it may be closed to make room.
             let mut stopped = stop.clone();
             let handshake = tokio::select! {
                 done = tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp)) => done,
                 () = stopping(&mut stopped) => return,
+                () = conn.1.evicted() => {
+                    tracing::debug!(%peer, "closing the connection in its TLS handshake: room for a new one");
+                    return;
+                }
             };
             let stream = match handshake {
                 Ok(Ok(s)) => s,
@@ -277,14 +319,14 @@ pub async fn serve<F, R>(
                 }
             };
             let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
-            serve_connection(stream, true, h2, &builder, svc, front, peer, limits, stop).await;
+            serve_connection(stream, true, h2, &builder, svc, front, conn, limits, stop).await;
         });
     }
     drop(listener);
     let _ = stop_tx.send(true);
-    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    drop(alive);
     tokio::select! {
-        _ = permits.acquire_many(all) => {}
+        _ = all_ended.recv() => {}
         () = tokio::time::sleep(grace) => {
             tracing::warn!("in-flight requests did not finish within the shutdown grace period");
         }
@@ -354,7 +396,7 @@ async fn serve_connection<I, S, B>(
     builder: &auto::Builder<TokioExecutor>,
     svc: S,
     front: Arc<Front>,
-    peer: SocketAddr,
+    (peer, conn_state): (SocketAddr, Arc<ConnState>),
     limits: ConnLimits,
     stop: tokio::sync::watch::Receiver<bool>,
 ) where
@@ -367,7 +409,7 @@ async fn serve_connection<I, S, B>(
     B: http_body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let conn_state = Arc::new(ConnState::new(h2));
+    conn_state.handshake_done(h2);
     let io = Watched::new(io, conn_state.clone(), limits.header_timeout);
     let state = conn_state.clone();
     let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
@@ -413,7 +455,8 @@ async fn serve_connection<I, S, B>(
         },
     };
     tracing::debug!(%peer, ?why, "closing the connection");
-    if matches!(why, Expired::SlowHead | Expired::WriteStalled) {
+    let head_begun = conn_state.head_since.load(Ordering::Acquire) != 0;
+    if matches!(why, Expired::SlowHead | Expired::WriteStalled) || (why == Expired::Evicted && head_begun) {
         // A graceful close would wait for the head to end, or for the very
         // write that does not move.
         return;
@@ -455,6 +498,7 @@ async fn guard(
 ) {
     let signal = tokio::select! {
         why = watchdog(&state, &limits) => Signal::Expired(why),
+        () = state.evicted() => Signal::Expired(Expired::Evicted),
         () = stopping(&mut stop) => Signal::Stop,
         () = tx.closed() => return,
     };
@@ -486,6 +530,9 @@ enum Expired {
     Idle,
     /// An answer the client has not read any of for `idle_timeout`.
     WriteStalled,
+    /// No request in flight, and the server at `max_connections`: closed
+    /// to make room for a new connection.
+    Evicted,
 }
 
 /// Waits until one of the connection's timeouts expires. Request bodies
@@ -530,14 +577,16 @@ async fn watchdog(state: &ConnState, limits: &ConnLimits) -> Expired {
 /// What one connection's pieces (the I/O, the requests, the watchdog) share.
 /// Times are milliseconds since `base` plus one, so that 0 means "never".
 struct ConnState {
+    /// The accept.
     base: Instant,
     /// HTTP/2: bytes between requests are frames (pings, settings), not a head.
-    h2: bool,
+    h2: AtomicBool,
     /// Requests whose answer is not yet sent.
     in_flight: AtomicUsize,
     /// A request was seen on this connection.
     served: AtomicBool,
-    /// When `in_flight` last dropped to 0 (at first: the end of the TLS handshake).
+    /// When `in_flight` last dropped to 0 (at first: the accept, then the
+    /// end of the TLS handshake).
     idle_since: AtomicU64,
     /// HTTP/1: when the first byte of the next head arrived after an idle spell.
     head_since: AtomicU64,
@@ -549,13 +598,15 @@ struct ConnState {
     linger: AtomicBool,
     /// That answer is out (close_notify and FIN sent); the drain is under way.
     draining: AtomicBool,
+    /// Told when the connection is to close to make room for a new one.
+    evict: tokio::sync::Notify,
 }
 
 impl ConnState {
-    fn new(h2: bool) -> Self {
+    fn new() -> Self {
         ConnState {
             base: Instant::now(),
-            h2,
+            h2: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             served: AtomicBool::new(false),
             idle_since: AtomicU64::new(1),
@@ -564,7 +615,14 @@ impl ConnState {
             body_done: AtomicBool::new(false),
             linger: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            evict: tokio::sync::Notify::new(),
         }
+    }
+
+    /// The TLS handshake is done (or there is none): the first request head is due.
+    fn handshake_done(&self, h2: bool) {
+        self.h2.store(h2, Ordering::Relaxed);
+        self.idle_since.store(self.now_ms(), Ordering::Release);
     }
 
     fn now_ms(&self) -> u64 {
@@ -575,7 +633,7 @@ impl ConnState {
     fn on_read(&self) {
         // Only the first byte after an idle spell matters; the loads keep the
         // common case (a request in flight) to two relaxed reads.
-        if self.h2
+        if self.h2.load(Ordering::Relaxed)
             || self.in_flight.load(Ordering::Relaxed) > 0
             || self.head_since.load(Ordering::Relaxed) != 0
             || self.linger.load(Ordering::Relaxed)

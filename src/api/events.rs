@@ -79,16 +79,7 @@ async fn get_events(state: AppState, p: Principal, query: String) -> Handled {
     if !page.events.is_empty() || q.wait.is_zero() {
         return Ok(answer(&page));
     }
-    let Ok(_permit) = state.event_waiters.clone().try_acquire_owned() else {
-        return Err(Error::Overloaded {
-            detail: format!(
-                "{} long polls are waiting already (events.max_waiters): retry, or poll without wait",
-                d.config.events.max_waiters
-            ),
-            retry_after_secs: 1,
-        }
-        .into());
-    };
+    let _place = state.event_waiters.take(p)?;
     let mut stopping = state.stopping.subscribe();
     let deadline = tokio::time::Instant::now() + q.wait;
     while !*stopping.borrow_and_update() {

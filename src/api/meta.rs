@@ -8,6 +8,7 @@
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -100,6 +101,8 @@ pub struct Metrics {
     /// today): the only counters behind a lock.
     other_statuses: std::sync::Mutex<std::collections::BTreeMap<(usize, u16), u64>>,
     latency: Vec<RouteLatency>,
+    /// The public listener's connections: open, refused, closed to make room.
+    pub connections: Arc<crate::server::ConnStats>,
 }
 
 /// The statuses the service answers, counted per route without a lock: a
@@ -122,6 +125,7 @@ impl Default for Metrics {
         Metrics {
             other_statuses: std::sync::Mutex::default(),
             latency: (0..=ROUTES.len()).map(|_| RouteLatency::default()).collect(),
+            connections: Arc::default(),
         }
     }
 }
@@ -330,8 +334,8 @@ fn metrics(state: AppState) -> Response {
         let _ = writeln!(out, "messenger_chat_events_last_id {last}");
     }
     webhook_metrics(&state, &mut out);
-    let waiting =
-        (state.domain.config.events.max_waiters as usize).saturating_sub(state.event_waiters.available_permits());
+    connection_metrics(&m.connections, &mut out);
+    let waiting = state.event_waiters.waiting();
     out.push_str("# HELP messenger_chat_event_polls_waiting Long polls of /v1/events waiting (events.max_waiters bounds them).\n");
     out.push_str("# TYPE messenger_chat_event_polls_waiting gauge\n");
     let _ = writeln!(out, "messenger_chat_event_polls_waiting {waiting}");
@@ -369,6 +373,20 @@ fn metrics(state: AppState) -> Response {
 
 /// Webhook deliveries since start, webhooks marked failing, and the events
 /// not yet handled by the webhooks still sending.
+fn connection_metrics(c: &crate::server::ConnStats, out: &mut String) {
+    let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    out.push_str("# HELP messenger_chat_connections_open Open connections of the HTTPS listener (server.max_connections bounds them).\n");
+    out.push_str("# TYPE messenger_chat_connections_open gauge\n");
+    let _ = writeln!(out, "messenger_chat_connections_open {}", n(&c.open));
+    out.push_str("# HELP messenger_chat_connections_refused_total Connections closed right after accept, by reason: address (server.max_connections_per_address) or full (server.max_connections, none idle).\n");
+    out.push_str("# TYPE messenger_chat_connections_refused_total counter\n");
+    let _ = writeln!(out, "messenger_chat_connections_refused_total{{reason=\"address\"}} {}", n(&c.refused_address));
+    let _ = writeln!(out, "messenger_chat_connections_refused_total{{reason=\"full\"}} {}", n(&c.refused_full));
+    out.push_str("# HELP messenger_chat_connections_closed_for_room_total Connections without a request in flight closed at server.max_connections to admit a new one.\n");
+    out.push_str("# TYPE messenger_chat_connections_closed_for_room_total counter\n");
+    let _ = writeln!(out, "messenger_chat_connections_closed_for_room_total {}", n(&c.closed_for_room));
+}
+
 fn webhook_metrics(state: &AppState, out: &mut String) {
     let stats = &state.domain.webhook_stats;
     out.push_str("# HELP messenger_chat_webhook_deliveries_total Webhook delivery attempts since start, by outcome.\n");

@@ -12,6 +12,7 @@ pub mod rooms;
 pub mod routes;
 pub mod user;
 pub mod views;
+pub mod waiters;
 pub mod webhooks;
 
 use std::convert::Infallible;
@@ -47,8 +48,8 @@ pub struct State {
     pub credentials_limit: Arc<limits::RateLimiter>,
     /// The latest homeserver check, for `/readyz`.
     pub readiness: Arc<meta::Readiness>,
-    /// Places for long polls of `/v1/events` (`events.max_waiters`).
-    pub event_waiters: Arc<tokio::sync::Semaphore>,
+    /// Places for long polls of `/v1/events` (`events.max_waiters`), shared fairly.
+    pub event_waiters: Arc<waiters::Waiters>,
     /// Set when the service begins to stop: long polls answer at once
     /// rather than hold the shutdown for up to their `wait`.
     pub stopping: tokio::sync::watch::Sender<bool>,
@@ -71,7 +72,7 @@ impl AppState {
             Duration::from_secs(l.credentials_refill_secs),
         ));
         let readiness = Arc::new(meta::Readiness::new(sessions.homeserver().is_some()));
-        let event_waiters = Arc::new(tokio::sync::Semaphore::new(domain.config.events.max_waiters as usize));
+        let event_waiters = Arc::new(waiters::Waiters::new(&domain.config.events));
         AppState(Arc::new(State {
             domain,
             metrics: Arc::new(meta::Metrics::default()),

@@ -209,6 +209,18 @@ pub fn check_url(url: &str, config: &WebhooksConfig) -> Result<Target> {
     if host.is_empty() {
         return Err(bad("must name a host".into()));
     }
+    if let Some((_, zone)) = host.split_once('%') {
+        // `[fe80::1%eth0]` (or `%25eth0`) names an interface of this host,
+        // which no address rule can judge: never a receiver's address.
+        return Err(bad(if authority.host().starts_with('[') {
+            format!(
+                "names the address {host} with a zone id (%{zone}): an address tied to a network interface is \
+                 never a webhook receiver; give a host name or an address without the zone"
+            )
+        } else {
+            format!("names the host {host:?}, which is not a DNS name (no % in a host name)")
+        }));
+    }
     let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
     let ip: Option<IpAddr> = host.parse().ok();
     let loopback_name = host == "localhost" || host.ends_with(".localhost");
@@ -386,6 +398,9 @@ mod tests {
             ("https://localhost/", "allow_loopback"),
             ("https://0.0.0.0/", "unspecified"),
             ("https://user:pw@example.com/", "user name"),
+            ("https://[::1%lo]/", "zone id"),
+            ("https://[fe80::1%25eth0]/", "zone id"),
+            ("https://[fd00::2%eth0]:8443/x", "zone id"),
         ] {
             let e = check_url(url, &c).unwrap_err().to_string();
             assert!(e.contains(rule), "{url}: {e}");

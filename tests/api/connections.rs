@@ -50,7 +50,7 @@ fn start() -> TestServer {
 
 /// A TLS client configuration that trusts only the server's certificate,
 /// offering `alpn` (nothing when empty).
-fn tls_config(srv: &TestServer, alpn: &[u8]) -> rustls::ClientConfig {
+pub(crate) fn tls_config(srv: &TestServer, alpn: &[u8]) -> rustls::ClientConfig {
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(srv.data_dir().join("tls").join("cert.pem")).expect("the certificate") {
         roots.add(cert.expect("a PEM certificate")).expect("a usable certificate");
@@ -66,7 +66,7 @@ fn tls_config(srv: &TestServer, alpn: &[u8]) -> rustls::ClientConfig {
     config
 }
 
-fn authority(srv: &TestServer) -> String {
+pub(crate) fn authority(srv: &TestServer) -> String {
     srv.url.strip_prefix("https://").expect("an https URL").to_string()
 }
 
@@ -75,7 +75,7 @@ async fn tls(srv: &TestServer, alpn: &[u8]) -> TlsStream<TcpStream> {
     try_tls(srv, alpn).await.unwrap_or_else(|e| panic!("connect to {}: {e}", srv.url))
 }
 
-async fn try_tls(srv: &TestServer, alpn: &[u8]) -> Result<TlsStream<TcpStream>, String> {
+pub(crate) async fn try_tls(srv: &TestServer, alpn: &[u8]) -> Result<TlsStream<TcpStream>, String> {
     let tcp = TcpStream::connect(authority(srv)).await.map_err(|e| format!("TCP connect: {e}"))?;
     let connect = TlsConnector::from(Arc::new(tls_config(srv, alpn)))
         .connect(ServerName::try_from("localhost").expect("a name"), tcp);
@@ -97,15 +97,15 @@ fn chunks(
 
 /// One HTTP/1.1 answer as read off the wire.
 #[derive(Debug)]
-struct Answer {
-    status: u16,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
     /// Header names in lower case.
     headers: Vec<(String, String)>,
-    body: String,
+    pub(crate) body: String,
 }
 
 impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 
@@ -125,7 +125,10 @@ impl Answer {
 }
 
 /// Reads one answer (with a `Content-Length`) within `within`.
-async fn read_answer<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, within: Duration) -> Result<Answer, String> {
+pub(crate) async fn read_answer<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    within: Duration,
+) -> Result<Answer, String> {
     tokio::time::timeout(within, read_answer_now(stream)).await.map_err(|_| format!("no answer within {within:?}"))?
 }
 
@@ -155,7 +158,10 @@ async fn read_answer_now<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Res
 }
 
 /// Waits (at most `limit`) for the server to close the connection; how long it took.
-async fn closed_within<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, limit: Duration) -> Option<Duration> {
+pub(crate) async fn closed_within<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    limit: Duration,
+) -> Option<Duration> {
     let started = Instant::now();
     let mut sink = [0u8; 4096];
     tokio::time::timeout(limit, async {
@@ -171,7 +177,7 @@ async fn closed_within<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, limit: D
 }
 
 /// A request head for `path` on the test server.
-fn head(srv: &TestServer, method: &str, path: &str, extra: &[(&str, &str)]) -> String {
+pub(crate) fn head(srv: &TestServer, method: &str, path: &str, extra: &[(&str, &str)]) -> String {
     let mut h = format!("{method} {path} HTTP/1.1\r\nhost: {}\r\n", authority(srv));
     for (n, v) in extra {
         h.push_str(&format!("{n}: {v}\r\n"));
@@ -607,19 +613,27 @@ async fn sigterm_waits_for_requests_in_flight_only() {
     drop((no_tls, silent, slow, upload));
 }
 
-/// Connections beyond `server.max_connections` are closed at once, with a
-/// warning now and then rather than a line each; once connections close,
-/// new ones are served again.
+/// Connections beyond `server.max_connections`, while every open one has a
+/// request in flight (none can be closed to make room), are closed at once,
+/// with a warning now and then rather than a line each; once connections
+/// close, new ones are served again.
 #[tokio::test]
 async fn connections_beyond_max_connections_are_refused() {
     let srv = TestServer::start_with(&[
         ("MESSENGER_CHAT_SERVER__MAX_CONNECTIONS", "3"),
         ("MESSENGER_CHAT_SERVER__HEADER_TIMEOUT_SECS", "30"),
     ]);
+    let last = srv.get("/v1/events?limit=1000", &srv.api_token).await.expect(200)["next"].as_u64().unwrap();
+    let auth = format!("Bearer {}", srv.api_token);
+    let poll = head(&srv, "GET", &format!("/v1/events?after={last}&wait=30"), &[("authorization", &auth)]);
     let mut held = Vec::new();
     for _ in 0..3 {
-        held.push(tls(&srv, b"http/1.1").await);
+        let mut conn = tls(&srv, b"http/1.1").await;
+        conn.write_all(poll.as_bytes()).await.unwrap();
+        held.push(conn);
     }
+    // The polls are in flight before the next connections come.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     for i in 0..20 {
         let refused = try_tls(&srv, b"http/1.1").await;
         let served = match refused {

@@ -225,6 +225,42 @@ async fn long_polls_beyond_the_limit_are_refused() {
     assert_eq!(page.expect(200)["events"][0]["type"], "organization.created");
 }
 
+/// One user's long polls hold at most its share of `events.max_waiters`
+/// (beyond it 429 with Retry-After, naming the key), so the API token's own
+/// poll still finds a place and waits for the next event.
+#[tokio::test]
+async fn one_callers_long_polls_do_not_starve_the_api_token() {
+    let srv = TestServer::start_with(&[("MESSENGER_CHAT_EVENTS__MAX_WAITERS", "8")]);
+    let w = World::new(&srv).await;
+    let last = all_events(&srv, &w.api, "", 0).await.last().unwrap()["id"].as_u64().unwrap();
+    let last_of_1 = all_events(&srv, &w.api, "organization_id=1", 0).await.last().unwrap()["id"].as_u64().unwrap();
+    let owners = format!("/v1/events?organization_id=1&after={last_of_1}&wait=20");
+    let mut polls: futures_util::stream::FuturesUnordered<_> =
+        (0..10).map(|_| srv.get(&owners, &w.owner.token)).collect();
+    // The refused ones answer at once; the waiting ones stay in `polls`.
+    let mut refused = Vec::new();
+    while let Ok(Some(r)) =
+        tokio::time::timeout(Duration::from_secs(3), futures_util::StreamExt::next(&mut polls)).await
+    {
+        refused.push(r);
+    }
+    assert_eq!((polls.len(), refused.len()), (1, 9), "one place of 8 for one user (events.caller_share_percent = 10)");
+    for r in &refused {
+        assert_eq!(r.header("retry-after"), "1");
+        assert!(r.expect_problem(429).contains("events.caller_share_percent"), "{}", r.text);
+    }
+    // The backend's poll waits for the next event, as does the owner's.
+    let backend = format!("/v1/events?after={last}&wait=20");
+    let api = srv.get(&backend, &w.api);
+    tokio::pin!(api);
+    assert!(tokio::time::timeout(Duration::from_secs(1), &mut api).await.is_err(), "the API token's poll waits");
+    srv.put("/v1/organizations/1", &w.api, Some(json!({"name": "Acme Corp"}))).await.expect(200);
+    let page = api.await;
+    assert!(!page.expect(200)["events"].as_array().unwrap().is_empty(), "{}", page.text);
+    let owner = futures_util::StreamExt::next(&mut polls).await.expect("the owner's waiting poll");
+    assert!(!owner.expect(200)["events"].as_array().unwrap().is_empty(), "{}", owner.text);
+}
+
 /// kill -9 in the middle of a burst of writes: after the restart, every
 /// change the service acknowledged has its event, in the order of the
 /// acknowledgements of each writer.

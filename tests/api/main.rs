@@ -13,6 +13,7 @@ mod auth;
 mod automation;
 mod connections;
 mod events;
+mod fair;
 mod limits;
 mod matrix;
 mod openapi;

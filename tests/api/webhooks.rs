@@ -544,6 +544,28 @@ async fn bad_webhooks_and_callers_are_refused() {
     srv.delete("/v1/webhooks/good", &w.api, None).await.expect_problem(404);
 }
 
+/// An IPv6 address with a zone id (`%lo`, `%eth0`, or `%25eth0` as RFC 6874
+/// writes it) names an interface of the service's own host: refused with
+/// 422 at PUT whatever the address rules allow, and nothing is stored.
+#[tokio::test]
+async fn webhook_urls_with_a_zone_id_are_refused() {
+    let srv = TestServer::start_with(&[
+        ("MESSENGER_CHAT_WEBHOOKS__ALLOW_LOOPBACK", "true"),
+        ("MESSENGER_CHAT_WEBHOOKS__ALLOW_PRIVATE", "true"),
+    ]);
+    let api = srv.api_token.clone();
+    let put = |url: &str| json!({"url": url, "eventTypes": ["room.*"]});
+    for url in
+        ["https://[::1%lo]/", "https://[fe80::1%lo]/in", "https://[fd00::2%eth0]:8443/in", "https://[fe80::1%25eth0]/"]
+    {
+        let detail = srv.put("/v1/webhooks/zoned", &api, Some(put(url))).await.expect_problem(422);
+        assert!(detail.contains("zone id"), "{url}: {detail}");
+    }
+    srv.get("/v1/webhooks/zoned", &api).await.expect_problem(404);
+    // The same addresses without a zone pass the rules this server allows.
+    srv.put("/v1/webhooks/plain", &api, Some(put("https://[fd00::2]:8443/in"))).await.expect(201);
+}
+
 /// A plain-http receiver on loopback that answers as HTTP/1.0 servers do
 /// (the answer, then the connection closed, as Python's `http.server`
 /// does): each event is delivered once, not retried as failed.
