@@ -361,3 +361,29 @@ mod tests {
         assert!(!is_redb_source("/x/redbox/src/lib.rs"));
     }
 }
+
+#[cfg(test)]
+mod store_tests {
+    use super::super::{Read as _, Store, StoreError};
+    use crate::model::Organization;
+
+    #[test]
+    fn a_panic_in_a_write_marks_the_store_damaged_and_no_later_write_reaches_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.redb");
+        let store = Store::open(&path, 1 << 20).unwrap();
+        let org = |id| Organization { id, name: format!("org {id}"), created_at: 0 };
+        store.write(|w| w.put_org(&org(1))).unwrap();
+
+        let hit: Result<(), StoreError> = store.write(|_| panic!("a page it cannot read"));
+        assert!(matches!(hit, Err(StoreError::Damaged(ref why)) if why.contains("cannot read")), "{hit:?}");
+        assert!(!store.health().writable());
+        let before = std::fs::read(&path).unwrap();
+        let refused = store.write(|w| w.put_org(&org(2)));
+        let Err(refused @ StoreError::WritesRefused { .. }) = refused else { panic!("{refused:?}") };
+        assert!(refused.to_string().contains(&path.display().to_string()), "{refused}");
+        assert_eq!(std::fs::read(&path).unwrap(), before, "a refused write reached the file");
+        assert!(store.read().unwrap().org(1).unwrap().is_some(), "reads go on");
+        assert_eq!(store.health().damage_events(), 1);
+    }
+}
