@@ -220,7 +220,7 @@ pub enum IoSeen {
     NoSpace,
     /// redb refuses because an earlier operation failed (it wants a reopen).
     PreviousIo,
-    /// Another I/O failure.
+    /// Another I/O failure (redb refuses everything after it, too).
     Other,
     /// A page that cannot be read.
     Corrupted,
@@ -254,8 +254,10 @@ pub(crate) fn seen(e: &redb::StorageError) {
             IoSeen::Corrupted
         }
         redb::StorageError::Io(io) if is_no_space(io) => IoSeen::NoSpace,
+        redb::StorageError::Io(_) => IoSeen::Other,
         redb::StorageError::PreviousIo => IoSeen::PreviousIo,
-        _ => IoSeen::Other,
+        // A value too large, a closed database: nothing to reopen for.
+        _ => return,
     };
     // No space outranks what followed it (redb answers PreviousIo after it).
     SEEN.with(|s| {

@@ -291,10 +291,11 @@ impl Store {
         // Taken before the snapshot begins: a commit this snapshot misses
         // moves the generation on after this load, never before it.
         let token_generation = self.token_generation.load(Ordering::Acquire);
-        let txn = self.db.get()?.begin_read().map_err(StoreError::from);
+        let db = self.db.get()?;
+        let txn = db.begin_read().map_err(StoreError::from);
         if matches!(txn, Err(StoreError::Reopening)) {
             // A failed operation left redb refusing everything until a reopen.
-            self.db.reopen_soon();
+            self.db.reopen_soon(slot::Slot::id(&db));
         }
         Ok(Reader { txn: txn?, token_generation })
     }
@@ -327,12 +328,13 @@ impl Store {
             return Err(refused.into());
         }
         let db = self.db.get()?;
+        let id = slot::Slot::id(&db);
         health::watch_io();
         let outcome = catch_unwind(AssertUnwindSafe(|| self.write_in(&db, f)));
         drop(db);
         match outcome {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(self.after_failed_write().map_or(e, E::from)),
+            Ok(Err(e)) => Err(self.after_failed_write(id).map_or(e, E::from)),
             Err(panic) => {
                 let why = health::panic_text(panic.as_ref());
                 self.db.health.mark_damaged(&why);
@@ -344,7 +346,7 @@ impl Store {
     /// What a failed write did to the store: damage marks it; a full disk
     /// (or redb refusing after a failure) reopens the database, and the
     /// write is answered as a full disk while writes wait for space.
-    fn after_failed_write(&self) -> Option<StoreError> {
+    fn after_failed_write(&self, db: usize) -> Option<StoreError> {
         let health = &self.db.health;
         match health::take_io()? {
             health::IoSeen::Corrupted => {
@@ -353,11 +355,11 @@ impl Store {
             }
             health::IoSeen::NoSpace => {
                 health.mark_disk_full();
-                self.db.reopen_soon();
+                self.db.reopen_soon(db);
                 health.refusal()
             }
             health::IoSeen::PreviousIo | health::IoSeen::Other => {
-                self.db.reopen_soon();
+                self.db.reopen_soon(db);
                 health.refusal()
             }
         }

@@ -13,7 +13,7 @@
 
 use std::io::Write as _;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -44,6 +44,9 @@ pub struct Slot {
     recovering: AtomicBool,
     /// A failure asked for a reopen since the thread last looked.
     wanted: AtomicBool,
+    /// The address of the database that failed: a failure on one already
+    /// replaced asks for nothing more.
+    failed: AtomicUsize,
 }
 
 impl Slot {
@@ -54,6 +57,7 @@ impl Slot {
             open,
             recovering: AtomicBool::new(false),
             wanted: AtomicBool::new(false),
+            failed: AtomicUsize::new(0),
         }
     }
 
@@ -78,8 +82,15 @@ impl Slot {
         *self.db.write().unwrap_or_else(PoisonError::into_inner) = Some(db);
     }
 
-    /// Reopens the database in the background (once, however many ask).
-    pub(crate) fn reopen_soon(self: &Arc<Self>) {
+    /// The address that names a database in [`Slot::reopen_soon`].
+    pub(crate) fn id(db: &Arc<Database>) -> usize {
+        Arc::as_ptr(db) as usize
+    }
+
+    /// Reopens the database `failed` (see [`Slot::id`]) in the background,
+    /// once however many ask; nothing when it was replaced already.
+    pub(crate) fn reopen_soon(self: &Arc<Self>, failed: usize) {
+        self.failed.store(failed, Ordering::Release);
         self.wanted.store(true, Ordering::Release);
         if self.recovering.swap(true, Ordering::AcqRel) {
             return;
@@ -133,6 +144,11 @@ impl Slot {
     /// Closes the database (once nothing uses it) and opens the file again.
     fn reopen(&self) -> Result<(), StoreError> {
         let taken = self.db.write().unwrap_or_else(PoisonError::into_inner).take();
+        if let Some(current) = taken.as_ref().filter(|db| Self::id(db) != self.failed.load(Ordering::Acquire)) {
+            // Reopened already since that failure.
+            self.put(current.clone());
+            return Ok(());
+        }
         if let Some(mut shared) = taken {
             let deadline = Instant::now() + DRAIN_WAIT;
             let db = loop {
