@@ -185,11 +185,10 @@ pub(crate) fn open_database(path: &Path, cache_bytes: usize, verify: bool) -> Re
         }
         Ok(builder.create(path)?)
     })
-    .map_err(|e| {
-        if let StoreError::Damaged(why) = &e {
+    .inspect_err(|e| {
+        if let StoreError::Damaged(why) = e {
             tracing::error!(file = %path.display(), why, "the database file is damaged; {DAMAGE_REMEDY}");
         }
-        e
     })?;
     let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     if verify {
