@@ -75,7 +75,8 @@ pub fn open_store(config: &Config) -> Result<Store, OpenError> {
     crate::secrets::create_private_dir(&dir).map_err(|source| OpenError::DataDir { dir: dir.clone(), source })?;
     let cache = usize::try_from(config.storage.cache_mib.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX);
     let path = dir.join(DB_FILE);
-    Store::open(&path, cache).map_err(|source| OpenError::Store { path, source })
+    Store::open_verified(&path, cache, config.storage.verify_on_start)
+        .map_err(|source| OpenError::Store { path, source })
 }
 
 /// Runs the service until SIGTERM or SIGINT. `config_path`: the file given
@@ -95,6 +96,8 @@ pub async fn serve(config: Config, config_path: Option<&Path>) -> Result<(), Str
         Some(Arc::new(TlsState::new(files).map_err(|e| e.to_string())?))
     };
     let domain = Arc::new(tokio::task::block_in_place(|| open_domain(config))?);
+    // Damage met anywhere from now on (a panic inside redb included) stops writes.
+    crate::store::health::watch(domain.store.health().clone());
     if let Some(token) = tokio::task::block_in_place(|| domain.ensure_api_token()).map_err(|e| e.to_string())? {
         announce_first_token(&domain, &token, config_path);
     }
@@ -243,6 +246,11 @@ fn warn_about_api_tokens(domain: &Domain) {
 /// passed while the service was down is caught at start.
 async fn delete_scheduled_rooms(domain: Arc<Domain>) {
     loop {
+        if !domain.store.health().writable() {
+            // Damaged or on a full disk: nothing would be written (the log said why once).
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
         let d = domain.clone();
         match tokio::task::spawn_blocking(move || d.delete_due_rooms()).await {
             Ok(Ok(_)) => {}
@@ -265,6 +273,10 @@ async fn delete_scheduled_rooms(domain: Arc<Domain>) {
 /// minute (and at start) once nothing more is due.
 async fn prune_old_events(domain: Arc<Domain>) {
     loop {
+        if !domain.store.health().writable() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
         let d = domain.clone();
         let pause = match tokio::task::spawn_blocking(move || d.prune_events()).await {
             Ok(Ok(n)) if n >= crate::domain::events::PRUNE_BATCH => Duration::from_millis(10),

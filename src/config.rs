@@ -259,11 +259,20 @@ pub struct StorageConfig {
     pub data_dir: String,
     /// Memory the database may use as page cache, in MiB.
     pub cache_mib: u64,
+    /// Verify the checksum of every page of the database at every start, and
+    /// refuse to serve a file that fails (it reads the whole file: see the
+    /// README for what that costs on a big database). Off by default: redb
+    /// already verifies every page at the start after a crash or kill, a
+    /// file it closed cleanly changes only when something outside the
+    /// service writes to it, and damage met while serving stops every write
+    /// anyway. Turn it on after restoring or moving the file, or on a disk
+    /// you distrust. A boolean: `true` or `false`.
+    pub verify_on_start: bool,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { data_dir: "./data".into(), cache_mib: 16 }
+        Self { data_dir: "./data".into(), cache_mib: 16, verify_on_start: false }
     }
 }
 

@@ -39,6 +39,10 @@ pub enum Error {
     /// The service itself is too busy for this now; retry after the given seconds.
     #[error("{detail}")]
     Overloaded { detail: String, retry_after_secs: u64 },
+    /// The disk of the data directory is full: nothing can be written now;
+    /// retry after the given seconds.
+    #[error("{detail}")]
+    DiskFull { detail: String, retry_after_secs: u64 },
     /// The service itself failed; the detail is logged, not shown.
     #[error("internal error: {0}")]
     Internal(String),
@@ -125,7 +129,19 @@ impl Remedy {
 
 impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
-        Error::Internal(e.to_string())
+        match e {
+            StoreError::NoSpace { .. } => {
+                Error::DiskFull { detail: e.to_string(), retry_after_secs: crate::store::health::DISK_FULL_RETRY_SECS }
+            }
+            // The file's path and the damage are for the operator's log.
+            StoreError::WritesRefused { .. } => Error::Unavailable(
+                "the database file is damaged, so the service refuses every write until an operator repairs or \
+                 restores it; reads that do not reach the damage still work"
+                    .into(),
+            ),
+            StoreError::Reopening => Error::Overloaded { detail: e.to_string(), retry_after_secs: 2 },
+            other => Error::Internal(other.to_string()),
+        }
     }
 }
 

@@ -922,7 +922,13 @@ where
                 return proxy.answer(req, client).await;
             }
             req.extensions_mut().insert(client);
-            tower_call(&mut svc, req).await.map(|b| b.map_err(box_error).boxed())
+            // A panic (redb's, on a page it cannot read) answers this request
+            // 500 instead of dropping the connection; the store learns of it
+            // from the panic hook (`store::health::watch`).
+            match futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(tower_call(&mut svc, req))).await {
+                Ok(resp) => resp.map(|b| b.map_err(box_error).boxed()),
+                Err(_) => panicked(),
+            }
         })
         .await;
     if let Ok(value) = header {
@@ -937,6 +943,23 @@ where
         conn.linger.store(true, Ordering::Release);
     }
     Ok(resp.map(|inner| ResponseBody { inner, _in_flight: in_flight }))
+}
+
+/// The answer of a request whose handler panicked.
+fn panicked() -> hyper::Response<crate::proxy::AnyBody> {
+    tracing::error!(request_id = %current_request_id(), "a request handler panicked; answered 500");
+    let body = serde_json::json!({
+        "type": "about:blank",
+        "title": "Internal Server Error",
+        "status": 500,
+        "detail": "the service failed to handle this request; it has been logged",
+    });
+    let mut resp = hyper::Response::new(
+        http_body_util::Full::new(bytes::Bytes::from(body.to_string())).map_err(box_error).boxed(),
+    );
+    *resp.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/problem+json"));
+    resp
 }
 
 /// The id of a request: the caller's `X-Request-Id` when it is a sane

@@ -244,6 +244,11 @@ async fn worker(ctx: Arc<Ctx>, id: String, generation: u64) {
         if *stopping.borrow() {
             return;
         }
+        if !ctx.domain.store.health().writable() {
+            // The cursor could not be moved: a delivery now would be sent again and again.
+            pause(&mut stopping, crate::store::slot::RETRY_EVERY).await;
+            continue;
+        }
         // Seen before reading: an event committed after the read still wakes the wait.
         appended.borrow_and_update();
         let hook = match ctx.domain.store.read().and_then(|r| stored::webhook(&r, &id)) {

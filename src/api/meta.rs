@@ -107,8 +107,8 @@ pub struct Metrics {
 
 /// The statuses the service answers, counted per route without a lock: a
 /// mutex taken on every request serialized the two workers on one counter map.
-const STATUSES: [u16; 20] =
-    [200, 201, 202, 204, 304, 400, 401, 403, 404, 405, 408, 409, 411, 413, 415, 422, 429, 500, 502, 503];
+const STATUSES: [u16; 21] =
+    [200, 201, 202, 204, 304, 400, 401, 403, 404, 405, 408, 409, 411, 413, 415, 422, 429, 500, 502, 503, 507];
 
 #[derive(Default)]
 struct RouteLatency {
@@ -212,6 +212,9 @@ async fn public_readyz(state: AppState, token: Result<String, Error>) -> Respons
 }
 
 async fn readyz(state: AppState, detailed: bool) -> Response {
+    if let Some(trouble) = storage_trouble(state.domain.store.health(), detailed) {
+        return reply(Err(trouble.into()));
+    }
     let depth = match state.domain.store.read().and_then(|r| r.outbox_depth()) {
         Ok(d) => d,
         Err(e) if detailed => {
@@ -250,6 +253,25 @@ fn admin_api(config: &crate::config::MatrixConfig, offers: Option<crate::homeser
             "used": null,
             "why": "not settled yet: the service probes the homeserver when it first reaches it",
         }),
+    }
+}
+
+/// Why the database keeps `/readyz` at 503: damaged, or its disk full.
+fn storage_trouble(health: &crate::store::health::Health, detailed: bool) -> Option<Error> {
+    use crate::store::health::{DAMAGE_REMEDY, State};
+    match health.state() {
+        State::Ok => None,
+        State::Damaged(why) if detailed => Some(Error::Unavailable(format!(
+            "the database file {} is damaged ({why}): every write is refused; {DAMAGE_REMEDY}",
+            health.path().display()
+        ))),
+        State::Damaged(_) => Some(not_ready("the database file is damaged, every write is refused")),
+        State::DiskFull if detailed => Some(Error::Unavailable(format!(
+            "the disk holding the data directory {} is full: writes answer 507 until it has space again (they \
+             resume by themselves); reads go on",
+            health.data_dir().display()
+        ))),
+        State::DiskFull => Some(not_ready("the disk holding the data directory is full, writes answer 507")),
     }
 }
 
@@ -335,6 +357,7 @@ fn metrics(state: AppState) -> Response {
     }
     webhook_metrics(&state, &mut out);
     connection_metrics(&m.connections, &mut out);
+    storage_metrics(state.domain.store.health(), &mut out);
     let waiting = state.event_waiters.waiting();
     out.push_str("# HELP messenger_chat_event_polls_waiting Long polls of /v1/events waiting (events.max_waiters bounds them).\n");
     out.push_str("# TYPE messenger_chat_event_polls_waiting gauge\n");
@@ -371,8 +394,28 @@ fn metrics(state: AppState) -> Response {
         .unwrap_or_default()
 }
 
-/// Webhook deliveries since start, webhooks marked failing, and the events
-/// not yet handled by the webhooks still sending.
+/// Damage met, full-disk outages, and whether writes go through now.
+fn storage_metrics(health: &crate::store::health::Health, out: &mut String) {
+    out.push_str(
+        "# HELP messenger_chat_store_damage_events_total Times the database file was found damaged (a corruption \
+         error or a panic inside redb) since start; after the first, every write is refused.\n",
+    );
+    out.push_str("# TYPE messenger_chat_store_damage_events_total counter\n");
+    let _ = writeln!(out, "messenger_chat_store_damage_events_total {}", health.damage_events());
+    out.push_str(
+        "# HELP messenger_chat_disk_full_events_total Times a write found the disk of the data directory full \
+         (writes answer 507 until there is space again).\n",
+    );
+    out.push_str("# TYPE messenger_chat_disk_full_events_total counter\n");
+    let _ = writeln!(out, "messenger_chat_disk_full_events_total {}", health.disk_full_events());
+    out.push_str(
+        "# HELP messenger_chat_store_writable 1 when writes go through, 0 while refused (damaged file, full disk).\n",
+    );
+    out.push_str("# TYPE messenger_chat_store_writable gauge\n");
+    let _ = writeln!(out, "messenger_chat_store_writable {}", u8::from(health.writable()));
+}
+
+/// Open connections, and those refused or closed to make room.
 fn connection_metrics(c: &crate::server::ConnStats, out: &mut String) {
     let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
     out.push_str("# HELP messenger_chat_connections_open Open connections of the HTTPS listener (server.max_connections bounds them).\n");
@@ -387,6 +430,8 @@ fn connection_metrics(c: &crate::server::ConnStats, out: &mut String) {
     let _ = writeln!(out, "messenger_chat_connections_closed_for_room_total {}", n(&c.closed_for_room));
 }
 
+/// Webhook deliveries since start, webhooks marked failing, and the events
+/// not yet handled by the webhooks still sending.
 fn webhook_metrics(state: &AppState, out: &mut String) {
     let stats = &state.domain.webhook_stats;
     out.push_str("# HELP messenger_chat_webhook_deliveries_total Webhook delivery attempts since start, by outcome.\n");

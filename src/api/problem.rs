@@ -63,6 +63,7 @@ impl ApiError {
                 Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
                 Error::HomeserverRefused(_) => StatusCode::BAD_GATEWAY,
                 Error::Unavailable(_) | Error::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+                Error::DiskFull { .. } => StatusCode::INSUFFICIENT_STORAGE,
                 Error::Internal(_) | Error::Remedied { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             },
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -119,7 +120,9 @@ fn answer(err: &ApiError) -> Response {
             Error::Unauthorized(_) => {
                 headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            Error::RateLimited { retry_after_secs, .. } | Error::Overloaded { retry_after_secs, .. } => {
+            Error::RateLimited { retry_after_secs, .. }
+            | Error::Overloaded { retry_after_secs, .. }
+            | Error::DiskFull { retry_after_secs, .. } => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
             _ => {}

@@ -324,6 +324,11 @@ impl Reconciler {
         };
         loop {
             let now = tokio::time::Instant::now();
+            if !me.domain.store.health().writable() {
+                // Every step ends in a write: none starts while the database refuses them.
+                tokio::time::sleep(crate::store::slot::RETRY_EVERY).await;
+                continue;
+            }
             let paused = s.outage.filter(|b| b.until > now).map(|b| b.until);
             if paused.is_none() {
                 if !s.prepared {

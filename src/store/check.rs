@@ -167,7 +167,7 @@ impl Store {
             let clean = db.check_integrity()?;
             Ok((db, if clean { Integrity::Clean } else { Integrity::Repaired }))
         })?;
-        let (store, opened) = Self::from_database(db)?;
+        let (store, opened) = Self::from_database(db, path, cache_bytes)?;
         Ok((store, opened, integrity))
     }
 

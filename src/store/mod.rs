@@ -8,14 +8,16 @@
 pub mod check;
 pub mod codec;
 pub mod dump;
+pub mod health;
 pub mod key_fingerprint;
 pub mod migrate;
 mod overlay;
+pub mod slot;
 pub mod tables;
 pub mod webhooks;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -52,7 +54,7 @@ pub enum StoreError {
     NotADatabase(String),
     #[error("the file is empty, not a database; restore it from a backup, or remove it to start with no data")]
     Empty,
-    #[error("the file is damaged ({0}); {RESTORE}")]
+    #[error("the file is damaged ({0}); {remedy}", remedy = health::DAMAGE_REMEDY)]
     Damaged(String),
     #[error(
         "written by a newer release of messenger-chat (schema version {found}); this release reads schema \
@@ -66,27 +68,37 @@ pub enum StoreError {
          the older release wrote: {source}"
     )]
     Migration { from: u64, to: u64, source: Box<StoreError> },
+    /// A write refused because the file was found damaged while serving.
+    #[error(
+        "the database file {} is damaged ({why}), so nothing more is written to it; {}",
+        .path.display(),
+        health::DAMAGE_REMEDY
+    )]
+    WritesRefused { path: PathBuf, why: String },
+    /// A write refused (or failed) because the disk is full.
+    #[error(
+        "the disk holding the data directory {} is full, so nothing can be written now; retry later (the \
+         operator frees space or grows the disk, and writes resume by themselves)",
+        .dir.display()
+    )]
+    NoSpace { dir: PathBuf },
+    /// The database is being reopened after a storage failure.
+    #[error("the database is being reopened after a storage failure; retry in a few seconds")]
+    Reopening,
 }
 
-/// The reason redb gives for a page it cannot read, inside any of its
-/// errors: that is [`StoreError::Damaged`], whichever call met it.
-trait Corruption {
-    fn corruption(&self) -> Option<&str>;
-}
-impl Corruption for redb::Error {
-    fn corruption(&self) -> Option<&str> {
-        match self {
-            redb::Error::Corrupted(why) => Some(why),
-            _ => None,
-        }
-    }
+/// The failure of redb's storage layer inside any of its errors: a page
+/// it cannot read is [`StoreError::Damaged`], whichever call met it, and
+/// every storage failure is noted for [`health`].
+trait Storage {
+    fn storage(&self) -> Option<&redb::StorageError>;
 }
 macro_rules! storage_inside {
     ($($t:ident),*) => {$(
-        impl Corruption for redb::$t {
-            fn corruption(&self) -> Option<&str> {
+        impl Storage for redb::$t {
+            fn storage(&self) -> Option<&redb::StorageError> {
                 match self {
-                    redb::$t::Storage(redb::StorageError::Corrupted(why)) => Some(why),
+                    redb::$t::Storage(e) => Some(e),
                     _ => None,
                 }
             }
@@ -95,26 +107,43 @@ macro_rules! storage_inside {
 }
 storage_inside!(TransactionError, TableError, CommitError);
 
+/// The [`StoreError`] of a storage failure, noted for [`health`].
+fn from_storage(e: &redb::StorageError) -> Option<StoreError> {
+    health::seen(e);
+    match e {
+        redb::StorageError::Corrupted(why) => Some(StoreError::Damaged(why.clone())),
+        redb::StorageError::PreviousIo | redb::StorageError::DatabaseClosed => Some(StoreError::Reopening),
+        _ => None,
+    }
+}
+
 macro_rules! db_error {
     ($($t:ty),*) => {$(
         impl From<$t> for StoreError {
             fn from(e: $t) -> Self {
-                match e.corruption() {
-                    Some(why) => StoreError::Damaged(why.to_string()),
-                    None => StoreError::Db(e.to_string()),
-                }
+                e.storage().and_then(from_storage).unwrap_or_else(|| StoreError::Db(e.to_string()))
             }
         }
     )*};
 }
-db_error!(redb::Error, redb::TransactionError, redb::TableError, redb::CommitError);
+db_error!(redb::TransactionError, redb::TableError, redb::CommitError);
+
+impl From<redb::Error> for StoreError {
+    fn from(e: redb::Error) -> Self {
+        let storage = match e {
+            redb::Error::Corrupted(why) => redb::StorageError::Corrupted(why),
+            redb::Error::Io(io) => redb::StorageError::Io(io),
+            redb::Error::PreviousIo => redb::StorageError::PreviousIo,
+            redb::Error::DatabaseClosed => redb::StorageError::DatabaseClosed,
+            other => return StoreError::Db(other.to_string()),
+        };
+        storage.into()
+    }
+}
 
 impl From<redb::StorageError> for StoreError {
     fn from(e: redb::StorageError) -> Self {
-        match e {
-            redb::StorageError::Corrupted(why) => StoreError::Damaged(why),
-            other => StoreError::Db(other.to_string()),
-        }
+        from_storage(&e).unwrap_or_else(|| StoreError::Db(e.to_string()))
     }
 }
 
@@ -141,7 +170,8 @@ impl From<redb::DatabaseError> for StoreError {
 /// The database, shared without a lock: redb serialises writers itself.
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
+    /// The database of the moment (reopened after a failed write) and its health.
+    db: Arc<slot::Slot>,
     /// Moved on after every commit that wrote a token record: see [`Read::token_generation`].
     token_generation: Arc<AtomicU64>,
     /// Woken by every commit that queued outbox entries: the reconciler
@@ -164,22 +194,29 @@ impl Store {
     /// The file cannot be opened or is not a database, it was written by a
     /// newer release, or it cannot be migrated.
     pub fn open(path: &Path, cache_bytes: usize) -> Result<Self, StoreError> {
+        Self::open_verified(path, cache_bytes, false)
+    }
+
+    /// [`Store::open`], verifying every page of the file first when `verify`
+    /// says so (see [`health::open_database`]).
+    ///
+    /// # Errors
+    /// As [`Store::open`]; [`StoreError::Damaged`] for a file that fails the check.
+    pub fn open_verified(path: &Path, cache_bytes: usize, verify: bool) -> Result<Self, StoreError> {
         if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
             return Err(StoreError::Empty);
         }
-        let db = guarded(|| {
-            let mut builder = Database::builder();
-            builder.set_cache_size(cache_bytes).set_repair_callback(log_repair);
-            Ok(builder.create(path)?)
-        })?;
-        Self::from_database(db).map(|(store, _)| store)
+        let db = health::open_database(path, cache_bytes, verify)?;
+        Self::from_database(db, path, cache_bytes).map(|(store, _)| store)
     }
 
     /// Brings an open database up to today's schema.
-    fn from_database(db: Database) -> Result<(Self, Opened), StoreError> {
+    fn from_database(db: Database, path: &Path, cache_bytes: usize) -> Result<(Self, Opened), StoreError> {
         let started = std::time::Instant::now();
+        let reopen_path = path.to_path_buf();
+        let open: slot::Opener = Box::new(move || health::open_database(&reopen_path, cache_bytes, false));
         let store = Store {
-            db: Arc::new(db),
+            db: Arc::new(slot::Slot::new(db, Arc::new(health::Health::new(path)), open)),
             token_generation: Arc::default(),
             outbox_changed: Arc::new(Notify::new()),
             events: Arc::new(watch::Sender::new(0)),
@@ -231,26 +268,21 @@ impl Store {
         let compacting = std::time::Instant::now();
         tracing::info!("compacting the migrated database (its old pages are free now)");
         // Nothing else holds the database while it opens.
-        let db = match Arc::try_unwrap(store.db) {
-            Ok(mut db) => {
-                match guarded(|| db.compact().map_err(|e| StoreError::Db(e.to_string()))) {
-                    Ok(_) => tracing::info!(elapsed_ms = ms(compacting), "compacted the migrated database"),
-                    // The migrated file is whole; a larger file is no reason to stop.
-                    Err(e) => tracing::warn!(error = %e, "could not compact the migrated database"),
-                }
-                Arc::new(db)
+        if let Some(mut db) = store.db.take_alone() {
+            match guarded(|| db.compact().map_err(|e| StoreError::Db(e.to_string()))) {
+                Ok(_) => tracing::info!(elapsed_ms = ms(compacting), "compacted the migrated database"),
+                // The migrated file is whole; a larger file is no reason to stop.
+                Err(e) => tracing::warn!(error = %e, "could not compact the migrated database"),
             }
-            Err(shared) => shared,
-        };
-        Ok((
-            Store {
-                db,
-                token_generation: store.token_generation,
-                outbox_changed: store.outbox_changed,
-                events: store.events,
-            },
-            opened,
-        ))
+            store.db.put(Arc::new(db));
+        }
+        Ok((store, opened))
+    }
+
+    /// Whether the database may be written now, and the failures met since start.
+    #[must_use]
+    pub fn health(&self) -> &Arc<health::Health> {
+        &self.db.health
     }
 
     /// A consistent snapshot for reading.
@@ -261,7 +293,13 @@ impl Store {
         // Taken before the snapshot begins: a commit this snapshot misses
         // moves the generation on after this load, never before it.
         let token_generation = self.token_generation.load(Ordering::Acquire);
-        Ok(Reader { txn: self.db.begin_read()?, token_generation })
+        let db = self.db.get()?;
+        let txn = db.begin_read().map_err(StoreError::from);
+        if matches!(txn, Err(StoreError::Reopening)) {
+            // A failed operation left redb refusing everything until a reopen.
+            self.db.reopen_soon(slot::Slot::id(&db));
+        }
+        Ok(Reader { txn: txn?, token_generation })
     }
 
     /// What wakes when a commit queued outbox entries.
@@ -280,10 +318,61 @@ impl Store {
     /// succeeds. A commit that queued outbox entries wakes
     /// [`Store::outbox_changed`]; one that appended events, the long polls.
     ///
+    /// Refused while the file is damaged or its disk full ([`health`]);
+    /// a panic inside redb is [`StoreError::Damaged`], and a write that
+    /// finds the disk full [`StoreError::NoSpace`] (the database is then
+    /// reopened in the background, see [`slot`]).
+    ///
     /// # Errors
     /// `f`'s error, or a storage failure.
     pub fn write<T, E: From<StoreError>>(&self, f: impl FnOnce(&mut Writer) -> Result<T, E>) -> Result<T, E> {
-        let txn = self.db.begin_write().map_err(StoreError::from)?;
+        if let Some(refused) = self.db.health.refusal() {
+            return Err(refused.into());
+        }
+        let db = self.db.get()?;
+        let id = slot::Slot::id(&db);
+        health::watch_io();
+        let outcome = catch_unwind(AssertUnwindSafe(|| self.write_in(&db, f)));
+        drop(db);
+        match outcome {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(self.after_failed_write(id).map_or(e, E::from)),
+            Err(panic) => {
+                let why = health::panic_text(panic.as_ref());
+                self.db.health.mark_damaged(&why);
+                Err(StoreError::Damaged(why).into())
+            }
+        }
+    }
+
+    /// What a failed write did to the store: damage marks it; a full disk
+    /// (or redb refusing after a failure) reopens the database, and the
+    /// write is answered as a full disk while writes wait for space.
+    fn after_failed_write(&self, db: usize) -> Option<StoreError> {
+        let health = &self.db.health;
+        match health::take_io()? {
+            health::IoSeen::Corrupted => {
+                health.mark_damaged("a page cannot be read");
+                None
+            }
+            health::IoSeen::NoSpace => {
+                health.mark_disk_full();
+                self.db.reopen_soon(db);
+                health.refusal()
+            }
+            health::IoSeen::PreviousIo | health::IoSeen::Other => {
+                self.db.reopen_soon(db);
+                health.refusal()
+            }
+        }
+    }
+
+    fn write_in<T, E: From<StoreError>>(
+        &self,
+        db: &Database,
+        f: impl FnOnce(&mut Writer) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let txn = db.begin_write().map_err(StoreError::from)?;
         let mut writer = Writer { txn, wrote_token: false, queued: false, appended: None };
         match f(&mut writer) {
             Ok(value) => {
@@ -316,14 +405,7 @@ impl Store {
 /// cannot read) into [`StoreError::Damaged`]: a damaged file is a message
 /// about the file, not a crash of the service.
 fn guarded<T>(f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
-        let why = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
-            .unwrap_or_else(|| "redb stopped on a page it cannot read".into());
-        Err(StoreError::Damaged(why))
-    })
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| Err(StoreError::Damaged(health::panic_text(&*panic))))
 }
 
 /// Logs redb's repair of a file that was not closed cleanly (a crash or

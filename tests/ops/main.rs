@@ -7,6 +7,7 @@
 mod common;
 
 mod backup;
+mod storage;
 
 use std::path::Path;
 use std::process::Command;

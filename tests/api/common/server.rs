@@ -83,8 +83,15 @@ impl TestServer {
 
     /// Starts the binary with extra `MESSENGER_CHAT_…` variables on top of the test defaults.
     pub fn start_with(env: &[(&str, &str)]) -> TestServer {
+        TestServer::start_in(None, env)
+    }
+
+    /// [`TestServer::start_with`], with the data directory at `data_dir`
+    /// (a file system the test mounted) instead of inside the temp dir.
+    #[allow(dead_code, reason = "used by some of the test targets that share the harness")]
+    pub fn start_in(data_dir: Option<&Path>, env: &[(&str, &str)]) -> TestServer {
         let dir = tempfile::Builder::new().prefix("messenger-chat-test-").tempdir().expect("create a temp dir");
-        let data_dir = dir.path().join("data");
+        let data_dir = data_dir.map_or_else(|| dir.path().join("data"), Path::to_path_buf);
         let extra_env = env.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect();
         let mut server = TestServer {
             dir,
@@ -187,6 +194,48 @@ impl TestServer {
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
+    }
+
+    /// Runs `messenger-chat serve` with the server's settings plus `env`
+    /// while the server is stopped, expecting it to refuse to start: its
+    /// stdout and stderr when it exited with a failure within `within`; an
+    /// error saying what it did instead (it is killed if still running).
+    #[allow(dead_code, reason = "used by some of the test targets that share the harness")]
+    pub fn serve_refused(&self, env: &[(&str, &str)], within: Duration) -> Result<String, String> {
+        assert!(self.child.is_none(), "stop the server before starting another one on its data");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_messenger-chat"));
+        cmd.arg("serve").current_dir(self.dir.path()).stdin(Stdio::null());
+        for (key, _) in std::env::vars() {
+            if key.starts_with("MESSENGER_CHAT_") {
+                cmd.env_remove(key);
+            }
+        }
+        let extra = env.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string()));
+        for (k, v) in base_env(&self.data_dir).into_iter().chain(self.extra_env.clone()).chain(extra) {
+            cmd.env(k, v);
+        }
+        let out_path = self.dir.path().join("refused.log");
+        let out = File::create(&out_path).expect("create the log of the refused start");
+        cmd.stdout(Stdio::from(out.try_clone().expect("clone the log file"))).stderr(Stdio::from(out));
+        let mut child = cmd.spawn().expect("spawn the messenger-chat binary");
+        let deadline = Instant::now() + within;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait for messenger-chat") {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let output = std::fs::read_to_string(&out_path).unwrap_or_default();
+        match status {
+            Some(s) if !s.success() => Ok(output),
+            Some(_) => Err(format!("it exited successfully instead of refusing:\n{output}")),
+            None => Err(format!("it was still running after {within:?} (it started):\n{output}")),
+        }
     }
 
     /// What the server logged to stderr so far (all starts).
@@ -299,6 +348,16 @@ impl TestServer {
                 panic!("messenger-chat did not stop within 20 s of SIGTERM\n{}", self.stderr());
             }
             std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits for the server killed by the test (`kill -9 <pid>`) to end,
+    /// leaving it stopped.
+    #[allow(dead_code, reason = "used by some of the test targets that share the harness")]
+    pub fn reap(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let status = child.wait().expect("wait for the killed server");
+            assert!(!status.success(), "the server was to be killed, but exited cleanly");
         }
     }
 
