@@ -50,7 +50,7 @@ fn start() -> TestServer {
 
 /// A TLS client configuration that trusts only the server's certificate,
 /// offering `alpn` (nothing when empty).
-fn tls_config(srv: &TestServer, alpn: &[u8]) -> rustls::ClientConfig {
+pub(crate) fn tls_config(srv: &TestServer, alpn: &[u8]) -> rustls::ClientConfig {
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(srv.data_dir().join("tls").join("cert.pem")).expect("the certificate") {
         roots.add(cert.expect("a PEM certificate")).expect("a usable certificate");
@@ -66,16 +66,16 @@ fn tls_config(srv: &TestServer, alpn: &[u8]) -> rustls::ClientConfig {
     config
 }
 
-fn authority(srv: &TestServer) -> String {
+pub(crate) fn authority(srv: &TestServer) -> String {
     srv.url.strip_prefix("https://").expect("an https URL").to_string()
 }
 
 /// A TLS connection, handshake done, speaking `alpn`.
-async fn tls(srv: &TestServer, alpn: &[u8]) -> TlsStream<TcpStream> {
+pub(crate) async fn tls(srv: &TestServer, alpn: &[u8]) -> TlsStream<TcpStream> {
     try_tls(srv, alpn).await.unwrap_or_else(|e| panic!("connect to {}: {e}", srv.url))
 }
 
-async fn try_tls(srv: &TestServer, alpn: &[u8]) -> Result<TlsStream<TcpStream>, String> {
+pub(crate) async fn try_tls(srv: &TestServer, alpn: &[u8]) -> Result<TlsStream<TcpStream>, String> {
     let tcp = TcpStream::connect(authority(srv)).await.map_err(|e| format!("TCP connect: {e}"))?;
     let connect = TlsConnector::from(Arc::new(tls_config(srv, alpn)))
         .connect(ServerName::try_from("localhost").expect("a name"), tcp);
@@ -97,15 +97,15 @@ fn chunks(
 
 /// One HTTP/1.1 answer as read off the wire.
 #[derive(Debug)]
-struct Answer {
-    status: u16,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
     /// Header names in lower case.
-    headers: Vec<(String, String)>,
-    body: String,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: String,
 }
 
 impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 
@@ -114,7 +114,7 @@ impl Answer {
     }
 
     #[track_caller]
-    fn problem(&self, status: u16) -> serde_json::Value {
+    pub(crate) fn problem(&self, status: u16) -> serde_json::Value {
         assert_eq!(self.status, status, "{self:?}");
         assert_eq!(self.header("content-type"), Some("application/problem+json"), "{self:?}");
         let body: serde_json::Value = serde_json::from_str(&self.body).expect("a JSON problem");
@@ -125,7 +125,7 @@ impl Answer {
 }
 
 /// Reads one answer (with a `Content-Length`) within `within`.
-async fn read_answer<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, within: Duration) -> Result<Answer, String> {
+pub(crate) async fn read_answer<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, within: Duration) -> Result<Answer, String> {
     tokio::time::timeout(within, read_answer_now(stream)).await.map_err(|_| format!("no answer within {within:?}"))?
 }
 
@@ -171,7 +171,7 @@ async fn closed_within<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, limit: D
 }
 
 /// A request head for `path` on the test server.
-fn head(srv: &TestServer, method: &str, path: &str, extra: &[(&str, &str)]) -> String {
+pub(crate) fn head(srv: &TestServer, method: &str, path: &str, extra: &[(&str, &str)]) -> String {
     let mut h = format!("{method} {path} HTTP/1.1\r\nhost: {}\r\n", authority(srv));
     for (n, v) in extra {
         h.push_str(&format!("{n}: {v}\r\n"));
