@@ -91,8 +91,9 @@ impl std::ops::Deref for Body {
 
 /// A JSON body of the route's `size`, not read yet. `required`: the body
 /// must be there and be `application/json`; otherwise an empty body is
-/// accepted. A body that cannot be accepted (too large by its
-/// `Content-Length`, not JSON when one is required) is refused here.
+/// accepted. A body that is not JSON when one is required is refused here;
+/// one too large by its `Content-Length` when it is read, so that a caller
+/// the handler refuses first hears why.
 pub fn pending(
     state: &AppState,
     size: Size,
@@ -106,9 +107,6 @@ pub fn pending(
         .and_then(move |ct: Option<String>, len: Option<u64>, chunks: Chunks| {
             let budget = budget.clone();
             async move {
-                if len.is_some_and(|l| l > limit.max) {
-                    return Err(warp::reject::custom(ApiReject(limit.too_large())));
-                }
                 let is_json = ct.as_deref().is_some_and(|ct| {
                     let essence = ct.split(';').next().unwrap_or("").trim();
                     essence.eq_ignore_ascii_case("application/json")
@@ -163,6 +161,9 @@ impl Pending {
     /// holds its share, 408 when the body comes too slowly, 400 when it breaks off.
     pub async fn read(self, who: Principal) -> Result<Body, ApiError> {
         let Pending { mut chunks, declared, is_json, limit, budget } = self;
+        if declared.is_some_and(|l| l > limit.max) {
+            return Err(limit.too_large());
+        }
         let mut held = budget.reserve(who, declared.unwrap_or(0)).map_err(|r| refused(r, &budget))?;
         // A body that comes in one piece is kept as it came, without a copy;
         // else the buffer is allocated once for a declared length, and grows
