@@ -425,7 +425,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let len = args.no_rights_bytes;
         for _ in 0..args.no_rights {
             let head = head.clone();
-            tasks.spawn(sustain(ctx.clone(), Class::NoRights, until, move || Script::Body { head: head.to_vec(), len }));
+            tasks
+                .spawn(sustain(ctx.clone(), Class::NoRights, until, move || Script::Body { head: head.to_vec(), len }));
         }
     }
     for _ in 0..args.bodies {

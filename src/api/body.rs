@@ -122,9 +122,7 @@ pub fn pending(
 }
 
 /// The body's pieces as `Bytes` (the same buffers, not copies).
-fn chunks_of<B: Buf + Send + 'static>(
-    stream: impl Stream<Item = Result<B, warp::Error>> + Send + 'static,
-) -> Chunks {
+fn chunks_of<B: Buf + Send + 'static>(stream: impl Stream<Item = Result<B, warp::Error>> + Send + 'static) -> Chunks {
     Box::pin(stream.map(|r| r.map(|mut b| b.copy_to_bytes(b.remaining()))))
 }
 

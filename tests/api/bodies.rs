@@ -51,7 +51,14 @@ async fn send_reading(srv: &TestServer, method: &str, path: &str, token: &str, b
 
 /// A request whose head and the first `sent` bytes of its `declared`-byte
 /// body are sent; the rest is for the test to send, or never.
-async fn hold(srv: &TestServer, method: &str, path: &str, token: &str, body: &[u8], sent: usize) -> TlsStream<TcpStream> {
+async fn hold(
+    srv: &TestServer,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: &[u8],
+    sent: usize,
+) -> TlsStream<TcpStream> {
     let mut conn = try_tls(srv, b"http/1.1").await.unwrap();
     let auth = format!("Bearer {token}");
     let len = body.len().to_string();
@@ -64,9 +71,7 @@ async fn hold(srv: &TestServer, method: &str, path: &str, token: &str, body: &[u
 /// A metric's value on the operators' listener (0 when absent).
 async fn metric(srv: &TestServer, line_start: &str) -> u64 {
     let text = srv.operator_get("/metrics").await.text;
-    text.lines()
-        .find_map(|l| l.strip_prefix(line_start).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0)
+    text.lines().find_map(|l| l.strip_prefix(line_start).and_then(|v| v.trim().parse().ok())).unwrap_or(0)
 }
 
 /// Waits (at most 30 s) until the service holds `bytes` of request bodies.
@@ -91,18 +96,26 @@ fn peak_rss_kib(srv: &TestServer) -> u64 {
 }
 
 /// 32 bodies just under `server.max_body_bytes` at once, from users who
-/// may create no room: each gets its 403 without its body being buffered,
+/// may create no room and not change the room they PATCH (one in no
+/// organization, one a plain member): each gets its 403 without its body being buffered,
 /// the service's peak memory stays far below what 32 bodies would take,
 /// and it answers normally afterwards.
 #[tokio::test]
 async fn many_large_bodies_from_callers_without_rights_are_answered_without_being_buffered() {
     let srv = TestServer::start();
     let w = World::new(&srv).await;
+    let room = w.room(&srv, "Board").await;
+    let before = srv.room(room).await;
     let body = padded(&json!({"name": "Big", "organizationID": 1}), 25_000_000);
+    let patch = padded(&json!({"name": "Taken"}), 25_000_000);
+    let room_path = format!("/v1/chatrooms/{room}");
     let sends = (0..32).map(|i| {
         let token = if i % 2 == 0 { &w.outsider.token } else { &w.member.token };
-        let path = if i % 4 < 2 { "/v1/chatrooms" } else { "/v1/chatrooms/event" };
-        send_reading(&srv, "POST", path, token, body.clone())
+        match i % 4 {
+            0 | 1 => send_reading(&srv, "POST", "/v1/chatrooms", token, body.clone()),
+            2 => send_reading(&srv, "POST", "/v1/chatrooms/event", token, body.clone()),
+            _ => send_reading(&srv, "PATCH", &room_path, token, patch.clone()),
+        }
     });
     let answers = futures_util::future::join_all(sends).await;
     for (i, answer) in answers.iter().enumerate() {
@@ -113,7 +126,8 @@ async fn many_large_bodies_from_callers_without_rights_are_answered_without_bein
     let peak_mib = peak_rss_kib(&srv) / 1024;
     assert!(peak_mib < 400, "the service's peak RSS reached {peak_mib} MiB for 32 bodies it refused");
     srv.get("/v1/chatrooms?organization_id=1", &w.owner.token).await.expect(200);
-    assert_eq!(srv.rooms(1).await["total"], 0, "nothing was created");
+    assert_eq!(srv.rooms(1).await["total"], 1, "nothing was created");
+    assert_eq!(crate::common::stable(&srv.room(room).await), crate::common::stable(&before), "nothing changed");
 }
 
 /// A body that every route took before (up to `server.max_body_bytes`) is

@@ -125,7 +125,10 @@ impl Answer {
 }
 
 /// Reads one answer (with a `Content-Length`) within `within`.
-pub(crate) async fn read_answer<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, within: Duration) -> Result<Answer, String> {
+pub(crate) async fn read_answer<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    within: Duration,
+) -> Result<Answer, String> {
     tokio::time::timeout(within, read_answer_now(stream)).await.map_err(|_| format!("no answer within {within:?}"))?
 }
 
