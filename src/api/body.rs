@@ -204,20 +204,19 @@ impl Pending {
 }
 
 fn refused(why: Refusal, budget: &BodyBudget) -> ApiError {
-    let mib = |b: u64| b / (1024 * 1024);
     match why {
         Refusal::Server => Error::Overloaded {
             detail: format!(
-                "the service holds as many request bodies as it may ({} MiB, server.body_budget_bytes); retry shortly",
-                mib(budget.total())
+                "the service holds as many request bodies as it may ({} bytes, server.body_budget_bytes); retry shortly",
+                budget.total()
             ),
             retry_after_secs: 1,
         },
         Refusal::Caller => Error::RateLimited {
             detail: format!(
-                "this caller's requests hold their share of request-body memory already ({} MiB of \
+                "this caller's requests hold their share of request-body memory already ({} bytes of \
                  server.body_budget_bytes); send fewer large bodies at once",
-                mib(budget.share())
+                budget.share()
             ),
             retry_after_secs: 1,
         },
@@ -240,6 +239,42 @@ fn read_error(e: &warp::Error) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn chunked(pieces: &[&'static [u8]], budget: &Arc<BodyBudget>, max: u64) -> Pending {
+        let items: Vec<Result<Bytes, warp::Error>> = pieces.iter().map(|p| Ok(Bytes::from_static(p))).collect();
+        Pending {
+            chunks: Box::pin(futures_util::stream::iter(items)),
+            declared: None,
+            is_json: true,
+            limit: Limit { max, key: "server.max_small_body_bytes" },
+            budget: budget.clone(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_without_a_length_is_reserved_as_it_comes_and_given_back_when_dropped() {
+        let who = Principal::User(7);
+        let budget = BodyBudget::new(1 << 20, 1 << 18);
+        let one = chunked(&[b"{\"a\": 1}"], &budget, 1 << 18).read(who).await.unwrap();
+        assert_eq!(&*one, b"{\"a\": 1}");
+        assert_eq!(budget.in_use(), 8, "one piece: kept as it came, its own size held");
+        let three = chunked(&[b"{\"a\"", b": ", b"2}"], &budget, 1 << 18).read(who).await.unwrap();
+        assert_eq!(&*three, b"{\"a\": 2}");
+        assert_eq!(budget.in_use(), 8 + RESERVE_STEP, "several pieces: the buffer allocated is held");
+        drop((one, three));
+        assert_eq!(budget.in_use(), 0);
+
+        let e = chunked(&[b"{\"a\"", b": 12345"], &budget, 8).read(who).await.err().unwrap();
+        assert_eq!(e.status().as_u16(), 413);
+        let held = budget.reserve(who, 1 << 18).unwrap();
+        let e = chunked(&[b"{}"], &budget, 1 << 18).read(who).await.err().unwrap();
+        assert_eq!(e.status().as_u16(), 429, "{e}");
+        let others: Vec<_> = (1..4).map(|u| budget.reserve(Principal::User(u), 1 << 18).unwrap()).collect();
+        let e = chunked(&[b"{}"], &budget, 1 << 18).read(Principal::User(9)).await.err().unwrap();
+        assert_eq!(e.status().as_u16(), 503, "{e}");
+        drop((held, others));
+        assert_eq!(budget.in_use(), 0, "refused reads hold nothing");
+    }
 
     #[test]
     fn each_route_kind_has_its_limit_and_names_its_key() {
