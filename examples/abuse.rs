@@ -10,7 +10,10 @@
 //!   each on its own connection, all sent at the same moment once every
 //!   connection is ready; the connection is then kept open and silent;
 //! - ids: one `POST /v1/chatrooms/{room}/users` with `assignedUsers` 1..=N,
-//!   from a PAT that may change the room; the connection is then kept open.
+//!   from a PAT that may change the room; the connection is then kept open;
+//! - bodies without rights: `POST /v1/chatrooms` from a PAT whose user may
+//!   create no room, with a body of `--no-rights-bytes` sent whole as fast
+//!   as the server takes it; as many open at all times during the window.
 //!
 //! The clients never close a connection themselves: each waits for the
 //! server to close it, and the report says how long that took from the
@@ -73,6 +76,15 @@ struct Args {
     /// Room of the ids request.
     #[arg(long, default_value_t = 1)]
     room: u64,
+    /// Bodies from `--no-rights-token` open at once.
+    #[arg(long, default_value_t = 0)]
+    no_rights: usize,
+    /// PAT of a user who may create no room.
+    #[arg(long)]
+    no_rights_token: Option<String>,
+    /// Size of each of those bodies, in bytes.
+    #[arg(long, default_value_t = 25_000_040)]
+    no_rights_bytes: usize,
     /// The server's `server.header_timeout_secs`.
     #[arg(long, default_value_t = 10.0)]
     header_timeout: f64,
@@ -94,10 +106,11 @@ enum Class {
     Bodies,
     Credentials,
     Ids,
+    NoRights,
 }
 
 impl Class {
-    const ALL: [Class; 4] = [Class::Slowloris, Class::Bodies, Class::Credentials, Class::Ids];
+    const ALL: [Class; 5] = [Class::Slowloris, Class::Bodies, Class::Credentials, Class::Ids, Class::NoRights];
 
     fn name(self) -> &'static str {
         match self {
@@ -105,6 +118,7 @@ impl Class {
             Class::Bodies => "stalled body, no token",
             Class::Credentials => "credentials, then idle",
             Class::Ids => "ids request, then idle",
+            Class::NoRights => "whole body, PAT without rights",
         }
     }
 
@@ -112,7 +126,7 @@ impl Class {
     fn clock(self) -> (&'static str, &'static str) {
         match self {
             Class::Slowloris => ("TLS done", "header_timeout_secs"),
-            Class::Bodies => ("answer", "header_timeout_secs"),
+            Class::Bodies | Class::NoRights => ("answer", "header_timeout_secs"),
             Class::Credentials | Class::Ids => ("answer", "idle_timeout_secs"),
         }
     }
@@ -398,6 +412,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     for _ in 0..args.slowloris {
         tasks.spawn(sustain(ctx.clone(), Class::Slowloris, until, || Script::Slowloris));
+    }
+    if let Some(token) = &args.no_rights_token {
+        let head = Arc::new(
+            format!(
+                "POST /v1/chatrooms HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                args.no_rights_bytes
+            )
+            .into_bytes(),
+        );
+        let len = args.no_rights_bytes;
+        for _ in 0..args.no_rights {
+            let head = head.clone();
+            tasks
+                .spawn(sustain(ctx.clone(), Class::NoRights, until, move || Script::Body { head: head.to_vec(), len }));
+        }
     }
     for _ in 0..args.bodies {
         let head = body_head.clone();

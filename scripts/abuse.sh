@@ -6,6 +6,10 @@
 #
 # The phases, in order, all against one server process:
 #   1. baseline: wrk alone (after a 2 s warm-up);
+#   1b. bodies without rights: ABUSE_NO_RIGHTS POST /v1/chatrooms at once
+#      (kept at that count for the whole wrk run), each a whole body just
+#      under server.max_body_bytes, from a PAT whose user may create no room;
+#      the same wrk load alongside; the server's VmHWM right after;
 #   2. abuse: examples/abuse.rs opens, at the same moment, ABUSE_SLOWLORIS
 #      slowloris connections and ABUSE_BODIES unauthenticated stalled bodies
 #      of ABUSE_BODY_MIB MiB (both kept at that count for the whole wrk run:
@@ -26,6 +30,8 @@
 # abusers keep their counts), ABUSE_CONNECTIONS (64), ABUSE_THREADS (2),
 # ABUSE_SLOWLORIS (1000), ABUSE_BODIES (50), ABUSE_BODY_MIB (20),
 # ABUSE_CREDENTIALS (200), ABUSE_IDS (3000000; 0: no such request),
+# ABUSE_NO_RIGHTS (32; 0: no such phase), ABUSE_NO_RIGHTS_BYTES (unset:
+# server.max_body_bytes - 1024),
 # ABUSE_NICE (19), ABUSE_TARGET (unset: the native release build, as
 # scripts/bench.sh; x86_64-unknown-linux-musl: the static binary install.sh
 # ships), ABUSE_LOG_LEVEL (info), ABUSE_STRICT (1: exit 3 when a target is
@@ -53,6 +59,7 @@ BODIES=${ABUSE_BODIES:-50}
 BODY_MIB=${ABUSE_BODY_MIB:-20}
 CREDENTIALS=${ABUSE_CREDENTIALS:-200}
 IDS=${ABUSE_IDS:-3000000}
+NO_RIGHTS=${ABUSE_NO_RIGHTS:-32}
 LOG_LEVEL=${ABUSE_LOG_LEVEL:-info}
 NICE=${ABUSE_NICE:-19}
 BUILD_TARGET=${ABUSE_TARGET:-}
@@ -62,6 +69,7 @@ SECONDS_RUN=${DURATION%s}
 MIN_KEPT_PCT=80
 MAX_P99_MS=50
 MAX_RSS_MIB=256
+MAX_NO_RIGHTS_RSS_MIB=400
 
 log() { printf 'abuse: %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
@@ -136,6 +144,8 @@ IDLE_TIMEOUT=$(key idle_timeout_secs)
 GRACE=$(key shutdown_grace_secs)
 MAX_USERS=$(key max_users_per_request)
 MAX_BODY=$(key max_body_bytes)
+BUDGET=$(key body_budget_bytes)
+NO_RIGHTS_BYTES=${ABUSE_NO_RIGHTS_BYTES:-$((MAX_BODY - 1024))}
 [ -n "$HEADER_TIMEOUT" ] && [ -n "$IDLE_TIMEOUT" ] && [ -n "$GRACE" ] || die "cannot read the configuration"
 # "10 s" when it is the shipped default, "5 s (default 10 s, changed for this run)" otherwise.
 described() {
@@ -146,9 +156,13 @@ described() {
 }
 
 # --- seed -------------------------------------------------------------------
-log "seeding 100 rooms, $((CREDENTIALS + 1)) users with a PAT each"
+# One user more than the credentials requests take: its PAT sends the bodies
+# without rights (a member of the small organization: it may create no room).
+log "seeding 100 rooms, $((CREDENTIALS + 2)) users with a PAT each"
 timeout 600 "$SEED_BIN" --data-dir "$DATA" --small 100 --big 0 \
-    --users "$CREDENTIALS" --tokens-file "$WORK/tokens" >"$WORK/seed.out"
+    --users "$((CREDENTIALS + 1))" --tokens-file "$WORK/all-tokens" >"$WORK/seed.out"
+head -n "$CREDENTIALS" "$WORK/all-tokens" >"$WORK/tokens"
+NO_RIGHTS_TOKEN=$(tail -n 1 "$WORK/all-tokens")
 seed_value() { sed -n "s/^$1=//p" "$WORK/seed.out"; }
 ROOM=$(seed_value room)
 TOKEN=$(seed_value token)
@@ -218,6 +232,12 @@ abusers() {
         --header-timeout "$HEADER_TIMEOUT" --idle-timeout "$IDLE_TIMEOUT" "${@:2}" </dev/null
 }
 
+no_rights_abusers() {
+    nice -n "$NICE" "$ABUSE_BIN" --url "$URL" --cert "$CERT" --window "$SECONDS_RUN" \
+        --slowloris 0 --bodies 0 --ids 0 --no-rights "$NO_RIGHTS" --no-rights-token "$NO_RIGHTS_TOKEN" \
+        --no-rights-bytes "$NO_RIGHTS_BYTES" --header-timeout "$HEADER_TIMEOUT" --idle-timeout "$IDLE_TIMEOUT" </dev/null
+}
+
 LOAD_AT_START=$(cut -d' ' -f1-3 /proc/loadavg)
 log "baseline: wrk -c$CONNECTIONS -t$THREADS -d$DURATION on $ROOM_PATH"
 wrk_run 2s >/dev/null
@@ -227,6 +247,22 @@ wrk_run "$DURATION" >"$WORK/wrk.base1"
 T1=$(now)
 CPU1=$(server_cpu)
 read -r B1_RPS B1_P50 B1_P99 B1_BAD B1_ERR < <(result_of "$WORK/wrk.base1") || die "wrk gave no baseline result"
+
+if [ "$NO_RIGHTS" != 0 ]; then
+    log "bodies without rights: $NO_RIGHTS x $NO_RIGHTS_BYTES B to POST /v1/chatrooms; wrk alongside"
+    no_rights_abusers >"$WORK/norights.out" 2>"$WORK/norights.err" &
+    NR_PID=$!
+    PIDS+=("$NR_PID")
+    TN0=$(now)
+    CPUN0=$(server_cpu)
+    wrk_run "$DURATION" >"$WORK/wrk.norights"
+    CPUN1=$(server_cpu)
+    read -r N_RPS N_P50 N_P99 N_BAD N_ERR < <(result_of "$WORK/wrk.norights") || die "wrk gave no result"
+    wait "$NR_PID" || { cat "$WORK/norights.err" >&2; die "the bodies without rights failed"; }
+    TN1=$(now)
+    HWM_NO_RIGHTS=$(awk '/^VmHWM:/{printf "%.1f", $2 / 1024}' "/proc/$SERVICE_PID/status")
+    sleep 1
+fi
 
 log "abuse: $SLOWLORIS slowloris, $BODIES x $BODY_MIB MiB bodies, $CREDENTIALS credentials, $IDS ids; wrk alongside"
 abusers "$SECONDS_RUN" >"$WORK/abuse.out" 2>"$WORK/abuse.err" &
@@ -303,6 +339,9 @@ echo "targets: >= $MIN_KEPT_PCT% of the req/s without abuse, p99 < $MAX_P99_MS m
 echo
 row "wrk load" "req/s" "p50 ms" "p99 ms" "server CPU s" "non-2xx / socket errors"
 row "without abuse (before)" "$B1_RPS" "$B1_P50" "$B1_P99" "$(calc "%.1f" "$CPU1 - $CPU0")" "$B1_BAD / $B1_ERR"
+if [ "$NO_RIGHTS" != 0 ]; then
+    row "under bodies without rights" "$N_RPS" "$N_P50" "$N_P99" "$(calc "%.1f" "$CPUN1 - $CPUN0")" "$N_BAD / $N_ERR"
+fi
 row "under abuse" "$A_RPS" "$A_P50" "$A_P99" "$(calc "%.1f" "$CPU3 - $CPU2")" "$A_BAD / $A_ERR"
 row "without abuse (after)" "$B2_RPS" "$B2_P50" "$B2_P99" "" "$B2_BAD / $B2_ERR"
 echo
@@ -315,6 +354,22 @@ printf '%-44s %s  %s\n' "server peak RSS (VmHWM, whole run)" \
     "$HWM_MIB MiB; sampled: $RSS_BASE MiB under load alone, $RSS_ABUSE MiB under abuse, $RSS_AFTER_ABUSE MiB after" \
     "$VERDICT"
 printf '%-44s %s\n' "server open descriptors (peak)" "$FDS_BASE under load alone, $FDS_ABUSE under abuse"
+if [ "$NO_RIGHTS" != 0 ]; then
+    echo
+    KEPT_NR=$(calc "%.0f" "100 * $N_RPS / $REF_RPS")
+    read -r RSS_NR _ < <(peaks "$TN0" "$TN1")
+    echo "bodies without rights: $NO_RIGHTS at once, each $NO_RIGHTS_BYTES bytes (server.max_body_bytes $MAX_BODY," \
+        "server.body_budget_bytes $BUDGET), kept open for $DURATION"
+    verdict "$(ge "$KEPT_NR" "$MIN_KEPT_PCT")"
+    printf '%-44s %s  %s\n' "req/s kept under bodies without rights" "$KEPT_NR% of $REF_RPS" "$VERDICT"
+    verdict "$(lt "$HWM_NO_RIGHTS" "$MAX_NO_RIGHTS_RSS_MIB")"
+    printf '%-44s %s  %s\n' "server peak RSS (VmHWM, up to here)" \
+        "$HWM_NO_RIGHTS MiB (target < $MAX_NO_RIGHTS_RSS_MIB); sampled: $RSS_NR MiB" "$VERDICT"
+    grep -v '^closed_within_timeouts=' "$WORK/norights.out"
+    NR_VERDICT=$(sed -n 's/^closed_within_timeouts=//p' "$WORK/norights.out")
+    verdict "$([ "$NR_VERDICT" = PASS ] && echo 1 || echo 0)"
+    printf '%-44s %s\n' "every body without rights answered and closed" "$VERDICT"
+fi
 echo
 grep -v '^closed_within_timeouts=' "$WORK/abuse.out"
 ABUSE_VERDICT=$(sed -n 's/^closed_within_timeouts=//p' "$WORK/abuse.out")

@@ -171,9 +171,21 @@ pub struct ServerConfig {
     /// Serve plain HTTP instead of HTTPS. Only accepted on a loopback address,
     /// for a TLS-terminating reverse proxy on the same host.
     pub plain_http: bool,
-    /// Largest request body accepted, in bytes (413 above it). An avatar sent
-    /// as a JSON array of numbers takes up to four bytes per image byte.
+    /// Largest request body accepted on the routes that may carry an avatar
+    /// (creating a room or an event's room, PATCH of a room), in bytes (413
+    /// above it). An avatar sent as a JSON array of numbers takes up to four
+    /// bytes per image byte.
     pub max_body_bytes: u64,
+    /// Largest request body accepted on every other route, in bytes (413
+    /// above it; never more than `max_body_bytes`). The user lists of
+    /// `/v1/chatrooms/{roomID}/users` get at least 32 bytes per user of
+    /// `rooms.max_users_per_request`.
+    pub max_small_body_bytes: u64,
+    /// Request-body bytes buffered at once across all requests. Beyond it a
+    /// request gets 503 with `Retry-After`; one caller (one API token, or one
+    /// user's PATs) may hold a quarter of it, and at least one body of
+    /// `max_body_bytes`, beyond which it gets 429. Must be at least `max_body_bytes`.
+    pub body_budget_bytes: u64,
     /// How long in-flight requests may run after SIGTERM before the process exits.
     pub shutdown_grace_secs: u64,
     /// Reverse proxies (IP addresses or CIDR blocks) whose `X-Forwarded-For`
@@ -227,6 +239,8 @@ impl Default for ServerConfig {
             listen: "0.0.0.0:8443".into(),
             plain_http: false,
             max_body_bytes: 24 * 1024 * 1024,
+            max_small_body_bytes: 256 * 1024,
+            body_budget_bytes: 128 * 1024 * 1024,
             shutdown_grace_secs: 10,
             trusted_proxies: Vec::new(),
             metrics_listen: "127.0.0.1:8444".into(),
@@ -655,6 +669,18 @@ impl Config {
         if self.server.max_body_bytes < 1024 {
             return bad("server.max_body_bytes", "must be at least 1024".into());
         }
+        if self.server.max_small_body_bytes < 1024 {
+            return bad("server.max_small_body_bytes", "must be at least 1024".into());
+        }
+        if self.server.body_budget_bytes < self.server.max_body_bytes {
+            return bad(
+                "server.body_budget_bytes",
+                format!(
+                    "must be at least server.max_body_bytes ({}), or no body of that size could ever be read",
+                    self.server.max_body_bytes
+                ),
+            );
+        }
         for (key, secs) in [
             ("server.header_timeout_secs", self.server.header_timeout_secs),
             ("server.body_timeout_secs", self.server.body_timeout_secs),
@@ -939,6 +965,12 @@ mod tests {
 
     #[test]
     fn request_and_derivation_limits_are_checked() {
+        let mut c = Config::default();
+        c.server.max_small_body_bytes = 100;
+        assert!(c.validate().unwrap_err().0.contains("server.max_small_body_bytes"));
+        let mut c = Config::default();
+        c.server.body_budget_bytes = c.server.max_body_bytes - 1;
+        assert!(c.validate().unwrap_err().0.contains("server.body_budget_bytes"));
         let mut c = Config::default();
         c.rooms.max_users_per_request = 0;
         assert!(c.validate().unwrap_err().0.contains("rooms.max_users_per_request"));

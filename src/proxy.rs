@@ -10,6 +10,8 @@
 //! normalized and passed on, since the homeserver or a proxy behind it may
 //! normalize differently and land outside the allow-list.
 
+use std::sync::{Arc, OnceLock};
+
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
@@ -25,7 +27,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::matrix::client::{https_connector, pooled_client};
 use crate::secrets::{API_TOKEN_PREFIX, PAT_PREFIX};
-use crate::server::RequestBody;
+use crate::server::{BodyError, RequestBody};
 
 /// Boxed error of a streamed body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -131,12 +133,28 @@ impl Proxy {
         parts.headers.insert("x-forwarded-proto", HeaderValue::from_static(client.proto()));
         parts.uri = uri;
         parts.version = http::Version::HTTP_11;
-        let req = Request::from_parts(parts, body.map_err(box_error).boxed());
+        // A body that breaks off (malformed chunks, a reset stream, too
+        // slow) fails the request to the homeserver too; that is the
+        // client's fault, so it is answered as such, not as a 502.
+        let broken = Arc::new(OnceLock::new());
+        let seen = broken.clone();
+        let body = body.map_err(move |e| {
+            let _ = seen.set((matches!(e, BodyError::TimedOut(_)), e.to_string()));
+            box_error(e)
+        });
+        let req = Request::from_parts(parts, body.boxed());
         match self.client.request(req).await {
             Ok(resp) => {
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
                 Response::from_parts(parts, body.map_err(box_error).boxed())
+            }
+            Err(_) if let Some((timed_out, why)) = broken.get() => {
+                if *timed_out {
+                    refuse(ApiError::RequestTimeout(why.clone()))
+                } else {
+                    refuse(Error::Malformed(format!("could not read the request body: {why}")))
+                }
             }
             Err(e) => {
                 tracing::warn!(request_id = %crate::server::current_request_id(), error = %e, "homeserver unreachable through the proxy");

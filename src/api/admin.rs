@@ -1,12 +1,12 @@
 //! /v1/organizations… and /v1/users…: administration, API token only.
 
-use bytes::Bytes;
 use http::StatusCode;
 use serde_json::json as j;
 use warp::Filter;
 use warp::filters::BoxedFilter;
 
-use super::extract::{self, body, int};
+use super::body::{Body, Size, with_body};
+use super::extract::{self, int};
 use super::problem::Handled;
 use super::views::{NameBody, RoleBody, TokenBody, TokenView, UserBody, rfc3339};
 use super::{AppState, blocking, caller, json, no_content, reader, with_state};
@@ -16,7 +16,6 @@ use crate::model::OrgRole;
 use crate::store::Reader;
 
 pub fn routes(state: AppState) -> BoxedFilter<(Handled,)> {
-    let max = state.max_body();
     let s = || with_state(state.clone());
     // The caller is known (or the request refused) before any body is read.
     let reader = || reader(state.clone());
@@ -24,8 +23,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Handled,)> {
     let put_org = warp::path!("v1" / "organizations" / String)
         .and(warp::put())
         .and(s())
-        .and(caller())
-        .and(body(max, true))
+        .and(with_body(&state, Size::Small, true))
         .then(put_org);
     let delete_org =
         warp::path!("v1" / "organizations" / String).and(warp::delete()).and(s()).and(caller()).then(delete_org);
@@ -37,8 +35,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Handled,)> {
     let put_member = warp::path!("v1" / "organizations" / String / "members" / String)
         .and(warp::put())
         .and(s())
-        .and(caller())
-        .and(body(max, true))
+        .and(with_body(&state, Size::Small, true))
         .then(put_member);
     let delete_member = warp::path!("v1" / "organizations" / String / "members" / String)
         .and(warp::delete())
@@ -48,15 +45,13 @@ pub fn routes(state: AppState) -> BoxedFilter<(Handled,)> {
     let put_user = warp::path!("v1" / "users" / String)
         .and(warp::put())
         .and(s())
-        .and(caller())
-        .and(body(max, true))
+        .and(with_body(&state, Size::Small, true))
         .then(put_user);
     let delete_user = warp::path!("v1" / "users" / String).and(warp::delete()).and(s()).and(caller()).then(delete_user);
     let issue = warp::path!("v1" / "users" / String / "tokens")
         .and(warp::post())
         .and(s())
-        .and(caller())
-        .and(body(max, false))
+        .and(with_body(&state, Size::Small, false))
         .then(issue_token);
     let list_tokens =
         warp::path!("v1" / "users" / String / "tokens").and(warp::get()).and(s()).and(reader()).then(list_tokens);
@@ -96,7 +91,7 @@ fn created_or_ok(created: bool) -> StatusCode {
 }
 
 /// PUT /v1/organizations/{organizationID} — API token: create or rename.
-async fn put_org(org: String, state: AppState, p: Principal, body: Bytes) -> Handled {
+async fn put_org(org: String, state: AppState, p: Principal, body: Body) -> Handled {
     let org = id("organizationID", &org)?;
     let b: NameBody = extract::json(&body)?;
     let d = state.domain.clone();
@@ -120,7 +115,7 @@ async fn list_members(org: String, state: AppState, r: Reader, p: Principal) -> 
 }
 
 /// PUT /v1/organizations/{organizationID}/members/{userID} — API token: set the role.
-async fn put_member(org: String, user: String, state: AppState, p: Principal, body: Bytes) -> Handled {
+async fn put_member(org: String, user: String, state: AppState, p: Principal, body: Body) -> Handled {
     let org = id("organizationID", &org)?;
     let user = id("userID", &user)?;
     let b: RoleBody = extract::json(&body)?;
@@ -141,7 +136,7 @@ async fn delete_member(org: String, user: String, state: AppState, p: Principal)
 }
 
 /// PUT /v1/users/{userID} — API token: create or update (reactivates).
-async fn put_user(user: String, state: AppState, p: Principal, body: Bytes) -> Handled {
+async fn put_user(user: String, state: AppState, p: Principal, body: Body) -> Handled {
     let user = id("userID", &user)?;
     let b: UserBody = extract::json(&body)?;
     let d = state.domain.clone();
@@ -159,7 +154,7 @@ async fn delete_user(user: String, state: AppState, p: Principal) -> Handled {
 
 /// POST /v1/users/{userID}/tokens — API token: issue a PAT, shown only in this answer.
 /// Rate-limited per user, counted only for callers allowed to issue.
-async fn issue_token(user: String, state: AppState, p: Principal, body: Bytes) -> Handled {
+async fn issue_token(user: String, state: AppState, p: Principal, body: Body) -> Handled {
     Domain::require_api(p)?;
     let user = id("userID", &user)?;
     let b: TokenBody = if body.is_empty() { TokenBody::default() } else { extract::json(&body)? };

@@ -1,16 +1,13 @@
 //! Reading requests: tokens, bodies, query strings and path ids, each with
 //! an error that says what to change.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use futures_util::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use warp::Filter;
 use warp::http::HeaderValue;
 
-use super::problem::{ApiError, ApiReject};
+use super::body::Body;
 use crate::domain::rooms::RoomRef;
 use crate::error::{Error, Result};
-use crate::server::BodyError;
 
 /// The token of a request: `Authorization: Bearer <t>` or `API-TOKEN: <t>`.
 /// Only headers are looked at, so the caller is known before the body is read.
@@ -58,82 +55,6 @@ pub fn require_token(token: Option<&str>) -> Result<&str> {
     }
 }
 
-/// A JSON body of at most `max` bytes. `required`: the body must be there
-/// and be `application/json`; otherwise an empty body is accepted.
-/// A body that cannot be accepted (too large by its `Content-Length`, not
-/// JSON when one is required) is refused before any of it is read.
-pub fn body(max: u64, required: bool) -> impl Filter<Extract = (Bytes,), Error = warp::Rejection> + Clone {
-    warp::header::optional::<String>("content-type")
-        .and(warp::header::optional::<u64>("content-length"))
-        .and(warp::body::stream())
-        .and_then(move |ct: Option<String>, len: Option<u64>, stream| async move {
-            if len.is_some_and(|l| l > max) {
-                return Err(too_large(max));
-            }
-            let is_json = ct.as_deref().is_some_and(|ct| {
-                let essence = ct.split(';').next().unwrap_or("").trim();
-                essence.eq_ignore_ascii_case("application/json")
-            });
-            let not_json = || {
-                warp::reject::custom(ApiReject(ApiError::UnsupportedMediaType(format!(
-                    "send the body as JSON with `Content-Type: application/json` (got {})",
-                    ct.as_deref().map_or("no content type".to_string(), |c| format!("`{c}`"))
-                ))))
-            };
-            // An optional body may come without a type only when it is empty;
-            // a declared length says so without reading it.
-            if !is_json && (required || len.is_some_and(|l| l > 0)) {
-                return Err(not_json());
-            }
-            let bytes = collect(stream, max).await.map_err(warp::reject::custom)?;
-            if !is_json && !bytes.is_empty() {
-                return Err(not_json());
-            }
-            Ok(bytes)
-        })
-}
-fn too_large(max: u64) -> warp::Rejection {
-    warp::reject::custom(ApiReject(ApiError::TooLarge(format!(
-        "the request body is larger than {max} bytes (server.max_body_bytes)"
-    ))))
-}
-
-async fn collect<S, B>(stream: S, max: u64) -> Result<Bytes, ApiReject>
-where
-    S: Stream<Item = Result<B, warp::Error>>,
-    B: Buf,
-{
-    let mut out = BytesMut::new();
-    futures_util::pin_mut!(stream);
-    while let Some(chunk) = stream.next().await {
-        let mut chunk = chunk.map_err(|e| ApiReject(read_error(&e)))?;
-        if (out.len() + chunk.remaining()) as u64 > max {
-            return Err(ApiReject(ApiError::TooLarge(format!(
-                "the request body is larger than {max} bytes (server.max_body_bytes)"
-            ))));
-        }
-        while chunk.has_remaining() {
-            let part = chunk.chunk();
-            let n = part.len();
-            out.put_slice(part);
-            chunk.advance(n);
-        }
-    }
-    Ok(out.freeze())
-}
-
-/// What a failed body read means for the client: 408 when it came too slowly.
-fn read_error(e: &warp::Error) -> ApiError {
-    let source = std::error::Error::source(e);
-    match source.and_then(|s| s.downcast_ref::<BodyError>()) {
-        Some(timeout @ BodyError::TimedOut(_)) => ApiError::RequestTimeout(timeout.to_string()),
-        _ => {
-            Error::Malformed(format!("could not read the body: {}", source.map_or(e.to_string(), ToString::to_string)))
-                .into()
-        }
-    }
-}
-
 /// Parses a JSON body; the error names the field and what was wrong.
 ///
 /// # Errors
@@ -168,12 +89,14 @@ const PARSE_INLINE_MAX: usize = 64 << 10;
 
 /// [`json`] for routes whose bodies may be large (user lists, an avatar as
 /// an array of numbers): above [`PARSE_INLINE_MAX`] on a blocking thread.
+/// The body is parsed where it lies and dropped (its memory given back to
+/// the budget) as soon as it is parsed.
 /// A 22 MB list of three million ids takes a core for about 0.15 s to
 /// parse; on an async worker that stalled every connection the worker serves.
 ///
 /// # Errors
 /// As [`json`].
-pub async fn json_large<T: DeserializeOwned + Send + 'static>(body: Bytes) -> Result<T> {
+pub async fn json_large<T: DeserializeOwned + Send + 'static>(body: Body) -> Result<T> {
     if body.len() <= PARSE_INLINE_MAX {
         return json(&body);
     }
@@ -242,6 +165,7 @@ pub fn room_ref(raw: &str) -> Result<RoomRef> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::problem::ApiError;
 
     #[derive(serde::Deserialize, Debug)]
     #[serde(deny_unknown_fields)]

@@ -362,6 +362,7 @@ fn metrics(state: AppState) -> Response {
     out.push_str("# HELP messenger_chat_event_polls_waiting Long polls of /v1/events waiting (events.max_waiters bounds them).\n");
     out.push_str("# TYPE messenger_chat_event_polls_waiting gauge\n");
     let _ = writeln!(out, "messenger_chat_event_polls_waiting {waiting}");
+    body_metrics(&state, &mut out);
     out.push_str("# HELP messenger_chat_password_derivations_total Argon2id password derivations run since start.\n");
     out.push_str("# TYPE messenger_chat_password_derivations_total counter\n");
     let _ = writeln!(out, "messenger_chat_password_derivations_total {}", state.domain.derivations_done());
@@ -428,6 +429,24 @@ fn connection_metrics(c: &crate::server::ConnStats, out: &mut String) {
     out.push_str("# HELP messenger_chat_connections_closed_for_room_total Connections without a request in flight closed at server.max_connections to admit a new one.\n");
     out.push_str("# TYPE messenger_chat_connections_closed_for_room_total counter\n");
     let _ = writeln!(out, "messenger_chat_connections_closed_for_room_total {}", n(&c.closed_for_room));
+}
+
+/// Request-body memory in use, and requests refused for it.
+fn body_metrics(state: &AppState, out: &mut String) {
+    let b = &state.body_budget;
+    out.push_str(
+        "# HELP messenger_chat_request_body_bytes Request-body bytes held in memory now (server.body_budget_bytes bounds them).\n",
+    );
+    out.push_str("# TYPE messenger_chat_request_body_bytes gauge\n");
+    let _ = writeln!(out, "messenger_chat_request_body_bytes {}", b.in_use());
+    let (server, caller) = b.refused();
+    out.push_str(
+        "# HELP messenger_chat_request_bodies_refused_total Requests refused for request-body memory since start: \
+         the budget in use (503) or the caller's share in use (429).\n",
+    );
+    out.push_str("# TYPE messenger_chat_request_bodies_refused_total counter\n");
+    let _ = writeln!(out, "messenger_chat_request_bodies_refused_total{{reason=\"budget\"}} {server}");
+    let _ = writeln!(out, "messenger_chat_request_bodies_refused_total{{reason=\"caller_share\"}} {caller}");
 }
 
 /// Webhook deliveries since start, webhooks marked failing, and the events

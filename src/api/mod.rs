@@ -2,6 +2,8 @@
 //! rules live in `domain`.
 
 pub mod admin;
+pub mod body;
+pub mod budget;
 pub mod events;
 pub mod export;
 pub mod extract;
@@ -50,6 +52,8 @@ pub struct State {
     pub readiness: Arc<meta::Readiness>,
     /// Places for long polls of `/v1/events` (`events.max_waiters`), shared fairly.
     pub event_waiters: Arc<waiters::Waiters>,
+    /// Memory request bodies may take (`server.body_budget_bytes`).
+    pub body_budget: Arc<budget::BodyBudget>,
     /// Set when the service begins to stop: long polls answer at once
     /// rather than hold the shutdown for up to their `wait`.
     pub stopping: tokio::sync::watch::Sender<bool>,
@@ -73,6 +77,8 @@ impl AppState {
         ));
         let readiness = Arc::new(meta::Readiness::new(sessions.homeserver().is_some()));
         let event_waiters = Arc::new(waiters::Waiters::new(&domain.config.events));
+        let server = &domain.config.server;
+        let body_budget = budget::BodyBudget::new(server.body_budget_bytes, server.max_body_bytes);
         AppState(Arc::new(State {
             domain,
             metrics: Arc::new(meta::Metrics::default()),
@@ -83,6 +89,7 @@ impl AppState {
             credentials_limit,
             readiness,
             event_waiters,
+            body_budget,
             stopping: tokio::sync::watch::Sender::new(false),
         }))
     }
@@ -104,10 +111,6 @@ impl AppState {
         let r = self.domain.store.read()?;
         let p = self.domain.authenticate(&r, &token)?;
         Ok((r, p))
-    }
-
-    fn max_body(&self) -> u64 {
-        self.domain.config.server.max_body_bytes
     }
 }
 

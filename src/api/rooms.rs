@@ -1,12 +1,12 @@
 //! /v1/chatrooms…: the original operations on chatrooms.
 
-use bytes::Bytes;
 use http::StatusCode;
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
-use super::extract::{self, body, int, param, query_pairs, raw_query, room_ref};
+use super::body::{Body, Pending, Size, pending, with_body};
+use super::extract::{self, int, param, query_pairs, raw_query, room_ref};
 use super::problem::Handled;
 use super::views::{CreateDefaultBody, CreateRoomBody, UpdateRoomBody, UsersBody};
 use super::{AppState, blocking, caller, no_content, reader, with_state};
@@ -17,9 +17,10 @@ use crate::model::Room;
 use crate::store::Reader;
 
 pub fn routes(state: AppState) -> BoxedFilter<(Handled,)> {
-    let max = state.max_body();
     let s = || with_state(state.clone());
-    // The caller is known (or the request refused) before any body is read.
+    // The caller is known (or the request refused) before any body is read;
+    // where the path or the caller alone can decide, the caller is refused
+    // before the body is read too.
     let reader = || reader(state.clone());
     let caller = || caller(state.clone());
     let list = warp::path!("v1" / "chatrooms").and(warp::get()).and(s()).and(reader()).and(raw_query()).then(get_rooms);
@@ -27,7 +28,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Handled,)> {
         .and(warp::post())
         .and(s())
         .and(caller())
-        .and(body(max, true))
+        .and(pending(&state, Size::Avatar, true))
         .then(|st, p, b| create_room(st, p, b, false));
     let get_event = warp::path!("v1" / "chatrooms" / "event")
         .and(warp::get())
@@ -39,13 +40,12 @@ pub fn routes(state: AppState) -> BoxedFilter<(Handled,)> {
         .and(warp::post())
         .and(s())
         .and(caller())
-        .and(body(max, true))
+        .and(pending(&state, Size::Avatar, true))
         .then(|st, p, b| create_room(st, p, b, true));
     let create_default = warp::path!("v1" / "chatrooms" / "default")
         .and(warp::post())
         .and(s())
-        .and(caller())
-        .and(body(max, true))
+        .and(with_body(&state, Size::Small, true))
         .then(create_default_room);
     let delete_default = warp::path!("v1" / "chatrooms" / "default" / String)
         .and(warp::delete())
@@ -57,7 +57,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Handled,)> {
         .and(warp::patch())
         .and(s())
         .and(caller())
-        .and(body(max, true))
+        .and(pending(&state, Size::Avatar, true))
         .then(update_room);
     let delete = warp::path!("v1" / "chatrooms" / String).and(warp::delete()).and(s()).and(caller()).then(delete_room);
     let claim = warp::path!("v1" / "chatrooms" / String / "claim")
@@ -70,13 +70,13 @@ pub fn routes(state: AppState) -> BoxedFilter<(Handled,)> {
         .and(warp::post())
         .and(s())
         .and(caller())
-        .and(body(max, true))
+        .and(pending(&state, Size::Users, true))
         .then(|id, st, p, b| change_users(id, st, p, b, true));
     let remove = warp::path!("v1" / "chatrooms" / String / "users")
         .and(warp::delete())
         .and(s())
         .and(caller())
-        .and(body(max, true))
+        .and(pending(&state, Size::Users, true))
         .then(|id, st, p, b| change_users(id, st, p, b, false));
     list.or(create)
         .unify()
@@ -187,8 +187,10 @@ async fn get_event_room(state: AppState, r: Reader, p: Principal, query: String)
 
 /// POST /v1/chatrooms (custom room) and POST /v1/chatrooms/event (an event's room)
 /// — owners/admins of the organization; a PAT caller becomes a room admin.
-async fn create_room(state: AppState, p: Principal, body: Bytes, event: bool) -> Handled {
-    let b: CreateRoomBody = extract::json_large(body).await?;
+/// A user who manages no organization is refused before the body is read.
+async fn create_room(state: AppState, p: Principal, body: Pending, event: bool) -> Handled {
+    state.domain.may_create_rooms(&state.domain.store.read()?, p)?;
+    let b: CreateRoomBody = extract::json_large(body.read(p).await?).await?;
     let event_id = match (event, b.event_id) {
         (true, None) => return Err(Error::Malformed("eventID is required for an event's room".into()).into()),
         (false, Some(_)) => {
@@ -216,7 +218,7 @@ async fn create_room(state: AppState, p: Principal, body: Bytes, event: bool) ->
 }
 
 /// POST /v1/chatrooms/default — owners/admins of the organization.
-async fn create_default_room(state: AppState, p: Principal, body: Bytes) -> Handled {
+async fn create_default_room(state: AppState, p: Principal, body: Body) -> Handled {
     let b: CreateDefaultBody = extract::json(&body)?;
     let d = state.domain.clone();
     let created =
@@ -238,10 +240,12 @@ async fn get_room(id: String, state: AppState, r: Reader, p: Principal) -> Handl
     Ok(super::json_bytes(StatusCode::OK, found))
 }
 
-/// PATCH /v1/chatrooms/{roomID} — owners/admins of the organization, admins of the room.
-async fn update_room(id: String, state: AppState, p: Principal, body: Bytes) -> Handled {
+/// PATCH /v1/chatrooms/{roomID} — owners/admins of the organization, admins
+/// of the room; anyone else is refused before the body is read.
+async fn update_room(id: String, state: AppState, p: Principal, body: Pending) -> Handled {
     let which = room_ref(&id)?;
-    let b: UpdateRoomBody = extract::json_large(body).await?;
+    state.domain.may_update_room(&state.domain.store.read()?, p, &which)?;
+    let b: UpdateRoomBody = extract::json_large(body.read(p).await?).await?;
     let patch = RoomPatch {
         automation: b.automation_enabled,
         name: b.name,
@@ -286,13 +290,11 @@ async fn claim_room(id: String, state: AppState, r: Reader, p: Principal, query:
 
 /// POST (add) and DELETE (remove) /v1/chatrooms/{roomID}/users — owners/admins
 /// of the organization and room admins; room moderators for assignedUsers only.
-/// A caller who may not change the room is refused before the body is parsed.
-async fn change_users(id: String, state: AppState, p: Principal, body: Bytes, add: bool) -> Handled {
+/// A caller who may not change the room is refused before the body is read.
+async fn change_users(id: String, state: AppState, p: Principal, body: Pending, add: bool) -> Handled {
     let which = room_ref(&id)?;
-    let r = state.domain.store.read()?;
-    state.domain.may_change_users(&r, p, &which)?;
-    drop(r);
-    let b: UsersBody = extract::json_large(body).await?;
+    state.domain.may_change_users(&state.domain.store.read()?, p, &which)?;
+    let b: UsersBody = extract::json_large(body.read(p).await?).await?;
     let lists = UserLists { admins: b.admins, moderators: b.moderators, assigned: b.assigned_users };
     let d = state.domain.clone();
     let changed =

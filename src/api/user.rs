@@ -1,11 +1,11 @@
 //! /v1/user…: the caller's own Matrix login.
 
-use bytes::Bytes;
 use http::StatusCode;
 use warp::Filter;
 use warp::filters::BoxedFilter;
 
-use super::extract::{self, body, int, param, query_pairs, raw_query};
+use super::body::{Pending, Size, pending};
+use super::extract::{self, int, param, query_pairs, raw_query};
 use super::problem::Handled;
 use super::views::LoginBody;
 use super::{AppState, caller, json, reader, with_state};
@@ -15,7 +15,6 @@ use crate::error::Result;
 use crate::store::Reader;
 
 pub fn routes(state: AppState) -> BoxedFilter<(Handled,)> {
-    let max = state.max_body();
     let s = || with_state(state.clone());
     let credentials = warp::path!("v1" / "user" / "credentials")
         .and(warp::get())
@@ -28,7 +27,7 @@ pub fn routes(state: AppState) -> BoxedFilter<(Handled,)> {
         .and(s())
         .and(caller(state.clone()))
         .and(raw_query())
-        .and(body(max, false))
+        .and(pending(&state, Size::Small, false))
         .and(warp::ext::optional::<ClientAddr>())
         .and(warp::host::optional())
         .then(login);
@@ -61,13 +60,15 @@ async fn login(
     state: AppState,
     p: Principal,
     query: String,
-    body: Bytes,
+    body: Pending,
     client: Option<ClientAddr>,
     host: Option<warp::host::Authority>,
 ) -> Handled {
     let user = state.domain.acting_user(&state.domain.store.read()?, p, user_id_param(&query)?)?;
     state.login_limit.check((p, user), std::time::Instant::now())?;
+    let body = body.read(p).await?;
     let b: LoginBody = if body.is_empty() { LoginBody::default() } else { extract::json(&body)? };
+    drop(body);
     // Where the app reached the service: its homeserver, with the proxy on.
     let reached_at = host.map(|host| format!("{}://{host}", client.map_or("https", |c| c.proto())));
     let login = state.sessions.login(user, b.device_id.as_deref(), client.map(|c| c.ip), reached_at).await?;

@@ -173,10 +173,15 @@ impl<'de> Visitor<'de> for AvatarVisitor {
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
         use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
         let lenient = GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
-        let cleaned: String = v.chars().filter(|c| !c.is_whitespace()).collect();
+        // Decoded where it lies in the body; copied only to drop line breaks.
+        let cleaned: std::borrow::Cow<'_, str> = if v.chars().any(char::is_whitespace) {
+            v.chars().filter(|c| !c.is_whitespace()).collect::<String>().into()
+        } else {
+            v.into()
+        };
         GeneralPurpose::new(&base64::alphabet::STANDARD, lenient)
-            .decode(&cleaned)
-            .or_else(|_| GeneralPurpose::new(&base64::alphabet::URL_SAFE, lenient).decode(&cleaned))
+            .decode(cleaned.as_bytes())
+            .or_else(|_| GeneralPurpose::new(&base64::alphabet::URL_SAFE, lenient).decode(cleaned.as_bytes()))
             .map(Some)
             .map_err(|_| {
                 E::custom("avatar string is not base64: send the image bytes as base64 or as an array of numbers")

@@ -1,14 +1,14 @@
 //! /v1/webhooks: where the service POSTs the event log's events, signed.
 //! API token only. The secret is in the answer that made it, never again.
 
-use bytes::Bytes;
 use http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use warp::Filter;
 use warp::filters::BoxedFilter;
 
-use super::extract::{self, body, int, param, query_pairs, raw_query};
+use super::body::{Body, Size, with_body};
+use super::extract::{self, int, param, query_pairs, raw_query};
 use super::problem::Handled;
 use super::{AppState, blocking, caller, json as reply_json, no_content, reader, with_state};
 use crate::domain::Principal;
@@ -21,13 +21,11 @@ use crate::store::Reader;
 const DEFAULT_LIMIT: usize = 50;
 
 pub fn routes(state: AppState) -> BoxedFilter<(Handled,)> {
-    let max = state.max_body();
     let s = || with_state(state.clone());
     let put = warp::path!("v1" / "webhooks" / String)
         .and(warp::put())
         .and(s())
-        .and(caller(state.clone()))
-        .and(body(max, true))
+        .and(with_body(&state, Size::Small, true))
         .then(put_webhook);
     let get =
         warp::path!("v1" / "webhooks" / String).and(warp::get()).and(s()).and(reader(state.clone())).then(get_webhook);
@@ -110,7 +108,7 @@ fn with_secret(c: &Created, status: StatusCode) -> warp::reply::Response {
 /// PUT /v1/webhooks/{webhookID} — API token: create (201, with the secret,
 /// shown only here) or replace (200, the secret kept; a failing webhook is
 /// sent to again from where it stopped).
-async fn put_webhook(id: String, state: AppState, p: Principal, body: Bytes) -> Handled {
+async fn put_webhook(id: String, state: AppState, p: Principal, body: Body) -> Handled {
     let id = extract::decode_segment(&id);
     let b: WebhookBody = extract::json(&body)?;
     let spec = WebhookSpec { url: b.url, event_types: b.event_types, org_id: b.organization_id };

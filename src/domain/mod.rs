@@ -6,6 +6,7 @@ pub mod api_tokens;
 pub mod auth;
 pub mod auth_cache;
 pub mod events;
+mod gates;
 pub mod passwords;
 pub mod rooms;
 pub mod sessions;

@@ -726,7 +726,7 @@ fn may_not_change_users(room: &Room) -> Error {
 }
 
 /// The default room is the organization's: changed by its owners/admins only.
-fn require_default_room_manager(r: &impl Read, p: Principal, room: &Room) -> Result<()> {
+pub(super) fn require_default_room_manager(r: &impl Read, p: Principal, room: &Room) -> Result<()> {
     match Domain::caller_role(r, p, room.org_id)? {
         Some(role) if role.manages() => Ok(()),
         Some(_) => Err(Error::Forbidden(format!(
@@ -737,7 +737,7 @@ fn require_default_room_manager(r: &impl Read, p: Principal, room: &Room) -> Res
     }
 }
 
-fn require_room_admin(r: &impl Read, p: Principal, room: &Room) -> Result<()> {
+pub(super) fn require_room_admin(r: &impl Read, p: Principal, room: &Room) -> Result<()> {
     match Domain::room_power(r, p, room)? {
         Some(RoomRole::Admin) => Ok(()),
         _ => Err(Error::Forbidden(format!(

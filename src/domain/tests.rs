@@ -181,6 +181,32 @@ fn the_role_table() {
     }
 }
 
+/// The checks made before a body is read agree with the rules the whole
+/// request meets: whoever they refuse, the full request refuses too, and
+/// with one organization they refuse exactly those.
+#[test]
+fn the_checks_before_the_body_agree_with_the_role_table() {
+    for (who, p) in callers() {
+        let w = world();
+        let r = w.d.store.read().unwrap();
+        let spec = NewRoom { org_id: 1, name: Some("New".into()), ..NewRoom::default() };
+        let gate = allowed("gate create", who, w.d.may_create_rooms(&r, p));
+        assert_eq!(gate, allowed("create", who, w.d.create_room(p, spec)), "create by the {who}");
+        let id = w.room();
+        let default = w.d.create_default_room(API, 1, false, None).unwrap().id;
+        for room in [id, default] {
+            let r = w.d.store.read().unwrap();
+            let gate = allowed("gate update", who, w.d.may_update_room(&r, p, &RoomRef::Id(room)));
+            let patch = RoomPatch { name: Some("Renamed".into()), ..RoomPatch::default() };
+            assert_eq!(
+                gate,
+                allowed("update", who, w.d.update_room(p, &RoomRef::Id(room), patch)),
+                "update by the {who}"
+            );
+        }
+    }
+}
+
 /// The default room belongs to the organization: a room admin of it who is
 /// a member may manage its users but not change it; nobody gives it a
 /// deletion time (409, with the remedy); it is not deleted as a room.

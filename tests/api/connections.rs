@@ -71,7 +71,7 @@ pub(crate) fn authority(srv: &TestServer) -> String {
 }
 
 /// A TLS connection, handshake done, speaking `alpn`.
-async fn tls(srv: &TestServer, alpn: &[u8]) -> TlsStream<TcpStream> {
+pub(crate) async fn tls(srv: &TestServer, alpn: &[u8]) -> TlsStream<TcpStream> {
     try_tls(srv, alpn).await.unwrap_or_else(|e| panic!("connect to {}: {e}", srv.url))
 }
 
@@ -100,7 +100,7 @@ fn chunks(
 pub(crate) struct Answer {
     pub(crate) status: u16,
     /// Header names in lower case.
-    headers: Vec<(String, String)>,
+    pub(crate) headers: Vec<(String, String)>,
     pub(crate) body: String,
 }
 
@@ -114,7 +114,7 @@ impl Answer {
     }
 
     #[track_caller]
-    fn problem(&self, status: u16) -> serde_json::Value {
+    pub(crate) fn problem(&self, status: u16) -> serde_json::Value {
         assert_eq!(self.status, status, "{self:?}");
         assert_eq!(self.header("content-type"), Some("application/problem+json"), "{self:?}");
         let body: serde_json::Value = serde_json::from_str(&self.body).expect("a JSON problem");

@@ -11,6 +11,7 @@ mod admin;
 mod api_tokens;
 mod auth;
 mod automation;
+mod bodies;
 mod connections;
 mod events;
 mod fair;

@@ -291,3 +291,27 @@ async fn readiness_probes_do_not_reach_the_homeserver() {
     let checks = upstream.on("/_matrix/client/versions").len();
     assert!((1..20).contains(&checks), "20 probes made {checks} homeserver checks");
 }
+
+/// A request body that breaks off (a chunk size that is not hex) is the
+/// client's fault: 400 problem+json, not a 502 that blames the homeserver.
+/// A proxied request with a whole body still passes afterwards.
+#[tokio::test]
+async fn a_malformed_body_through_the_proxy_gets_400() {
+    use tokio::io::AsyncWriteExt;
+
+    use crate::connections::{head, read_answer, tls};
+
+    let upstream = Upstream::start().await;
+    let srv = proxy_to(&upstream, &[]);
+    let mut conn = tls(&srv, b"http/1.1").await;
+    let headers = [("content-type", "application/json"), ("transfer-encoding", "chunked")];
+    conn.write_all(head(&srv, "POST", "/_matrix/client/v3/login", &headers).as_bytes()).await.unwrap();
+    conn.write_all(b"5\r\n{\"a\":\r\nzz\r\nnot a chunk\r\n").await.unwrap();
+    conn.flush().await.unwrap();
+    let answer = read_answer(&mut conn, std::time::Duration::from_secs(30)).await.unwrap();
+    let problem = answer.problem(400);
+    assert!(problem["detail"].as_str().unwrap().contains("request body"), "{problem}");
+
+    let whole = srv.raw("POST", "/_matrix/client/v3/login", &[("content-type", "application/json")], b"{}").await;
+    whole.expect(200);
+}
