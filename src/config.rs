@@ -274,8 +274,8 @@ pub struct StorageConfig {
     /// Memory the database may use as page cache, in MiB.
     pub cache_mib: u64,
     /// Verify the checksum of every page of the database at every start, and
-    /// refuse to serve a file that fails (it reads the whole file: see the
-    /// README for what that costs on a big database). Off by default: redb
+    /// refuse to serve a file that fails (it reads the whole file: see
+    /// docs/operations.md for what that costs on a big database). Off by default: redb
     /// already verifies every page at the start after a crash or kill, a
     /// file it closed cleanly changes only when something outside the
     /// service writes to it, and damage met while serving stops every write

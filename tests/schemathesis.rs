@@ -16,7 +16,7 @@
 //! made through the API; their real ids and a real API token and PAT go to
 //! schemathesis's config. `tests/schemathesis/hooks.py` keeps valid deletion
 //! times in the future, valid event-log cursors among the events that exist,
-//! and long polls short. The README names all of this.
+//! and long polls short. docs/api.md names all of this.
 //!
 //! Needs schemathesis: `SCHEMATHESIS` (the `st` program, as
 //! `scripts/test-with-synapse.sh` exports it) or `.venv-synapse/bin/st`

@@ -5,7 +5,7 @@
 //! crash loses both or neither. Ids come from a counter, so they ascend over
 //! the whole log and are never reused, also after retention removed the
 //! oldest. A consumer keeps the id of the last event it handled as its
-//! cursor; a webhook sender (issue 11, item 3) is such a consumer, with a
+//! cursor; a webhook sender is such a consumer, with a
 //! stored cursor per webhook.
 
 use serde_json::{Value, json};

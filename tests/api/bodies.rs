@@ -1,4 +1,4 @@
-//! Request bodies and the memory they take (README, "Memory for request
+//! Request bodies and the memory they take (docs/operations.md, "Memory for request
 //! bodies"): a caller without rights is refused before a large body is
 //! read, only the avatar routes take megabytes, and what is buffered at once
 //! is bounded by `server.body_budget_bytes`, with 503 beyond it and 429

@@ -1,7 +1,7 @@
 //! Black-box tests of `messenger-chat`: each test starts the real binary on
 //! a free port with its own data directory, speaks HTTPS to it with a client
 //! that trusts only the server's self-signed certificate, and checks what a
-//! user of the API would see. The contract is `/work/shared/api.md`.
+//! user of the API would see. The contract is the served `/openapi.json`.
 //!
 //! Run with `cargo test --test api`.
 

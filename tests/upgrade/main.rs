@@ -5,7 +5,7 @@
 //! ones are refused untouched; a kill -9 during a migration leaves the old
 //! file or the new one; `check` finds broken indexes and `--repair` rebuilds
 //! them; bad files get a message naming the file and what to do; room roles
-//! of an old file follow the organization as the README says.
+//! of an old file follow the organization as docs/operations.md (Upgrade) says.
 //!
 //! Where a test needs a file in a state the service never writes (an index
 //! entry gone, a record garbled, a schema from the future), it edits the

@@ -1,5 +1,5 @@
 //! Room roles in a database of an earlier release, served by today's binary
-//! as the README (Upgrade) says: the roles automation gave follow the
+//! as docs/operations.md (Upgrade) says: the roles automation gave follow the
 //! organization from the first start on, the explicit ones stay, and the
 //! default room holds no scheduled deletion.
 
@@ -25,7 +25,7 @@ fn role_in(room: &Value, user: i64) -> &'static str {
 }
 
 /// Ben demoted to member in each fixture: in every room where the fixture
-/// (or, before the origin of roles was kept, the inference the README
+/// (or, before the origin of roles was kept, the inference docs/operations.md
 /// describes) says automation gave him admin, he drops to assignedUsers;
 /// every other role of his stays. Promoted again, he is admin there again.
 #[tokio::test]

@@ -40,7 +40,7 @@ impl Fixture {
 
     /// The export records as today's code keeps them: what the fixture's
     /// release exported, plus what later schemas add to a room. An empty
-    /// `topic`; and `automation_given` as the README (Upgrade) says an
+    /// `topic`; and `automation_given` as docs/operations.md (Upgrade) says an
     /// upgraded database infers it: in a room with automation on, the admins
     /// who are owners/admins of the organization and the assigned users who
     /// are members of it (the member records say who), nobody elsewhere.
